@@ -1,0 +1,41 @@
+# dnncourse: `make book` and `make test` each set up .venv from scratch on a
+# machine with only python3, pip and make, then do their work.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(abspath $(VENV))/bin
+STAMP  := $(VENV)/.installed
+# nbgrader calls `alembic` from PATH, Jupyter finds kernels through it.
+RUN    := PATH="$(BIN):$$PATH" MPLBACKEND=Agg PYDEVD_DISABLE_FILE_VALIDATION=1
+JBFLAGS ?= -W -n --keep-going
+
+.PHONY: book test lint format exercises venv clean
+
+venv: $(STAMP)
+
+$(STAMP): requirements-lock.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --requirement requirements-lock.txt
+	$(BIN)/python -m pip install --quiet --no-deps --editable .
+	touch $(STAMP)
+
+book: $(STAMP)
+	$(RUN) $(BIN)/jupyter-book build . $(JBFLAGS)
+	@test -f _build/html/index.html && echo "Book: $(abspath _build/html/index.html)"
+
+test: $(STAMP)
+	$(RUN) $(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP)
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+# Regenerate the student notebooks in exercises/ from solutions/ (never edit them by hand).
+exercises: $(STAMP)
+	$(RUN) $(BIN)/dnncourse release
+
+clean:
+	rm -rf _build

@@ -1,0 +1,252 @@
+"""The generic training loop used by every chapter after "SGD, mini-batches and epochs".
+
+Lecture section: "Training algorithms" (practical SGD: shuffle, split into batches of
+size B, one pass is an epoch; Bottou and Bousquet, 2008). The loop is written out once in
+the SGD chapter; later chapters call :func:`train`.
+
+One epoch with *shuffle-then-split* sampling (without replacement):
+
+1. permute the indices :math:`\\{0, \\dots, m-1\\}` and cut them into batches of size ``B``;
+2. for each batch :math:`J`: :math:`\\hat g = \\frac{1}{|J|}\\sum_{j\\in J} \\nabla \\ell_j`,
+   then ``optimizer.step()``;
+3. evaluate on the validation set (``model.eval()`` and ``torch.no_grad()``), call the
+   scheduler and the callbacks.
+
+With ``sampling="replacement"`` each batch is drawn independently and uniformly
+(canonical SGD); an "epoch" is then ``ceil(m / B)`` such draws.
+"""
+
+import copy
+import math
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from dnncourse.devices import default_device
+
+Metric = Callable[[torch.Tensor, torch.Tensor], torch.Tensor | float]
+
+
+def shuffled_batches(
+    num_samples: int, batch_size: int, generator: torch.Generator | None = None
+) -> Iterator[torch.Tensor]:
+    """Index batches of one epoch of practical SGD: a random permutation cut into pieces.
+
+    Every index appears exactly once per epoch; the last batch may be smaller.
+    """
+    _check_batching(num_samples, batch_size)
+    perm = torch.randperm(num_samples, generator=generator)
+    yield from perm.split(batch_size)
+
+
+def sampled_batches(
+    num_samples: int, batch_size: int, generator: torch.Generator | None = None
+) -> Iterator[torch.Tensor]:
+    """Index batches of canonical SGD: each batch drawn uniformly *with* replacement.
+
+    Yields ``ceil(num_samples / batch_size)`` batches so that one "epoch" costs as many
+    gradient evaluations as a pass of :func:`shuffled_batches`.
+    """
+    _check_batching(num_samples, batch_size)
+    for _ in range(math.ceil(num_samples / batch_size)):
+        yield torch.randint(num_samples, (batch_size,), generator=generator)
+
+
+def _check_batching(num_samples: int, batch_size: int) -> None:
+    if num_samples < 1:
+        raise ValueError(f"need at least one sample, got {num_samples}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
+
+
+def accuracy(y_hat: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Share of rows where the largest logit sits at the label."""
+    return (y_hat.argmax(dim=-1) == y).float().mean()
+
+
+@dataclass
+class History:
+    """What :func:`train` records. Lists are indexed by epoch unless named ``batch_*``.
+
+    ``val_metrics[name]`` holds one value per epoch for each metric passed to
+    :func:`train`; ``stopped_epoch`` is set when a callback ended training early.
+    """
+
+    train_loss: list[float] = field(default_factory=list)
+    val_loss: list[float] = field(default_factory=list)
+    val_metrics: dict[str, list[float]] = field(default_factory=dict)
+    lr: list[float] = field(default_factory=list)
+    batch_loss: list[float] = field(default_factory=list)
+    stopped_epoch: int | None = None
+
+    @property
+    def num_epochs(self) -> int:
+        return len(self.train_loss)
+
+    def to_dataframe(self):
+        """One row per epoch (needs pandas)."""
+        import pandas as pd
+
+        columns = {"epoch": range(1, self.num_epochs + 1), "train_loss": self.train_loss}
+        if self.val_loss:
+            columns["val_loss"] = self.val_loss
+        columns |= {f"val_{k}": v for k, v in self.val_metrics.items()}
+        columns["lr"] = self.lr
+        return pd.DataFrame(columns).set_index("epoch")
+
+
+class Callback:
+    """Hooks into :func:`train`. Subclass and override what you need.
+
+    ``on_epoch_end`` returns ``True`` to stop training (early stopping does this).
+    """
+
+    def on_train_begin(self, model: nn.Module, history: History) -> None:
+        """Called once before the first epoch."""
+
+    def on_epoch_end(self, epoch: int, model: nn.Module, history: History) -> bool | None:
+        """Called after each epoch's validation; ``epoch`` counts from 0."""
+
+    def on_train_end(self, model: nn.Module, history: History) -> None:
+        """Called once after the last epoch (also after an early stop)."""
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    X: torch.Tensor,
+    y: torch.Tensor,
+    metrics: dict[str, Metric] | None = None,
+    batch_size: int = 4096,
+) -> dict[str, float]:
+    """Mean loss (and metrics) of ``model`` on ``(X, y)`` in eval mode; restores the mode.
+
+    Returns a dict with ``"loss"`` and one entry per metric.
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        y_hat = torch.cat([model(xb) for xb in X.split(batch_size)])
+        results = {"loss": float(loss_fn(y_hat, y))}
+        for name, metric in (metrics or {}).items():
+            results[name] = float(metric(y_hat, y))
+    finally:
+        model.train(was_training)
+    return results
+
+
+def train(
+    model: nn.Module,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    optimizer: torch.optim.Optimizer,
+    train_data: tuple[torch.Tensor, torch.Tensor],
+    val_data: tuple[torch.Tensor, torch.Tensor] | None = None,
+    *,
+    num_epochs: int,
+    batch_size: int,
+    sampling: str = "shuffle",
+    scheduler=None,
+    scheduler_interval: str = "epoch",
+    callbacks: Sequence[Callback] = (),
+    metrics: dict[str, Metric] | None = None,
+    penalty: Callable[[nn.Module, torch.Tensor], torch.Tensor] | None = None,
+    transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    device: torch.device | str | None = None,
+    generator: torch.Generator | None = None,
+    progress: bool = True,
+) -> History:
+    """Train ``model`` with mini-batch stochastic optimization; return the :class:`History`.
+
+    Each step minimizes ``loss_fn(model(X_batch), y_batch) + penalty(model, X_batch)``
+    (the lecture's :math:`\\ell + \\lambda\\Omega`; scale the penalty yourself).
+
+    Args:
+        model: the network; moved to ``device``.
+        loss_fn: mean loss over a batch, e.g. ``nn.CrossEntropyLoss()``.
+        optimizer: any ``torch.optim.Optimizer`` (PyTorch's or :mod:`dnncourse.optim`).
+        train_data: ``(X, y)`` tensors; moved to ``device`` once.
+        val_data: optional ``(X, y)`` evaluated after every epoch.
+        num_epochs: passes over the training data.
+        batch_size: samples per step (B).
+        sampling: ``"shuffle"`` (practical SGD, without replacement) or ``"replacement"``.
+        scheduler: a ``torch.optim.lr_scheduler`` object; ``ReduceLROnPlateau`` is stepped
+            with the validation loss (training loss without validation data).
+        scheduler_interval: ``"epoch"`` (default) or ``"batch"``: when ``scheduler.step()`` runs.
+        callbacks: :class:`Callback` objects, e.g. early stopping.
+        metrics: name -> ``metric(y_hat, y)`` evaluated on the validation data.
+        penalty: optional regularizer ``penalty(model, X_batch)`` added to the loss.
+        transform: optional batch transform (data augmentation), applied on the device.
+        device: default :func:`dnncourse.default_device`.
+        generator: ``torch.Generator`` (on the CPU) for the batch order; seeds the run.
+        progress: show a tqdm progress bar over epochs.
+
+    Example:
+        >>> history = train(model, nn.CrossEntropyLoss(), opt, (X, y), num_epochs=5, batch_size=32)
+        >>> history.train_loss[-1]
+    """
+    if num_epochs < 0:
+        raise ValueError(f"num_epochs must be non-negative, got {num_epochs}")
+    batches = {"shuffle": shuffled_batches, "replacement": sampled_batches}.get(sampling)
+    if batches is None:
+        raise ValueError(f"sampling must be 'shuffle' or 'replacement', got {sampling!r}")
+    if scheduler_interval not in ("epoch", "batch"):
+        raise ValueError(f"scheduler_interval must be 'epoch' or 'batch', got {scheduler_interval!r}")
+    X, y = train_data
+    if len(X) != len(y):
+        raise ValueError(f"train_data: X has {len(X)} rows but y has {len(y)}")
+    device = torch.device(default_device() if device is None else device)
+    model.to(device)
+    X, y = X.to(device), y.to(device)
+    if val_data is not None:
+        val_data = tuple(t.to(device) for t in val_data)
+    plateau = isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
+
+    history = History(val_metrics={name: [] for name in metrics or {}})
+    for cb in callbacks:
+        cb.on_train_begin(model, history)
+    bar = tqdm(range(num_epochs), desc="epochs", disable=not progress, leave=False)
+    for epoch in bar:
+        model.train()
+        total, count = 0.0, 0
+        for idx in batches(len(X), batch_size, generator):
+            idx = idx.to(device)
+            xb, yb = X[idx], y[idx]
+            if transform is not None:
+                xb = transform(xb)
+            loss = loss_fn(model(xb), yb)
+            objective = loss + penalty(model, xb) if penalty is not None else loss
+            optimizer.zero_grad()
+            objective.backward()
+            optimizer.step()
+            if scheduler is not None and scheduler_interval == "batch" and not plateau:
+                scheduler.step()
+            history.batch_loss.append(loss.item())
+            total, count = total + loss.item() * len(idx), count + len(idx)
+        history.train_loss.append(total / count)
+        history.lr.append(optimizer.param_groups[0]["lr"])
+        if val_data is not None:
+            results = evaluate(model, loss_fn, *val_data, metrics=metrics)
+            history.val_loss.append(results.pop("loss"))
+            for name, value in results.items():
+                history.val_metrics[name].append(value)
+        if scheduler is not None and plateau:
+            scheduler.step(history.val_loss[-1] if val_data is not None else history.train_loss[-1])
+        elif scheduler is not None and scheduler_interval == "epoch":
+            scheduler.step()
+        bar.set_postfix(loss=f"{history.train_loss[-1]:.4g}")
+        stop = [bool(cb.on_epoch_end(epoch, model, history)) for cb in callbacks]
+        if any(stop):
+            history.stopped_epoch = epoch
+            break
+    for cb in callbacks:
+        cb.on_train_end(model, history)
+    return history
+
+
+def snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
+    """A deep copy of ``model.state_dict()``, to restore later with ``load_state_dict``."""
+    return copy.deepcopy(model.state_dict())
