@@ -194,7 +194,9 @@ def train(
     if batches is None:
         raise ValueError(f"sampling must be 'shuffle' or 'replacement', got {sampling!r}")
     if scheduler_interval not in ("epoch", "batch"):
-        raise ValueError(f"scheduler_interval must be 'epoch' or 'batch', got {scheduler_interval!r}")
+        raise ValueError(
+            f"scheduler_interval must be 'epoch' or 'batch', got {scheduler_interval!r}"
+        )
     X, y = train_data
     if len(X) != len(y):
         raise ValueError(f"train_data: X has {len(X)} rows but y has {len(y)}")
@@ -234,7 +236,8 @@ def train(
             for name, value in results.items():
                 history.val_metrics[name].append(value)
         if scheduler is not None and plateau:
-            scheduler.step(history.val_loss[-1] if val_data is not None else history.train_loss[-1])
+            watched = history.val_loss if val_data is not None else history.train_loss
+            scheduler.step(watched[-1])
         elif scheduler is not None and scheduler_interval == "epoch":
             scheduler.step()
         bar.set_postfix(loss=f"{history.train_loss[-1]:.4g}")
