@@ -30,7 +30,8 @@ def _assert_same_grads(ours, ref, x, seed=1):
     x2 = x.clone().requires_grad_(True)
     y1, y2 = ours(x1), ref(x2)
     torch.testing.assert_close(y1, y2)
-    upstream = torch.randn(y1.shape, generator=torch.Generator().manual_seed(seed), dtype=DTYPE)
+    gen = torch.Generator().manual_seed(seed)
+    upstream = torch.randn(y1.shape, generator=gen, dtype=DTYPE).to(y1.device)
     (y1 * upstream).sum().backward()
     (y2 * upstream).sum().backward()
     torch.testing.assert_close(x1.grad, x2.grad)
@@ -246,3 +247,7 @@ def test_layers_run_on_cuda():
     assert bn(x).device.type == "cuda"
     assert bn.running_mean.device.type == "cuda"
     assert dnn.Dropout(0.5)(x).device.type == "cuda"
+    assert dnn.Dropout(0.5, generator=torch.Generator().manual_seed(0))(x).device.type == "cuda"
+    x64 = torch.randn(6, 4, 5, device="cuda", dtype=DTYPE)
+    ours, ref = _pair_bn(dnn.BatchNorm1d, nn.BatchNorm1d, 4)
+    _assert_same_grads(ours.cuda(), ref.cuda(), x64)

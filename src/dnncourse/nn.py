@@ -457,8 +457,8 @@ class Dropout(nn.Module):
 
     Args:
         p: the probability of **zeroing** an entry (default 0.5), in [0, 1].
-        generator: optional ``torch.Generator`` for the masks (on the input's device);
-            default the global generator.
+        generator: optional ``torch.Generator`` for the masks; default the global
+            generator. The mask is drawn on the generator's device and moved to the input's.
 
     Example:
         >>> drop = Dropout(p=0.5)
@@ -482,7 +482,10 @@ class Dropout(nn.Module):
             return x
         if self.p == 1.0:
             return x * 0.0
-        u = torch.rand(x.shape, generator=self.generator, device=x.device, dtype=x.dtype)
+        # draw where the generator lives (a CPU generator also seeds a CUDA batch)
+        device = self.generator.device if self.generator is not None else x.device
+        u = torch.rand(x.shape, generator=self.generator, device=device, dtype=x.dtype)
+        u = u.to(x.device)
         mask = (u >= self.p).to(x.dtype)  # kept with probability 1 - p
         return x * mask / (1.0 - self.p)
 
