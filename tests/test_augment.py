@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+import dnncourse
 from dnncourse.augment import (
     Compose,
     FlatImages,
@@ -145,3 +146,35 @@ def test_runs_on_cuda_with_a_cpu_generator():
     y = aug(x)
     assert y.device == x.device and y.shape == x.shape
     torch.testing.assert_close(rotate(x, 90.0), torch.rot90(x, 1, dims=(2, 3)))
+
+
+def test_augmentation_as_a_train_transform_on_flat_digits():
+    gen = torch.Generator().manual_seed(0)
+    X = torch.rand(32, 64, generator=gen)
+    y = torch.randint(0, 10, (32,), generator=gen)
+    seen = []
+
+    def recording(batch):
+        seen.append(batch.clone())
+        return batch
+
+    aug = FlatImages(
+        Compose([RandomShift(1, generator=gen), GaussianNoise(0.05, generator=gen)]), (1, 8, 8)
+    )
+    model = torch.nn.Linear(64, 10)
+    history = dnncourse.train(
+        model,
+        torch.nn.CrossEntropyLoss(),
+        torch.optim.SGD(model.parameters(), lr=0.1),
+        (X, y),
+        num_epochs=2,
+        batch_size=8,
+        transform=Compose([aug, recording]),
+        device="cpu",
+        progress=False,
+    )
+    assert history.num_epochs == 2 and len(seen) == 8
+    assert all(b.shape == (8, 64) for b in seen)
+    # without the transform every row of every batch would be a row of X
+    rows = torch.cat(seen)
+    assert not (rows[:, None, :] == X[None]).all(-1).any(), "batches must be augmented"

@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+import dnncourse
 from dnncourse.regularizers import (
     jacobian_penalty,
     jacobian_penalty_reference,
@@ -163,3 +164,28 @@ def test_penalties_validate_arguments():
         l1_penalty(model, -1.0)
     with pytest.raises(ValueError, match="num_projections"):
         jacobian_penalty(model, _data()[0], 0)
+
+
+def test_l2_penalty_in_train_matches_weight_decay_in_train():
+    X, y = _data(m=40)
+    models = [_mlp(), _mlp()]
+    common = dict(num_epochs=3, batch_size=8, device="cpu", progress=False)
+    dnncourse.train(
+        models[0],
+        nn.MSELoss(),
+        torch.optim.SGD(models[0].parameters(), lr=0.1, weight_decay=0.01),
+        (X, y),
+        generator=torch.Generator().manual_seed(0),
+        **common,
+    )
+    dnncourse.train(
+        models[1],
+        nn.MSELoss(),
+        torch.optim.SGD(models[1].parameters(), lr=0.1),
+        (X, y),
+        penalty=lambda model, X: l2_penalty(model, 0.01),
+        generator=torch.Generator().manual_seed(0),
+        **common,
+    )
+    for p_a, p_b in zip(models[0].parameters(), models[1].parameters(), strict=True):
+        torch.testing.assert_close(p_a, p_b)
