@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -46,6 +47,9 @@ def test_grid_points_and_validation():
     assert grid_points({"a": [1, 2], "b": ["x"]}) == [{"a": 1, "b": "x"}, {"a": 2, "b": "x"}]
     with pytest.raises(ValueError, match="non-empty list"):
         grid_points({"a": []})
+    points = grid_points({"lr": np.logspace(-2, 0, 3), "w": torch.tensor([1, 2])})
+    assert len(points) == 6 and points[0] == {"lr": pytest.approx(0.01), "w": 1}
+    assert isinstance(points[0]["lr"], float) and isinstance(points[0]["w"], int)
     with pytest.raises(ValueError, match="non-empty list"):
         grid_points({"a": "relu"})
 

@@ -19,7 +19,7 @@ other columns to record. Results come back as a pandas DataFrame, best first.
 
 import itertools
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -137,13 +137,22 @@ def make_grid(space: Mapping[str, Any], num: int) -> dict[str, list]:
     return {name: _as_distribution(d).grid(num) for name, d in space.items()}
 
 
+def _values(name: str, values) -> list:
+    if hasattr(values, "tolist"):  # numpy arrays and tensors, e.g. np.logspace(-4, -1, 4)
+        values = values.tolist()
+    if isinstance(values, str | bytes) or not isinstance(values, Iterable):
+        raise ValueError(f"grid[{name!r}] must be a non-empty list of values, got {values!r}")
+    values = list(values)
+    if not values:
+        raise ValueError(f"grid[{name!r}] must be a non-empty list of values, got []")
+    return values
+
+
 def grid_points(grid: Mapping[str, Sequence]) -> list[dict]:
     """Every combination of the grid's values (the Cartesian product), as dicts."""
-    for name, values in grid.items():
-        if isinstance(values, str) or not isinstance(values, Sequence) or len(values) == 0:
-            raise ValueError(f"grid[{name!r}] must be a non-empty list of values, got {values!r}")
-    names = list(grid)
-    return [dict(zip(names, combo, strict=True)) for combo in itertools.product(*grid.values())]
+    axes = {name: _values(name, values) for name, values in grid.items()}
+    names = list(axes)
+    return [dict(zip(names, combo, strict=True)) for combo in itertools.product(*axes.values())]
 
 
 def _evaluate(
