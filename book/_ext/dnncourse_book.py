@@ -1,0 +1,82 @@
+"""Sphinx hooks for the dnncourse book (a local extension named in ``_config.yml``).
+
+Chapters are MyST markdown notebooks. sphinx-book-theme already offers the executed
+``.ipynb`` of each chapter for download and builds Binder and Colab links from the
+``repository`` section of ``_config.yml``. Two gaps are closed here:
+
+* Colab opens notebooks only from GitHub and cannot read a ``.md`` file, so the Colab
+  link of a markdown chapter points at ``<pagename>.ipynb`` on the branch named by
+  ``dnncourse_notebooks_branch``; the publishing workflow pushes the downloadable
+  notebooks (``_build/html/_sources/**/*.ipynb``) there.
+* Colab (or any machine) may not have the course package, so the downloadable
+  notebook of a chapter starts with a cell that installs it from the repository when
+  ``import dnncourse`` would fail. Binder installs it from ``binder/``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from sphinx.application import Sphinx
+
+SETUP_CELL_ID = "dnncourse-setup"
+
+
+def _setup_cell(repo_url: str, branch: str) -> dict:
+    source = (
+        "# Setup: install the course package where it is missing (e.g. on Colab).\n"
+        "import importlib.util\n"
+        "\n"
+        'if importlib.util.find_spec("dnncourse") is None:\n'
+        f'    %pip install --quiet "dnncourse @ git+{repo_url}@{branch}"\n'
+    )
+    return {
+        "cell_type": "code",
+        "execution_count": None,
+        "id": SETUP_CELL_ID,
+        "metadata": {"tags": ["remove-cell"]},
+        "outputs": [],
+        "source": source,
+    }
+
+
+def _add_setup_cell(path: Path, repo_url: str, branch: str) -> None:
+    """Prepend the install cell to a downloadable notebook (idempotent)."""
+    nb = json.loads(path.read_text(encoding="utf8"))
+    if nb["cells"] and nb["cells"][0].get("id") == SETUP_CELL_ID:
+        return
+    nb["cells"].insert(0, _setup_cell(repo_url, branch))
+    # Cell ids need nbformat >= 4.5.
+    if (nb.get("nbformat"), nb.get("nbformat_minor", 0)) < (4, 5):
+        nb["nbformat"], nb["nbformat_minor"] = 4, 5
+        for i, cell in enumerate(nb["cells"][1:]):
+            cell.setdefault("id", f"cell-{i}")
+    path.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n", encoding="utf8")
+
+
+def fix_notebook_links(app: Sphinx, pagename: str, templatename: str, context, doctree):
+    """Runs after sphinx-book-theme built the header buttons (its priority is 501)."""
+    ipynb = context.get("ipynb_source")
+    if not ipynb or context.get("page_source_suffix") != ".md":
+        return  # not a markdown notebook (e.g. a released homework .ipynb): nothing to fix
+    opts = app.config.html_theme_options
+    repo_url = opts.get("repository_url", "").rstrip("/")
+    branch = opts.get("repository_branch") or "main"
+    _add_setup_cell(Path(app.outdir, "_sources", ipynb), repo_url, branch)
+
+    nb_branch = app.config.dnncourse_notebooks_branch
+    org_repo = repo_url.split("github.com/")[-1]
+    for group in context.get("header_buttons", []):
+        for button in group.get("buttons", []):
+            if button.get("text") == "Colab":
+                button["url"] = (
+                    f"{opts['launch_buttons']['colab_url'].rstrip('/')}/github/"
+                    f"{org_repo}/blob/{nb_branch}/{pagename}.ipynb"
+                )
+
+
+def setup(app: Sphinx) -> dict:
+    app.add_config_value("dnncourse_notebooks_branch", "notebooks", "html")
+    app.connect("html-page-context", fix_notebook_links, priority=900)
+    return {"parallel_read_safe": True, "parallel_write_safe": True}

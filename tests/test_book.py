@@ -1,0 +1,203 @@
+"""The published book: built once per session exactly as `make book` builds it, then checked.
+
+The build (``jupyter-book build . -W -n --keep-going`` with the venv's ``bin`` first on
+PATH) writes into ``_build/`` and executes every chapter through the jupyter-cache, so a
+run after ``make book`` re-executes nothing. ``tests/test_browser.py`` reuses the same
+build (``build_book`` is cached per process).
+
+Set ``DNNCOURSE_REUSE_BOOK=1`` to check an existing ``_build/html`` without rebuilding.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+from bs4 import BeautifulSoup
+
+ROOT = Path(__file__).resolve().parents[1]
+HTML = ROOT / "_build" / "html"
+pytestmark = pytest.mark.slow
+
+
+@dataclass(frozen=True)
+class BookBuild:
+    returncode: int
+    log: str
+    html: Path
+
+
+@functools.cache
+def build_book() -> BookBuild:
+    """Build the book into ``_build/`` once per test process (the `make book` command)."""
+    if os.environ.get("DNNCOURSE_REUSE_BOOK") == "1" and (HTML / "index.html").exists():
+        return BookBuild(0, "(reused the existing _build/html: DNNCOURSE_REUSE_BOOK=1)", HTML)
+    bindir = Path(sys.executable).parent
+    env = dict(
+        os.environ,
+        PATH=f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}",
+        MPLBACKEND="Agg",
+        PYDEVD_DISABLE_FILE_VALIDATION="1",
+    )
+    cmd = [str(bindir / "jupyter-book"), "build", ".", "-W", "-n", "--keep-going"]
+    proc = subprocess.run(
+        cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=20 * 60, check=False
+    )
+    return BookBuild(proc.returncode, proc.stdout + proc.stderr, HTML)
+
+
+@pytest.fixture(scope="session")
+def book() -> BookBuild:
+    return build_book()
+
+
+def toc_files() -> list[str]:
+    """Every document of ``_toc.yml`` (root first, globs expanded), without extension."""
+    toc = yaml.safe_load((ROOT / "_toc.yml").read_text(encoding="utf8"))
+    files = [toc["root"]]
+
+    def walk(entries):
+        for entry in entries or []:
+            if "file" in entry:
+                files.append(str(Path(entry["file"]).with_suffix("")))
+            if "glob" in entry:
+                found = sorted(
+                    p.relative_to(ROOT).with_suffix("").as_posix()
+                    for p in ROOT.glob(entry["glob"])
+                    if p.suffix in {".md", ".ipynb"}
+                )
+                files.extend(found)
+            walk(entry.get("sections"))
+
+    for part in toc.get("parts", []):
+        walk(part.get("chapters"))
+    walk(toc.get("chapters"))
+    return files
+
+
+def chapter_files() -> list[str]:
+    """The numbered chapters: ``book/NN_topic``."""
+    return [f for f in toc_files() if re.fullmatch(r"book/\d\d_\w+", f)]
+
+
+def page(name: str) -> BeautifulSoup:
+    return BeautifulSoup((HTML / f"{name}.html").read_text(encoding="utf8"), "html.parser")
+
+
+def article(soup: BeautifulSoup):
+    main = soup.select_one("article.bd-article")
+    assert main is not None, "no <article class='bd-article'> in the page"
+    return main
+
+
+def test_toc_names_all_chapters_and_homework():
+    files = toc_files()
+    assert len(chapter_files()) >= 10, f"expected the 10 lecture chapters, got {chapter_files()}"
+    for path in sorted(ROOT.glob("exercises/*/*.ipynb")):
+        name = path.relative_to(ROOT).with_suffix("").as_posix()
+        assert name in files, f"homework notebook {name} is not in _toc.yml"
+    for name in files:
+        assert any((ROOT / f"{name}{ext}").exists() for ext in (".md", ".ipynb")), name
+
+
+def test_build_succeeds_without_warnings(book):
+    tail = "\n".join(book.log.splitlines()[-60:])
+    assert book.returncode == 0, f"jupyter-book build failed (rc={book.returncode}):\n{tail}"
+    warnings = [line for line in book.log.splitlines() if "WARNING:" in line]
+    assert not warnings, "warnings in the build:\n" + "\n".join(warnings)
+
+
+def test_every_page_exists(book):
+    assert (book.html / "index.html").exists()
+    assert (book.html / "search.html").exists(), "no search page"
+    assert (book.html / "searchindex.js").exists(), "no search index"
+    missing = [f for f in toc_files() if not (book.html / f"{f}.html").exists()]
+    assert not missing, f"pages not built: {missing}"
+
+
+@pytest.mark.parametrize("name", toc_files())
+def test_no_error_output(book, name):
+    soup = page(name)
+    bad = [
+        " ".join(div.get("class", []))
+        for div in article(soup).select("div.output, div.cell_output > div")
+        if {"traceback", "error", "stderr"} & set(div.get("class", []))
+    ]
+    assert not bad, f"{name}: error/stderr outputs in the page: {bad}"
+    text = article(soup).get_text()
+    assert "Traceback (most recent call last)" not in text, f"{name}: a traceback is shown"
+
+
+@pytest.mark.parametrize("name", toc_files())
+def test_figures_have_alt_text_and_caption(book, name):
+    for img in article(page(name)).find_all("img"):
+        src = img.get("src", "")
+        assert img.get("alt", "").strip(), f"{name}: image {src} has no alt text"
+        figure = img.find_parent("figure")
+        caption = figure.find("figcaption") if figure else None
+        assert caption and caption.get_text(strip=True), f"{name}: image {src} has no caption"
+        assert re.match(r"Fig\. \d+", caption.get_text(strip=True)), (
+            f"{name}: figure {src} is not numbered: {caption.get_text(strip=True)[:60]!r}"
+        )
+
+
+@pytest.mark.parametrize("name", chapter_files())
+def test_chapter_structure(book, name):
+    main = article(page(name))
+    titles = [t.get_text(strip=True) for t in main.select(".admonition > .admonition-title")]
+    assert "Learning objectives" in titles, f"{name}: no 'Learning objectives' admonition"
+    first = main.select_one(".admonition")
+    assert first.select_one(".admonition-title").get_text(strip=True) == "Learning objectives", (
+        f"{name}: the learning objectives are not the first admonition of the page"
+    )
+    headings = [h.get_text(strip=True).rstrip("#") for h in main.find_all("h2")]
+    assert any(re.fullmatch(r"([\d.]+\s*)?Summary", h) for h in headings), (
+        f"{name}: no '## Summary' section (h2 headings: {headings})"
+    )
+    assert main.select(".exercise"), f"{name}: no exercises"
+    assert main.select("div.solution, details.solution, .solution"), f"{name}: no solutions"
+    h1 = main.find("h1").get_text(strip=True)
+    assert re.match(r"\d+\.\s*\S", h1), f"{name}: chapter title is not numbered: {h1!r}"
+
+
+@pytest.mark.parametrize("name", chapter_files())
+def test_chapter_launch_and_download_buttons(book, name):
+    soup = page(name)
+    links = [a.get("href", "") for a in soup.select(".article-header-buttons a, .dropdown a")]
+    ipynb = [h for h in links if h.endswith(f"_sources/{name}.ipynb")]
+    assert ipynb, f"{name}: no download link to the chapter's .ipynb"
+    assert (book.html / "_sources" / f"{name}.ipynb").exists()
+    assert any(h.startswith("https://colab.research.google.com/github/") for h in links), name
+    assert any(h.startswith("https://mybinder.org/v2/gh/") for h in links), name
+    assert soup.select(".theme-switch-button"), f"{name}: no light/dark theme switcher"
+    assert soup.select(".search-button, .search-button-field"), f"{name}: no search button"
+
+
+def test_homework_pages_are_not_executed(book):
+    pages = [f for f in toc_files() if f.startswith("exercises/")]
+    assert pages, "no homework notebooks in the book"
+    for name in pages:
+        main = article(page(name))
+        assert not main.select(".cell_output"), f"{name}: the student notebook was executed"
+        assert (book.html / "_sources" / f"{name}.ipynb").exists(), f"{name}: no download"
+
+
+def test_bibliography_lists_references(book):
+    main = article(page("book/bibliography"))
+    entries = main.select(".citation, dl.citation > dt, div.citation")
+    assert len(entries) >= 10, f"only {len(entries)} bibliography entries"
+
+
+def test_mathjax_is_served_locally(book):
+    """The book is self-contained: MathJax comes from _static, not from a CDN."""
+    soup = page(chapter_files()[0])
+    srcs = [s.get("src", "") for s in soup.find_all("script") if "mathjax" in s.get("src", "")]
+    assert srcs and all(not s.startswith(("http:", "https:", "//")) for s in srcs), srcs
+    assert (book.html / "_static" / "mathjax" / "tex-chtml-full.js").exists()
