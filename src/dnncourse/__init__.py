@@ -1,12 +1,31 @@
 """dnncourse: Training deep networks, basic methods and tricks.
 
 A reference implementation of the methods in the lecture "Training DNNs: Basic
-Methods and Tricks" (Ju Sun), with PyTorch's API. One small module per topic:
+Methods and Tricks" (Ju Sun), with PyTorch's API. One small module per topic, in the
+lecture's order:
 
 - :mod:`dnncourse.polynomial`: the running example, a cubic fitted to sin(x).
 - :mod:`dnncourse.gradcheck`: central finite differences to check gradients.
 - :mod:`dnncourse.datasets`: the data every chapter uses (generated or bundled).
+- :mod:`dnncourse.activations`: activations written from exp, stable at any input, and Maxout.
+- :mod:`dnncourse.losses`: losses with torch.nn.functional's names and reductions.
 - :mod:`dnncourse.training`: the generic training loop :func:`dnncourse.train`.
+- :mod:`dnncourse.optim`: SGD, Adagrad, RMSprop, Adam, AdamW as torch.optim.Optimizer subclasses.
+- :mod:`dnncourse.lecture_optim`: the lecture's heavy ball, Nesterov and Adam forms.
+- :mod:`dnncourse.schedules`: 1/t, exponential and staircase learning-rate decay.
+- :mod:`dnncourse.problems`: test problems (elongated quadratic, least squares, digits MLP).
+- :mod:`dnncourse.init`: weight initialization with torch.nn.init's API.
+- :mod:`dnncourse.diagnostics`: deep MLPs and per-layer activation and gradient statistics.
+- :mod:`dnncourse.callbacks`: early stopping for :func:`dnncourse.train`.
+- :mod:`dnncourse.preprocessing`: standardization, PCA rotation and whitening.
+- :mod:`dnncourse.nn`: normalization layers (batch, layer, group, instance, weight) and dropout.
+- :mod:`dnncourse.regularizers`: L2 (weight decay), L1, the Jacobian penalty, max-norm.
+- :mod:`dnncourse.augment`: image augmentation with torch operations.
+- :mod:`dnncourse.hpsearch`: grid and random search.
+- :mod:`dnncourse.mnist`: MNIST IDX files from a local path.
+- :mod:`dnncourse.experiments`: small experiment pieces shared by the "Tricks" chapters.
+- :mod:`dnncourse.homework`, :mod:`dnncourse.grading`, :mod:`dnncourse.cli`: the homework
+  and the instructor's side (``dnncourse release``, ``dnncourse grade``).
 """
 
 from dnncourse.devices import default_device
