@@ -19,6 +19,7 @@ from dnncourse.experiments import (
     least_squares_contours,
     mc_dropout_predict,
     mlp,
+    noisy_labels,
     normalize_over,
     plot_shared_statistics,
     shared_statistics_mask,
@@ -162,3 +163,16 @@ def test_image_grid_layout():
     plt.close(fig)
     with pytest.raises(ValueError):
         image_grid(ax, torch.rand(5, 3, 8, 8), nrow=3)
+
+
+def test_noisy_labels_fraction_and_reproducible():
+    y = torch.arange(20000) % 10
+    noisy = noisy_labels(y, 0.3, num_classes=10, seed=3)
+    wrong = float((noisy != y).float().mean())
+    # expected share 0.3 * 0.9 = 0.27; the standard error is sqrt(0.27 * 0.73 / 20000) ~ 0.003
+    assert abs(wrong - 0.27) < 0.015
+    assert torch.equal(noisy, noisy_labels(y, 0.3, num_classes=10, seed=3))
+    assert torch.equal(noisy_labels(y, 0.0, num_classes=10), y)
+    assert int(noisy.max()) <= 9 and int(noisy.min()) >= 0
+    with pytest.raises(ValueError):
+        noisy_labels(y, 1.5, num_classes=10)

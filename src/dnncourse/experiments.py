@@ -102,6 +102,28 @@ def balanced_subset(
     return X[idx], y[idx]
 
 
+def noisy_labels(
+    y: torch.Tensor, fraction: float, num_classes: int, *, seed: int = 0
+) -> torch.Tensor:
+    """A copy of ``y`` where a random ``fraction`` of the labels is redrawn uniformly.
+
+    A redrawn label equals the true one with probability ``1 / num_classes``, so the share
+    of *wrong* labels is about ``fraction * (1 - 1 / num_classes)``. Corrupting only the
+    training labels makes overfitting unmistakable: a network that drives its training
+    loss to zero must memorize the wrong labels, which costs accuracy on clean test data.
+
+    Example:
+        >>> y_noisy = noisy_labels(y_train, 0.2, num_classes=10)
+        >>> (y_noisy != y_train).float().mean()   # about 0.18
+    """
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"fraction must lie in [0, 1], got {fraction}")
+    gen = torch.Generator().manual_seed(seed)
+    redraw = torch.rand(y.shape, generator=gen) < fraction
+    random_labels = torch.randint(num_classes, y.shape, generator=gen)
+    return torch.where(redraw, random_labels, y.cpu()).to(y.device)
+
+
 @dataclass
 class Score:
     """Accuracies and losses of a trained classifier, and the generalization gap."""
@@ -128,6 +150,7 @@ def fit_classifier(
     batch_size: int | None = None,
     weight_decay: float = 0.0,
     optimizer: str = "adam",
+    momentum: float = 0.9,
     seed: int = 0,
     **train_kwargs,
 ) -> Score:
@@ -144,7 +167,8 @@ def fit_classifier(
         num_epochs: passes over the training data (default 100).
         batch_size: default: the whole training set.
         weight_decay: the optimizer's ``weight_decay`` (L2, default 0).
-        optimizer: ``"adam"`` (default) or ``"sgd"`` (plain SGD with momentum 0.9).
+        optimizer: ``"adam"`` (default) or ``"sgd"``.
+        momentum: SGD's momentum (default 0.9; ignored by Adam).
         seed: seeds the batch order (and, through ``torch.manual_seed``, dropout masks).
 
     Example:
@@ -154,7 +178,9 @@ def fit_classifier(
     if optimizer == "adam":
         opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     elif optimizer == "sgd":
-        opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=weight_decay)
+        opt = torch.optim.SGD(
+            model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay
+        )
     else:
         raise ValueError(f"optimizer must be 'adam' or 'sgd', got {optimizer!r}")
     X, y = train_data
