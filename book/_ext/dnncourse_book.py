@@ -76,7 +76,23 @@ def fix_notebook_links(app: Sphinx, pagename: str, templatename: str, context, d
                 )
 
 
+def dedupe_scripts(app: Sphinx, pagename: str, templatename: str, context, doctree):
+    """Drop repeated scripts: jupyter-book registers sphinx-thebe's and togglebutton's
+    inline configuration twice, and a second ``const THEBE_JS_URL`` is a SyntaxError."""
+    seen, unique = set(), []
+    for script in context.get("script_files", []):
+        # the same inline script is registered once with filename None and once with ""
+        attributes = getattr(script, "attributes", {})
+        key = (getattr(script, "filename", script) or "", tuple(sorted(attributes.items())))
+        if key not in seen:
+            seen.add(key)
+            unique.append(script)
+    if "script_files" in context:
+        context["script_files"] = unique
+
+
 def setup(app: Sphinx) -> dict:
     app.add_config_value("dnncourse_notebooks_branch", "notebooks", "html")
+    app.connect("html-page-context", dedupe_scripts)
     app.connect("html-page-context", fix_notebook_links, priority=900)
     return {"parallel_read_safe": True, "parallel_write_safe": True}

@@ -1,0 +1,276 @@
+"""The built book in a real browser: Debian's chromium, headless, driven by selenium.
+
+Serves ``_build/html`` (built once per session by ``tests/test_book.py``'s ``build_book``)
+over a localhost HTTP server and opens the index and every page of the table of contents:
+MathJax rendered every formula (no raw ``$$``, no MathJax error), every image loaded, no
+request left the machine (the book is self-contained), no internal link or anchor is
+broken, the light/dark switch and the search work. Saves a screenshot of chapter 1 to
+``_build/screenshot-chapter1.png`` (and one per page under ``_build/screenshots/``).
+
+Needs ``apt-get install chromium chromium-driver``; skipped without them, except when
+``DNNCOURSE_REQUIRE_BROWSER=1`` (set by ``.ci/run``), where it fails instead.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import http.server
+import os
+import shutil
+import tempfile
+import threading
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import pytest
+from bs4 import BeautifulSoup
+from test_book import HTML, ROOT, build_book, chapter_files, toc_files
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+INSTALL_HINT = (
+    "needs Debian's headless chromium and its driver: "
+    "`sudo apt-get update && sudo apt-get install -y chromium chromium-driver`"
+)
+PAGES = ["index", *toc_files()]
+
+
+def _require_browser() -> None:
+    missing = [p for p in (CHROMIUM, CHROMEDRIVER) if not shutil.which(p)]
+    if not missing:
+        return
+    message = f"{', '.join(missing)} not found: {INSTALL_HINT}"
+    if os.environ.get("DNNCOURSE_REQUIRE_BROWSER") == "1":
+        pytest.fail(f"DNNCOURSE_REQUIRE_BROWSER=1 but {message}")
+    pytest.skip(message)
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, directory=str(HTML), **kwargs)
+
+    def log_message(self, format, *args):  # keep pytest's output clean
+        pass
+
+
+@pytest.fixture(scope="module")
+def server():
+    _require_browser()
+    book = build_book()
+    if book.returncode != 0:
+        pytest.fail("the book did not build (see tests/test_book.py::test_build_succeeds...)")
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _QuietHandler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+@pytest.fixture(scope="module")
+def driver(server):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    profile = tempfile.mkdtemp(prefix="dnncourse-chromium-")
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-dev-shm-usage",
+        "--window-size=1280,1600",
+        f"--user-data-dir={profile}",
+    ):
+        options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    drv = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    drv.set_page_load_timeout(60)
+    drv.set_script_timeout(60)
+    yield drv
+    drv.quit()
+    shutil.rmtree(profile, ignore_errors=True)
+
+
+def _open(driver, url: str) -> None:
+    """Load a page and wait until MathJax (where the page has math) finished typesetting."""
+    driver.get(url)
+    driver.execute_async_script(
+        """
+        const done = arguments[arguments.length - 1];
+        const wait = () => {
+          if (document.readyState !== "complete") return setTimeout(wait, 50);
+          if (!document.querySelector(".math")) return done(true);
+          if (!(window.MathJax && MathJax.startup && MathJax.startup.promise))
+            return setTimeout(wait, 50);
+          MathJax.startup.promise.then(() => done(true), (e) => done(String(e)));
+        };
+        wait();
+        """
+    )
+
+
+@functools.cache
+def _fetch(url: str) -> tuple[int, str]:
+    """Status and (for HTML) text of a URL on the local server; cached across pages."""
+    try:
+        with urllib.request.urlopen(url, timeout=30) as response:
+            kind = response.headers.get("Content-Type", "")
+            body = response.read().decode("utf8", "replace") if "html" in kind else ""
+            return response.status, body
+    except urllib.error.HTTPError as err:
+        return err.code, ""
+
+
+@functools.cache
+def _anchors(url: str) -> frozenset[str]:
+    soup = BeautifulSoup(_fetch(url)[1], "html.parser")
+    ids = {tag["id"] for tag in soup.find_all(id=True)}
+    return frozenset(ids | {tag["name"] for tag in soup.find_all("a", attrs={"name": True})})
+
+
+@pytest.mark.parametrize("name", PAGES)
+def test_page_in_browser(driver, server, name):
+    url = f"{server}/{name}.html"
+    _open(driver, url)
+    assert driver.title and "404" not in driver.title, f"{name}: page did not load"
+
+    # MathJax: every formula typeset, none left raw, no MathJax error.
+    math = driver.execute_script(
+        """
+        const math = [...document.querySelectorAll("article .math")];
+        const article = document.querySelector("article.bd-article");
+        const clone = article.cloneNode(true);
+        clone.querySelectorAll("pre, code, script, .highlight").forEach((e) => e.remove());
+        return {
+          formulas: math.length,
+          untypeset: math.filter((m) => !m.querySelector("mjx-container"))
+                         .map((m) => m.textContent.slice(0, 80)),
+          containers: document.querySelectorAll("mjx-container").length,
+          errors: [...document.querySelectorAll("mjx-merror, [data-mjx-error]")]
+                    .map((e) => e.getAttribute("data-mjx-error") || e.textContent),
+          undefinedMacros: [...document.querySelectorAll("mjx-container [style*='red'],"
+                             + " mjx-container [mathcolor='red']")].map((e) => e.textContent),
+          rawDisplay: clone.innerText.includes("$$"),
+        };
+        """
+    )
+    if math["formulas"]:
+        assert math["containers"] > 0, f"{name}: MathJax rendered nothing"
+    assert not math["untypeset"], f"{name}: formulas left untypeset: {math['untypeset'][:5]}"
+    assert not math["errors"], f"{name}: MathJax errors: {math['errors'][:5]}"
+    assert not math["undefinedMacros"], f"{name}: undefined macros: {math['undefinedMacros']}"
+    assert not math["rawDisplay"], f"{name}: raw $$ left in the text"
+
+    # Every image loaded.
+    broken = driver.execute_script(
+        "return [...document.images].filter((i) => !(i.complete && i.naturalWidth > 0))"
+        ".map((i) => i.getAttribute('src'));"
+    )
+    assert not broken, f"{name}: images that did not load: {broken}"
+
+    # Self-contained: nothing was requested from another host (no CDN).
+    resources = driver.execute_script(
+        "return performance.getEntriesByType('resource').map((e) => e.name);"
+    )
+    external = [r for r in resources if not r.startswith(server)]
+    assert not external, f"{name}: resources loaded from outside the book: {external}"
+    severe = [
+        entry["message"]
+        for entry in driver.get_log("browser")
+        if entry["level"] == "SEVERE" and server in entry["message"]
+    ]
+    assert not severe, f"{name}: browser errors: {severe}"
+
+    # No broken internal link: every local href/src answers 200, every anchor exists.
+    targets = driver.execute_script(
+        """
+        const urls = [];
+        document.querySelectorAll("a[href]").forEach((a) => urls.push(a.href));
+        document.querySelectorAll("img[src], script[src]").forEach((e) => urls.push(e.src));
+        document.querySelectorAll("link[href]").forEach((l) => urls.push(l.href));
+        return urls;
+        """
+    )
+    problems = []
+    for target in sorted(set(targets)):
+        if not target.startswith(server):
+            continue
+        parts = urllib.parse.urlsplit(target)
+        page_url = urllib.parse.urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
+        status, _ = _fetch(page_url)
+        if status != 200:
+            problems.append(f"{target} -> HTTP {status}")
+        elif parts.fragment and page_url.endswith(".html"):
+            anchor = urllib.parse.unquote(parts.fragment)
+            if anchor not in _anchors(page_url):
+                problems.append(f"{target} -> no element with id {anchor!r}")
+    assert not problems, f"{name}: broken internal links:\n" + "\n".join(problems)
+
+    _screenshot(driver, ROOT / "_build" / "screenshots" / f"{name.replace('/', '__')}.png")
+
+
+def _screenshot(driver, path: Path, scale: float = 0.5) -> None:
+    """The whole page (not only the viewport), scaled down, as a PNG."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    size = driver.execute_script(
+        "return [document.documentElement.scrollWidth, document.documentElement.scrollHeight];"
+    )
+    shot = driver.execute_cdp_cmd(
+        "Page.captureScreenshot",
+        {
+            "format": "png",
+            "captureBeyondViewport": True,
+            "clip": {"x": 0, "y": 0, "width": size[0], "height": size[1], "scale": scale},
+        },
+    )
+    path.write_bytes(base64.b64decode(shot["data"]))
+
+
+def test_screenshot_of_chapter_one(driver, server):
+    first = chapter_files()[0]
+    _open(driver, f"{server}/{first}.html")
+    path = ROOT / "_build" / "screenshot-chapter1.png"
+    assert driver.save_screenshot(str(path)), "chromium could not save a screenshot"
+    assert path.stat().st_size > 10_000, f"{path} is suspiciously small"
+
+
+def test_dark_mode_switch(driver, server):
+    first = chapter_files()[0]
+    _open(driver, f"{server}/{first}.html")
+    before = driver.execute_script("return document.documentElement.dataset.theme;")
+    seen = {before}
+    for _ in range(3):  # the switcher cycles light -> dark -> auto (order depends on start)
+        driver.execute_script("document.querySelector('.theme-switch-button').click();")
+        seen.add(driver.execute_script("return document.documentElement.dataset.theme;"))
+    assert {"light", "dark"} <= seen, f"the theme switcher gave only {seen}"
+    driver.execute_script("document.documentElement.dataset.theme = 'dark';")
+    driver.save_screenshot(str(ROOT / "_build" / "screenshot-chapter1-dark.png"))
+
+
+def test_search_finds_a_chapter(driver, server):
+    driver.get(f"{server}/search.html?q=momentum")
+    found = driver.execute_async_script(
+        """
+        const done = arguments[arguments.length - 1];
+        let tries = 0;
+        const poll = () => {
+          const hits = document.querySelectorAll("#search-results li, ul.search li");
+          if (hits.length || ++tries > 200) return done(hits.length);
+          setTimeout(poll, 100);
+        };
+        poll();
+        """
+    )
+    assert found > 0, "the book's search found nothing for 'momentum'"
