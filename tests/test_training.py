@@ -434,6 +434,27 @@ def test_bad_arguments_raise(kwargs, match):
         fit(**kwargs)
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="training.py bug: a metric named 'loss' overwrites the validation loss and its "
+    "own list stays empty; fix: raise ValueError in train() (see the report of issue 3)",
+)
+def test_metric_named_loss_is_rejected():
+    with pytest.raises(ValueError, match="loss"):
+        fit(data=regression_data(), metrics={"loss": lambda y_hat, y: 0.0},
+            num_epochs=1)  # fmt: skip
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="training.py bug: batch_size is only checked once the first epoch starts, so "
+    "num_epochs=0 accepts batch_size=0; fix: check it before the loop (issue 3 report)",
+)
+def test_bad_batch_size_raises_even_without_epochs():
+    with pytest.raises(ValueError, match="batch_size"):
+        fit(batch_size=0, num_epochs=0)
+
+
 def test_mismatched_lengths_raise():
     X, y = regression_data()
     with pytest.raises(ValueError, match="rows"):
