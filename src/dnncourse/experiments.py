@@ -419,10 +419,18 @@ def mc_dropout_predict(model: nn.Module, X: torch.Tensor, num_samples: int) -> t
     return total / num_samples
 
 
-def image_grid(ax, images: torch.Tensor, nrow: int, *, pad: int = 1, cmap: str = "gray_r"):
+def image_grid(
+    ax,
+    images: torch.Tensor,
+    nrow: int,
+    *,
+    pad: int = 1,
+    cmap: str = "gray_r",
+    pad_color: str = "#c9d6e3",
+):
     """Tile ``(N, 1, H, W)`` (or ``(N, H, W)``) images into one picture on ``ax``.
 
-    ``nrow`` images per row; ``pad`` blank pixels between them. Returns the image.
+    ``nrow`` images per row; ``pad`` pixels of ``pad_color`` between them. Returns ``ax``.
 
     Example:
         >>> image_grid(ax, data.X_train[:32].view(-1, 1, 8, 8), nrow=8)
@@ -443,6 +451,9 @@ def image_grid(ax, images: torch.Tensor, nrow: int, *, pad: int = 1, cmap: str =
         r, c = divmod(i, nrow)
         top, left = pad + r * (H + pad), pad + c * (W + pad)
         canvas[top : top + H, left : left + W] = x[i]
-    ax.imshow(canvas.numpy(), cmap=cmap, interpolation="nearest")
+    import matplotlib.pyplot as plt
+
+    colormap = plt.get_cmap(cmap).with_extremes(bad=pad_color)
+    ax.imshow(canvas.numpy(), cmap=colormap, interpolation="nearest")
     ax.set_axis_off()
     return ax
