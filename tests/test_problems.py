@@ -80,6 +80,23 @@ def test_run_optimizer_works_with_closure_methods_and_keeps_dtype():
     assert f32.dtype == torch.float32
 
 
+def test_run_optimizer_drives_closure_only_lecture_forms():
+    """NesterovLookahead needs the closure (gradient at the look-ahead point); heavy ball
+    in the lecture's form gives the same iterates as torch.optim.SGD with momentum."""
+    from dnncourse.lecture_optim import HeavyBall, NesterovLookahead
+
+    f, x0 = Quadratic(device=CPU), [-4.0, 1.5]
+    hb = run_optimizer(f, lambda p: HeavyBall(p, lr=0.05, momentum=0.6), x0, 40)
+    sgd = run_optimizer(f, lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.6), x0, 40)
+    torch.testing.assert_close(hb, sgd)
+    nag = run_optimizer(f, lambda p: NesterovLookahead(p, lr=0.05, momentum=0.6), x0, 40)
+    x_prev = x = torch.tensor(x0, dtype=torch.float64)
+    for k in range(40):  # x_{k+1} = y_k - a grad f(y_k), y_k = x_k + b (x_k - x_{k-1})
+        y = x + 0.6 * (x - x_prev)
+        x, x_prev = y - 0.05 * f.grad(y), x
+        torch.testing.assert_close(nag[k + 1], x)
+
+
 def test_run_optimizer_noise_is_seeded_and_changes_the_path():
     def run(seed, noise=0.5):
         g = torch.Generator().manual_seed(seed)
