@@ -14,6 +14,7 @@ import torch
 from torch.optim.lr_scheduler import ExponentialLR, LambdaLR, ReduceLROnPlateau, StepLR
 
 import dnncourse
+from dnncourse import optim
 from dnncourse.schedules import ExponentialDecay, InverseTimeDecay, StaircaseDecay
 
 NUM_STEPS = 300
@@ -154,16 +155,15 @@ def test_zero_decay_rate_keeps_the_rate():
     assert rates(ExponentialDecay(make_optimizer(lr=0.3), 0.0), 5) == [[0.3]] * 5
 
 
-def _optimizer_classes():
-    classes = [torch.optim.SGD, torch.optim.Adam, torch.optim.RMSprop, torch.optim.Adagrad]
-    try:
-        from dnncourse import optim
-    except ImportError:
-        return classes
-    return classes + [getattr(optim, n) for n in ("SGD", "Adam") if hasattr(optim, n)]
+OPTIMIZER_CLASSES = [
+    *(getattr(torch.optim, n) for n in ("SGD", "Adagrad", "RMSprop", "Adam", "AdamW")),
+    *(getattr(optim, n) for n in ("SGD", "Adagrad", "RMSprop", "Adam", "AdamW")),
+]
 
 
-@pytest.mark.parametrize("opt_cls", _optimizer_classes(), ids=lambda c: c.__module__ + c.__name__)
+@pytest.mark.parametrize(
+    "opt_cls", OPTIMIZER_CLASSES, ids=lambda c: f"{c.__module__}.{c.__name__}"
+)
 def test_schedule_drives_any_optimizer(opt_cls):
     """The scheduled rate is what the optimizer uses: plain SGD moves by exactly lr * grad."""
     opt = make_optimizer(lr=0.2, groups=True, cls=opt_cls)
