@@ -152,7 +152,9 @@ def test_page_in_browser(driver, server, name):
         const math = [...document.querySelectorAll("article .math")];
         const article = document.querySelector("article.bd-article");
         const clone = article.cloneNode(true);
-        clone.querySelectorAll("pre, code, script, .highlight").forEach((e) => e.remove());
+        clone.querySelectorAll("pre, code, script, .highlight, .math, mjx-container")
+             .forEach((e) => e.remove());
+        const text = clone.innerText;
         return {
           formulas: math.length,
           untypeset: math.filter((m) => !m.querySelector("mjx-container"))
@@ -162,7 +164,8 @@ def test_page_in_browser(driver, server, name):
                     .map((e) => e.getAttribute("data-mjx-error") || e.textContent),
           undefinedMacros: [...document.querySelectorAll("mjx-container [style*='red'],"
                              + " mjx-container [mathcolor='red']")].map((e) => e.textContent),
-          rawDisplay: clone.innerText.includes("$$"),
+          rawDisplay: text.includes("$$"),
+          rawTex: [...text.matchAll(/.{0,40}\\\\[a-zA-Z]{2,}.{0,20}/g)].map((m) => m[0]),
         };
         """
     )
@@ -172,6 +175,7 @@ def test_page_in_browser(driver, server, name):
     assert not math["errors"], f"{name}: MathJax errors: {math['errors'][:5]}"
     assert not math["undefinedMacros"], f"{name}: undefined macros: {math['undefinedMacros']}"
     assert not math["rawDisplay"], f"{name}: raw $$ left in the text"
+    assert not math["rawTex"], f"{name}: TeX left raw (math not parsed): {math['rawTex']}"
 
     # Every image loaded.
     broken = driver.execute_script(
