@@ -107,7 +107,7 @@ def main() -> None:
     print(f"\ncold build: {cold_s:7.1f} s  ({len(cold_exec)} notebooks executed)")
     for name, seconds in sorted(cold_exec.items()):
         print(f"    {name:40s} {seconds:6.1f} s")
-    missing = [c.name for c in chapters if c.name not in cold_exec]
+    missing = [c.name for c in chapters if c.stem not in cold_exec]
     if missing:
         print(f"    not executed (no code cells?): {', '.join(missing)}")
 
