@@ -8,7 +8,7 @@ hit both, and the script prints the ratio of the medians (goal: at most 1.3).
 
 Usage:
     python benchmarks/bench_optim.py [--repeats 50] [--width 1024] [--device cpu|cuda]
-        [--threads N]
+        [--threads N] [--only NAME]
 """
 
 import argparse
@@ -66,6 +66,7 @@ def main():
     parser.add_argument("--width", type=int, default=1024)
     parser.add_argument("--device", default=str(default_device()))
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--only", default=None, help="run only this optimizer (e.g. Adam)")
     args = parser.parse_args()
     device = torch.device(args.device)
     if args.threads is not None:
@@ -78,6 +79,8 @@ def main():
     print(f"{'optimizer':<72} {'ours ms':>8} {'torch ms':>9} {'ratio':>6}")
     ratios = []
     for name, kwargs in SETTINGS:
+        if args.only is not None and name != args.only:
+            continue
         ours = getattr(dnncourse.optim, name)(make_params(args.width, device), **kwargs)
         theirs = getattr(torch.optim, name)(
             make_params(args.width, device), **kwargs, foreach=False
