@@ -176,3 +176,22 @@ def test_noisy_labels_fraction_and_reproducible():
     assert int(noisy.max()) <= 9 and int(noisy.min()) >= 0
     with pytest.raises(ValueError):
         noisy_labels(y, 1.5, num_classes=10)
+
+
+def test_fit_classifier_plain_sgd_matches_torch_loop():
+    """Full batch, momentum 0: fit_classifier takes exactly torch.optim.SGD's steps."""
+    gen = torch.Generator().manual_seed(0)
+    X = torch.randn(30, 4, dtype=torch.float64, generator=gen)
+    y = torch.randint(3, (30,), generator=gen)
+    torch.manual_seed(0)
+    model = nn.Linear(4, 3).double()
+    reference = nn.Linear(4, 3).double()
+    reference.load_state_dict(model.state_dict())
+    fit_classifier(model, (X, y), (X, y), lr=0.3, optimizer="sgd", momentum=0.0, num_epochs=5)
+    opt = torch.optim.SGD(reference.parameters(), lr=0.3)
+    for _ in range(5):
+        opt.zero_grad()
+        nn.CrossEntropyLoss()(reference(X), y).backward()
+        opt.step()
+    torch.testing.assert_close(model.weight.cpu(), reference.weight)
+    torch.testing.assert_close(model.bias.cpu(), reference.bias)
