@@ -11,11 +11,19 @@ Chapters are MyST markdown notebooks. sphinx-book-theme already offers the execu
 * Colab (or any machine) may not have the course package, so the downloadable
   notebook of a chapter starts with a cell that installs it from the repository when
   ``import dnncourse`` would fail. Binder installs it from ``binder/``.
+* The jupyter-cache keys a notebook on its code cells only: a change to the
+  ``dnncourse`` package would leave stale outputs in the book. The package's source is
+  hashed on each build; when it changed since the last build, the execution cache is
+  emptied and every page re-read, so every chapter runs again. A prose-only change to
+  a chapter still re-executes nothing.
 """
 
 from __future__ import annotations
 
+import hashlib
+import importlib.util
 import json
+import shutil
 from pathlib import Path
 
 from sphinx.application import Sphinx
@@ -91,7 +99,49 @@ def dedupe_scripts(app: Sphinx, pagename: str, templatename: str, context, doctr
         context["script_files"] = unique
 
 
+def _package_hash() -> str:
+    """SHA-256 of the installed dnncourse package's Python sources."""
+    spec = importlib.util.find_spec("dnncourse")
+    digest = hashlib.sha256()
+    for location in (spec.submodule_search_locations or []) if spec else []:
+        for path in sorted(Path(location).rglob("*.py")):
+            digest.update(path.relative_to(location).as_posix().encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def _stamp(app: Sphinx) -> Path:
+    return Path(app.outdir).parent / ".dnncourse-package-hash"
+
+
+def invalidate_cache_on_package_change(app: Sphinx, config) -> None:
+    """Runs at config-inited, before myst-nb opens the cache (at builder-inited)."""
+    app.dnncourse_package_hash = current = _package_hash()
+    stamp = _stamp(app)
+    previous = stamp.read_text().strip() if stamp.exists() else None
+    app.dnncourse_package_changed = previous is not None and previous != current
+    if app.dnncourse_package_changed:
+        cache = Path(app.outdir).parent / ".jupyter_cache"
+        if config.nb_execution_cache_path:
+            cache = Path(app.confdir, config.nb_execution_cache_path)
+        print(f"dnncourse changed since the last build: emptying {cache}, re-executing all")
+        shutil.rmtree(cache, ignore_errors=True)
+
+
+def reread_all_on_package_change(app: Sphinx, env, added, changed, removed) -> list[str]:
+    return sorted(env.found_docs) if app.dnncourse_package_changed else []
+
+
+def write_package_stamp(app: Sphinx, exception) -> None:
+    if exception is None:
+        _stamp(app).parent.mkdir(parents=True, exist_ok=True)
+        _stamp(app).write_text(app.dnncourse_package_hash + "\n")
+
+
 def setup(app: Sphinx) -> dict:
+    app.connect("config-inited", invalidate_cache_on_package_change)
+    app.connect("env-get-outdated", reread_all_on_package_change)
+    app.connect("build-finished", write_package_stamp)
     app.add_config_value("dnncourse_notebooks_branch", "notebooks", "html")
     app.connect("html-page-context", dedupe_scripts)
     app.connect("html-page-context", fix_notebook_links, priority=900)
