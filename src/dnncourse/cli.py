@@ -1,0 +1,128 @@
+"""The ``dnncourse`` command: release homework and grade a class.
+
+``dnncourse release [ASSIGNMENT ...]`` regenerates ``exercises/`` from ``solutions/`` with
+nbgrader and validates each assignment (the solution earns full marks, the stub zero, no
+solution or hidden-test line leaks); exit status 1 if any validation fails.
+
+``dnncourse grade ASSIGNMENT SUBMISSIONS --out OUT [--jobs N] [--cell-timeout S]
+[--timeout S] [--memory-limit MB] [--db URL]`` grades ``SUBMISSIONS/<student_id>/`` (or an
+LMS zip of such folders) into ``OUT/grades.csv`` and ``OUT/feedback/``; exit status 0 iff
+every student folder got a row.
+"""
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from .grading import grade, release_and_validate
+from .grading.execute import Limits
+from .grading.pool import summary
+
+
+def _positive(text: str) -> float:
+    value = float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text}")
+    return value
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="dnncourse", description="dnncourse homework tools")
+    sub = p.add_subparsers(dest="command", required=True)
+    rel = sub.add_parser("release", help="regenerate exercises/ and validate it")
+    rel.add_argument("assignments", nargs="*", metavar="ASSIGNMENT", help="default: all")
+    g = sub.add_parser("grade", help="autograde a class of submissions")
+    g.add_argument("assignment", metavar="ASSIGNMENT")
+    g.add_argument(
+        "submissions",
+        type=Path,
+        metavar="SUBMISSIONS",
+        help="folder of <student_id>/ folders, or an LMS zip of them",
+    )
+    g.add_argument("--out", type=Path, required=True, help="output folder")
+    g.add_argument(
+        "--jobs",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="students graded at once (default: the number of cores)",
+    )
+    g.add_argument(
+        "--cell-timeout", type=_positive, default=60.0, help="seconds per cell (default 60)"
+    )
+    g.add_argument(
+        "--timeout",
+        type=_positive,
+        default=600.0,
+        help="seconds per student, all notebooks (default 600)",
+    )
+    g.add_argument(
+        "--memory-limit",
+        type=_positive,
+        default=4096.0,
+        help="MiB of address space for a student's kernel (0: no limit; "
+        "use 0 on a GPU machine, see the instructor's guide)",
+    )
+    g.add_argument(
+        "--db", default=None, help="gradebook SQLAlchemy URL (default sqlite:///OUT/gradebook.db)"
+    )
+    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    if args.command == "release":
+        try:
+            results = release_and_validate(args.assignments or None)
+        except (ValueError, RuntimeError) as error:
+            print(f"dnncourse release: {error}", file=sys.stderr)
+            return 1
+        failed = False
+        for name, problems in results.items():
+            if problems:
+                failed = True
+                print(f"{name}: FAILED validation", file=sys.stderr)
+                for problem in problems:
+                    print(f"  - {problem}", file=sys.stderr)
+            else:
+                print(
+                    f"{name}: released to exercises/{name} (solution full marks, stub zero, "
+                    "no leaks)"
+                )
+        return 1 if failed else 0
+    if args.jobs < 1:
+        print("dnncourse grade: --jobs must be at least 1", file=sys.stderr)
+        return 2
+    limits = Limits(cell_timeout=args.cell_timeout, memory_limit_mb=args.memory_limit or None)
+    if not args.submissions.exists():
+        print(f"dnncourse grade: {args.submissions} does not exist", file=sys.stderr)
+        return 2
+    try:
+        rows = grade(
+            args.assignment,
+            args.submissions,
+            args.out,
+            jobs=args.jobs,
+            limits=limits,
+            timeout=args.timeout or None,
+            db_url=args.db,
+            progress=not args.no_progress,
+        )
+    except (ValueError, FileNotFoundError, RuntimeError) as error:
+        print(f"dnncourse grade: {error}", file=sys.stderr)
+        return 1
+    print(summary(rows))
+    print(f"grades: {args.out / 'grades.csv'}  feedback: {args.out / 'feedback'}")
+    from .grading.api import students_in
+
+    folders = set(students_in(args.submissions)) if args.submissions.is_dir() else None
+    got = {r["student_id"] for r in rows}
+    if folders is not None and folders != got:
+        print(f"dnncourse grade: no row for {sorted(folders - got)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

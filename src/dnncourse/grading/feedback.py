@@ -1,0 +1,72 @@
+"""Feedback pages: nbgrader's feedback template, without the hidden tests.
+
+nbgrader's ``generate_feedback`` renders the *autograded* notebook, whose test cells hold
+the hidden tests again (``OverwriteCells`` put them back), and a failing hidden assert shows
+its source lines in the traceback. :class:`RedactTests` therefore replaces each test cell's
+source with its released (visible) version and each of its tracebacks with the one line
+``ename: evalue`` (the test's own message), before nbgrader's ``GetGrades`` and the
+``feedback`` HTML template run.
+"""
+
+import html
+import os
+from pathlib import Path
+
+from nbconvert.exporters import HTMLExporter
+from nbconvert.preprocessors import CSSHTMLHeaderPreprocessor, Preprocessor
+from nbgrader import utils as nbutils
+from nbgrader.preprocessors import GetGrades
+from traitlets import Dict
+from traitlets.config import Config
+
+
+class RedactTests(Preprocessor):
+    """Show test cells as released: visible tests only, tracebacks cut to their message."""
+
+    released = Dict(help="grade_id -> source of the released test cell")
+
+    def preprocess_cell(self, cell, resources, index):
+        if cell.cell_type == "code" and nbutils.is_grade(cell) and not nbutils.is_solution(cell):
+            gid = cell.metadata.nbgrader["grade_id"]
+            cell.source = self.released.get(gid, "# (test code not shown)")
+            for output in cell.get("outputs", []):
+                if output.output_type == "error":
+                    output.traceback = [f"{output.ename}: {output.evalue}"]
+        return cell, resources
+
+
+def exporter(released: dict[str, str]) -> HTMLExporter:
+    """nbconvert's HTML exporter set up like ``nbgrader generate_feedback``."""
+    import nbgrader
+
+    base = Path(nbgrader.__file__).parent / "server_extensions" / "formgrader"
+    config = Config()
+    config.HTMLExporter.template_name = "feedback"
+    config.HTMLExporter.extra_template_basedirs = [str(base / "templates")]
+    config.HTMLExporter.extra_template_paths = [
+        str(base / "static" / "node_modules" / "bootstrap" / "dist" / "css")
+    ]
+    html_exporter = HTMLExporter(config=config)
+    html_exporter.register_preprocessor(RedactTests(released=released), enabled=True)
+    html_exporter.register_preprocessor(GetGrades(), enabled=True)
+    html_exporter.register_preprocessor(CSSHTMLHeaderPreprocessor(), enabled=True)
+    return html_exporter
+
+
+def write_feedback(nb, released: dict[str, str], resources: dict, path: Path) -> None:
+    """Render the feedback page of one graded notebook to ``path``."""
+    body, _ = exporter(released).from_notebook_node(nb, resources=resources)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(body)
+    os.chmod(path, 0o644)
+
+
+def write_notice(path: Path, title: str, status: str, detail: str) -> None:
+    """A short page for a notebook that could not be graded (missing, invalid, ...)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(
+        "<!DOCTYPE html>\n<html><head><meta charset='utf-8'>"
+        f"<title>{html.escape(title)}</title></head><body>"
+        f"<h1>{html.escape(title)}</h1><p><strong>Not graded: {html.escape(status)}.</strong></p>"
+        f"<p>{html.escape(detail)}</p><p>Score: 0</p></body></html>\n"
+    )

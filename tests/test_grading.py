@@ -1,0 +1,256 @@
+"""Unit tests of the grader's pieces that need no kernel: reading, rebuilding, feedback, rows.
+
+The kernel guard is tested in a subprocess with IPython's shell (no Jupyter kernel, a
+second or two); whole submissions, graded end to end, are in test_grading_corpus.py.
+"""
+
+import copy
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from dnncourse.grading import sanitize
+from dnncourse.grading.api import students_in, unpack_zip
+from dnncourse.grading.feedback import RedactTests
+from dnncourse.grading.pool import summary, write_csv
+from dnncourse.grading.worker import worst
+from dnncourse.homework import tool_env
+
+ROOT = Path(__file__).resolve().parents[1]
+NAME = "hw1_polynomial_gradients"
+RELEASE = ROOT / "exercises" / "hw1" / f"{NAME}.ipynb"
+
+
+@pytest.fixture
+def release():
+    return nbformat.read(RELEASE, as_version=4)
+
+
+def gids(nb) -> list:
+    return [sanitize.grade_id(c) for c in nb.cells]
+
+
+# -- reading ---------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        (b"", "is empty"),
+        (RELEASE.read_bytes()[:1000], "not valid JSON"),
+        (b"[1, 2, 3]", "not a notebook"),
+        (b'{"cells": [42]}', "not a cell"),
+        (b"\xff\xfe garbage", "not valid JSON"),
+    ],
+)
+def test_broken_files_are_invalid_notebooks(tmp_path, content, reason):
+    path = tmp_path / "nb.ipynb"
+    path.write_bytes(content)
+    with pytest.raises(sanitize.Rejected) as info:
+        sanitize.read_notebook(path)
+    assert info.value.status == "invalid notebook"
+    assert reason in info.value.detail
+
+
+def test_duplicated_cell_ids_do_not_stop_reading(tmp_path):
+    nb = json.loads(RELEASE.read_text())
+    for cell in nb["cells"]:
+        cell["id"] = "same"
+    path = tmp_path / "nb.ipynb"
+    path.write_text(json.dumps(nb))
+    assert len(sanitize.read_notebook(path).cells) == len(nb["cells"])
+
+
+def test_find_notebook_by_name_then_a_single_renamed_one(tmp_path):
+    expected = {NAME}
+    (tmp_path / "renamed.ipynb").write_text("{}")
+    (tmp_path / ".ipynb_checkpoints").mkdir()
+    (tmp_path / ".ipynb_checkpoints" / "old.ipynb").write_text("{}")
+    path, note = sanitize.find_notebook(tmp_path, NAME, expected)
+    assert path.name == "renamed.ipynb" and "in place of" in note
+    (tmp_path / f"{NAME}.ipynb").write_text("{}")
+    path, note = sanitize.find_notebook(tmp_path, NAME, expected)
+    assert path.name == f"{NAME}.ipynb" and note is None
+
+
+def test_no_notebook_or_two_candidates_is_a_missing_notebook(tmp_path):
+    with pytest.raises(sanitize.Rejected, match="no notebook") as info:
+        sanitize.find_notebook(tmp_path, NAME, {NAME})
+    assert info.value.status == "missing notebook"
+    (tmp_path / "a.ipynb").write_text("{}")
+    (tmp_path / "b.ipynb").write_text("{}")
+    with pytest.raises(sanitize.Rejected, match=r"a\.ipynb, b\.ipynb"):
+        sanitize.find_notebook(tmp_path, NAME, {NAME})
+
+
+# -- rebuilding --------------------------------------------------------------------------------
+def test_an_untouched_notebook_is_rebuilt_unchanged(release):
+    nb, notes = sanitize.rebuild(copy.deepcopy(release), release)
+    assert nb == release and notes == []
+
+
+def test_deleted_edited_and_reordered_test_cells_come_back(release):
+    student = copy.deepcopy(release)
+    cells = {sanitize.grade_id(c): c for c in student.cells}
+    cells["test_cubic_gradients"].source = "assert True"
+    cells["test_cubic_gradients"].metadata.nbgrader["points"] = 1000
+    cells["test_central_difference"].metadata.nbgrader["grade"] = False
+    student.cells.remove(cells["test_fit_cubic"])
+    student.cells.remove(cells["test_gradient_descent_step"])
+    student.cells.insert(0, cells["test_gradient_descent_step"])  # moved to the top
+    nb, notes = sanitize.rebuild(student, release)
+    assert gids(nb) == gids(release)
+    for mine, theirs in zip(nb.cells, release.cells, strict=True):
+        assert mine.source == theirs.source and mine.metadata == theirs.metadata
+    assert any("test_fit_cubic was missing" in n for n in notes)
+    assert any("restored the instructor's cell test_cubic_gradients" in n for n in notes)
+
+
+def test_answers_and_extra_cells_are_kept_in_place(release):
+    student = copy.deepcopy(release)
+    answer = next(c for c in student.cells if sanitize.grade_id(c) == "cubic_gradients")
+    answer.source = "def cubic_gradients(x, y, coeffs):\n    return coeffs"
+    at = student.cells.index(answer)
+    student.cells.insert(at + 1, nbformat.v4.new_code_cell("print('mine')"))
+    fake = nbformat.v4.new_code_cell("x = 1")
+    fake.metadata["nbgrader"] = {"grade": True, "grade_id": "bonus", "points": 99}
+    student.cells.append(fake)
+    nb, notes = sanitize.rebuild(student, release)
+    index = gids(nb).index("cubic_gradients")
+    assert nb.cells[index].source == answer.source
+    assert nb.cells[index + 1].source == "print('mine')"
+    assert "nbgrader" not in nb.cells[-1].metadata, "a student cannot add graded cells"
+    assert any("removed nbgrader metadata" in n for n in notes)
+    ids = [c.id for c in nb.cells]
+    assert len(ids) == len(set(ids))
+    nbformat.validate(nb)
+
+
+def test_copies_of_cells_with_the_same_grade_id(release):
+    student = copy.deepcopy(release)
+    test = next(c for c in student.cells if sanitize.grade_id(c) == "test_fit_cubic")
+    answer = next(c for c in student.cells if sanitize.grade_id(c) == "fit_cubic")
+    second = copy.deepcopy(answer)
+    second.source = "def fit_cubic(*args):\n    return 'second'"
+    student.cells += [copy.deepcopy(test), second]
+    for cell in student.cells:
+        cell.id = "same"
+    nb, notes = sanitize.rebuild(student, release)
+    assert gids(nb).count("test_fit_cubic") == 1
+    assert gids(nb).count("fit_cubic") == 1
+    assert nb.cells[-1].source == second.source, "a copied answer runs, as a plain cell"
+    assert any("removed a copy of cell test_fit_cubic" in n for n in notes)
+
+
+# -- feedback, rows ----------------------------------------------------------------------------
+def test_feedback_shows_released_tests_and_short_tracebacks():
+    cell = nbformat.v4.new_code_cell("visible\n### BEGIN HIDDEN TESTS\nsecret\n")
+    cell.metadata["nbgrader"] = {"grade": True, "grade_id": "t", "points": 1, "locked": True}
+    cell.outputs = [
+        nbformat.v4.new_output(
+            "error", ename="AssertionError", evalue="expected 1", traceback=["---> secret"]
+        )
+    ]
+    redacted, _ = RedactTests(released={"t": "visible\n"}).preprocess_cell(cell, {}, 0)
+    assert redacted.source == "visible\n"
+    assert redacted.outputs[0].traceback == ["AssertionError: expected 1"]
+
+
+def test_worst_status_and_summary(tmp_path):
+    assert worst(["ok", "output limit", "timeout"]) == "timeout"
+    assert worst([]) == "ok"
+    rows = [
+        dict(student_id="a", assignment="hw1", score=10.0, max_score=10.0, status="ok"),
+        dict(student_id="b", assignment="hw1", score=0.0, max_score=10.0, status="timeout"),
+    ]
+    table = summary(rows)
+    assert "timeout" in table and "5.00" in table
+    write_csv(rows, tmp_path / "grades.csv")
+    header = (tmp_path / "grades.csv").read_text().splitlines()[0]
+    assert header.startswith("student_id,assignment,score,max_score,status,detail")
+
+
+def test_students_and_a_safe_zip(tmp_path):
+    import zipfile
+
+    archive = tmp_path / "class.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("class/alice/hw.ipynb", "{}")
+        zf.writestr("class/bob/hw.ipynb", "{}")
+        zf.writestr("../evil.txt", "escape")
+    dest = tmp_path / "unpacked"
+    dest.mkdir()
+    folder = unpack_zip(archive, dest)
+    assert sorted(students_in(folder)) == ["alice", "bob"]
+    assert not (tmp_path / "evil.txt").exists()
+
+
+# -- the kernel guard, in a plain IPython shell ------------------------------------------------
+GUARD_SCRIPT = textwrap.dedent(
+    """
+    import asyncio, json, os, sys, tempfile
+    import numpy, torch, torch.testing
+    from IPython.core.interactiveshell import InteractiveShell
+    from dnncourse.grading.kernel import Guard, digest
+
+    class Kernel:
+        def __init__(self, shell):
+            self.shell = shell
+        async def do_execute(self, code, silent, **kwargs):
+            result = self.shell.run_cell(code)
+            return {"status": "ok" if result.success else "error"}
+
+    TEST = "assert torch.allclose(torch.zeros(1), torch.ones(1)), 'zeros are not ones'"
+    ATTACKS = {
+        "none": "pass",
+        "input transformer": "get_ipython().input_transformers_cleanup.append(lambda l: [])",
+        "ast transformer": (
+            "import ast\\nclass T(ast.NodeTransformer):\\n"
+            "    def visit_Assert(self, node):\\n        return None\\n"
+            "get_ipython().ast_transformers.append(T())"
+        ),
+        "showtraceback": "get_ipython().showtraceback = lambda *a, **k: None",
+        "allclose": "torch.allclose = lambda *a, **k: True",
+        "shadowed torch": "class F:\\n    allclose = staticmethod(lambda *a: True)\\ntorch = F()",
+        "pre_run_cell": (
+            "get_ipython().events.register('pre_run_cell', "
+            "lambda info: setattr(torch, 'allclose', lambda *a, **k: True))"
+        ),
+        "builtins": "import builtins\\nbuiltins.AssertionError = type('E', (Exception,), {})",
+    }
+    shell = InteractiveShell.instance()
+    kernel = Kernel(shell)
+    shell.run_cell("import torch")
+    fd, path = tempfile.mkstemp()
+    guard = Guard(kernel, protected={digest(TEST)}, graded={digest(TEST)}, receipts=fd,
+                  nonce="n")
+    guard.bindings["torch"] = torch
+    guard.install()
+    verdicts = {}
+    for name, attack in ATTACKS.items():
+        asyncio.run(kernel.do_execute(attack, False))
+        asyncio.run(kernel.do_execute(TEST, False))
+        verdicts[name] = json.loads(open(path).read().splitlines()[-1])["status"]
+    guard.restore()
+    print("VERDICTS", json.dumps(verdicts))
+    """
+)
+
+
+def test_the_guard_undoes_attacks_before_a_test_cell():
+    proc = subprocess.run(
+        [sys.executable, "-c", GUARD_SCRIPT],
+        capture_output=True,
+        text=True,
+        env=tool_env(),
+        timeout=120,
+    )
+    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("VERDICTS")]
+    assert line, proc.stdout + proc.stderr
+    verdicts = json.loads(line[0].split(" ", 1)[1])
+    assert verdicts == dict.fromkeys(verdicts, "error"), (
+        f"a failing test passed after an attack: {verdicts}"
+    )
