@@ -195,7 +195,9 @@ def test_with_dnncourse_train_per_batch():
         scheduler=scheduler, scheduler_interval="batch", device="cpu", progress=False,
     )  # fmt: skip
     assert scheduler.last_epoch == 12, "4 batches per epoch, 3 epochs"
-    torch.testing.assert_close(history.lr, [0.1 / (1 + 0.5 * k) for k in (4, 8, 12)], **TOL)
+    torch.testing.assert_close(
+        history.lr, [0.1 / (1 + 0.5 * k) for k in (0, 4, 8)], **TOL
+    )  # the rate each epoch starts with
 
 
 def test_reduce_on_plateau_divides_after_patience():

@@ -201,7 +201,7 @@ def test_batch_scheduler_steps_once_per_batch():
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: 1 / (1 + k))
     history, _, _ = fit(model, optimizer=opt, scheduler=sched, scheduler_interval="batch")
     assert sched.last_epoch == 3 * 5, "3 epochs of ceil(23/5) = 5 batches"
-    assert history.lr == [1 / 6, 1 / 11, 1 / 16], "lr after each epoch's last batch"
+    assert history.lr == [1.0, 1 / 6, 1 / 11], "lr at the start of each epoch"
 
 
 def test_batch_scheduler_changes_the_steps_exactly():
@@ -434,22 +434,12 @@ def test_bad_arguments_raise(kwargs, match):
         fit(**kwargs)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="training.py bug: a metric named 'loss' overwrites the validation loss and its "
-    "own list stays empty; fix: raise ValueError in train() (see the report of issue 3)",
-)
 def test_metric_named_loss_is_rejected():
     with pytest.raises(ValueError, match="loss"):
         fit(data=regression_data(), metrics={"loss": lambda y_hat, y: 0.0},
             num_epochs=1)  # fmt: skip
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="training.py bug: batch_size is only checked once the first epoch starts, so "
-    "num_epochs=0 accepts batch_size=0; fix: check it before the loop (issue 3 report)",
-)
 def test_bad_batch_size_raises_even_without_epochs():
     with pytest.raises(ValueError, match="batch_size"):
         fit(batch_size=0, num_epochs=0)

@@ -197,9 +197,14 @@ def train(
         raise ValueError(
             f"scheduler_interval must be 'epoch' or 'batch', got {scheduler_interval!r}"
         )
+    if metrics and "loss" in metrics:
+        raise ValueError(
+            "metrics may not be named 'loss': the validation loss is History.val_loss"
+        )
     X, y = train_data
     if len(X) != len(y):
         raise ValueError(f"train_data: X has {len(X)} rows but y has {len(y)}")
+    _check_batching(len(X), batch_size)
     device = torch.device(default_device() if device is None else device)
     model.to(device)
     X, y = X.to(device), y.to(device)
@@ -213,6 +218,7 @@ def train(
     bar = tqdm(range(num_epochs), desc="epochs", disable=not progress, leave=False)
     for epoch in bar:
         model.train()
+        history.lr.append(optimizer.param_groups[0]["lr"])  # the rate this epoch starts with
         total, count = 0.0, 0
         for idx in batches(len(X), batch_size, generator):
             idx = idx.to(device)
@@ -229,7 +235,6 @@ def train(
             history.batch_loss.append(loss.item())
             total, count = total + loss.item() * len(idx), count + len(idx)
         history.train_loss.append(total / count)
-        history.lr.append(optimizer.param_groups[0]["lr"])
         if val_data is not None:
             results = evaluate(model, loss_fn, *val_data, metrics=metrics)
             history.val_loss.append(results.pop("loss"))
