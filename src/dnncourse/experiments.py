@@ -10,9 +10,9 @@ dropout, Bergstra and Bengio (2012) for random search.
 What lives here is what several chapters use and what would otherwise be copied between
 them: a configurable MLP, a class-balanced small training set and label noise (to make
 overfitting visible), a full-batch "train and score" wrapper around :func:`dnncourse.train`,
-the norm of a (full or mini-batch) gradient, gradient
-descent on least squares with its contour plot, the entry masks of the normalization zoo
-and their drawing, Monte Carlo averaging over dropout masks, and an image grid.
+the norm of a (full or mini-batch) gradient, gradient descent on least squares with its
+contour plot, the entry masks of the normalization zoo and their drawing, Monte Carlo
+averaging over dropout masks, and an image grid.
 """
 
 import itertools
