@@ -2,7 +2,7 @@
 
 Chapters are MyST markdown notebooks. sphinx-book-theme already offers the executed
 ``.ipynb`` of each chapter for download and builds Binder and Colab links from the
-``repository`` section of ``_config.yml``. Two gaps are closed here:
+``repository`` section of ``_config.yml``. Three gaps are closed here:
 
 * Colab opens notebooks only from GitHub and cannot read a ``.md`` file, so the Colab
   link of a markdown chapter points at ``<pagename>.ipynb`` on the branch named by
@@ -12,14 +12,16 @@ Chapters are MyST markdown notebooks. sphinx-book-theme already offers the execu
   notebook of a chapter starts with a cell that installs it from the repository when
   ``import dnncourse`` would fail. Binder installs it from ``binder/``.
 * The jupyter-cache keys a notebook on its code cells only: a change to the
-  ``dnncourse`` package would leave stale outputs in the book. The package's source is
-  hashed on each build; when it changed since the last build, the execution cache is
-  emptied and every page re-read, so every chapter runs again. A prose-only change to
-  a chapter still re-executes nothing.
+  ``dnncourse`` package would leave stale outputs in the book. The package's code (its
+  AST: comments, formatting and docstrings do not count) is hashed on each build; when
+  it changed since the last build, the execution cache is emptied and every page
+  re-read, so every chapter runs again. A prose-only change to a chapter still
+  re-executes nothing.
 """
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import importlib.util
 import json
@@ -99,14 +101,33 @@ def dedupe_scripts(app: Sphinx, pagename: str, templatename: str, context, doctr
         context["script_files"] = unique
 
 
+def _code_of(source: str) -> str:
+    """The code of a module without comments, formatting and docstrings (its AST)."""
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return source
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if (
+            isinstance(body, list)
+            and body
+            and isinstance(body[0], ast.Expr)
+            and isinstance(body[0].value, ast.Constant)
+            and isinstance(body[0].value.value, str)
+        ):
+            node.body = body[1:] or [ast.Pass()]
+    return ast.dump(tree)
+
+
 def _package_hash() -> str:
-    """SHA-256 of the installed dnncourse package's Python sources."""
+    """SHA-256 of the installed dnncourse package's code (docstrings and comments aside)."""
     spec = importlib.util.find_spec("dnncourse")
     digest = hashlib.sha256()
     for location in (spec.submodule_search_locations or []) if spec else []:
         for path in sorted(Path(location).rglob("*.py")):
             digest.update(path.relative_to(location).as_posix().encode())
-            digest.update(path.read_bytes())
+            digest.update(_code_of(path.read_text(encoding="utf8")).encode())
     return digest.hexdigest()
 
 
