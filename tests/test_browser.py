@@ -145,6 +145,8 @@ def test_page_in_browser(driver, server, name):
     url = f"{server}/{name}.html"
     _open(driver, url)
     assert driver.title and "404" not in driver.title, f"{name}: page did not load"
+    # first, so that a failing page can be looked at too
+    _screenshot(driver, ROOT / "_build" / "screenshots" / f"{name.replace('/', '__')}.png")
 
     # MathJax: every formula typeset, none left raw, no MathJax error.
     math = driver.execute_script(
@@ -221,8 +223,6 @@ def test_page_in_browser(driver, server, name):
             if anchor not in _anchors(page_url):
                 problems.append(f"{target} -> no element with id {anchor!r}")
     assert not problems, f"{name}: broken internal links:\n" + "\n".join(problems)
-
-    _screenshot(driver, ROOT / "_build" / "screenshots" / f"{name.replace('/', '__')}.png")
 
 
 def _screenshot(driver, path: Path, scale: float = 0.5) -> None:
