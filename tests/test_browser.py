@@ -154,7 +154,7 @@ def test_page_in_browser(driver, server, name):
         const math = [...document.querySelectorAll("article .math")];
         const article = document.querySelector("article.bd-article");
         const clone = article.cloneNode(true);
-        clone.querySelectorAll("pre, code, script, .highlight, .math, mjx-container")
+        clone.querySelectorAll("pre, code, script, .highlight, .math, mjx-container, .cell_output")
              .forEach((e) => e.remove());
         const text = clone.innerText;
         return {
@@ -168,6 +168,7 @@ def test_page_in_browser(driver, server, name):
                              + " mjx-container [mathcolor='red']")].map((e) => e.textContent),
           rawDisplay: text.includes("$$"),
           rawTex: [...text.matchAll(/.{0,40}\\\\[a-zA-Z]{2,}.{0,20}/g)].map((m) => m[0]),
+          rawInline: [...text.matchAll(/.{0,30}\\$[^$\\s][^$\\n]{0,80}\\$/g)].map((m) => m[0]),
         };
         """
     )
@@ -178,6 +179,7 @@ def test_page_in_browser(driver, server, name):
     assert not math["undefinedMacros"], f"{name}: undefined macros: {math['undefinedMacros']}"
     assert not math["rawDisplay"], f"{name}: raw $$ left in the text"
     assert not math["rawTex"], f"{name}: TeX left raw (math not parsed): {math['rawTex']}"
+    assert not math["rawInline"], f"{name}: $...$ left raw: {math['rawInline']}"
 
     # Every image loaded.
     broken = driver.execute_script(
