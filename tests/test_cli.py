@@ -148,3 +148,53 @@ def test_grade_gives_every_student_a_row_and_regrading_is_stable(course_copy, tm
         assert rows["stub"]["status"] == "ok" and float(rows["stub"]["score"]) == 0
         assert rows["nothing"]["status"] == "missing notebook"
         assert "missing notebook" in proc.stdout  # the summary table
+
+
+@pytest.mark.slow
+def test_the_hard_timeout_kills_the_student_kernel(course_copy, tmp_path):
+    import json
+
+    import psutil
+
+    nb = json.loads(next((course_copy / "exercises" / "hw1").glob("*.ipynb")).read_text())
+    loop = "import signal\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\nwhile True:\n    pass"
+    nb["cells"].insert(
+        0,
+        {
+            "cell_type": "code",
+            "id": "loop",
+            "metadata": {},
+            "outputs": [],
+            "execution_count": None,
+            "source": loop,
+        },
+    )
+    subs = tmp_path / "subs"
+    (subs / "looper").mkdir(parents=True)
+    (subs / "looper" / "hw1_polynomial_gradients.ipynb").write_text(json.dumps(nb))
+    out = tmp_path / "out"
+    proc = run_cli(
+        "grade",
+        "hw1",
+        str(subs),
+        "--out",
+        str(out),
+        "--jobs",
+        "1",
+        "--cell-timeout",
+        "300",
+        "--timeout",
+        "10",
+        "--no-progress",
+        cwd=course_copy,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    with open(out / "grades.csv") as f:
+        (row,) = list(csv.DictReader(f))
+    assert row["status"] == "timeout" and float(row["score"]) == 0
+    assert "longer than 10 s" in row["detail"]
+    left = []
+    for p in psutil.process_iter(["cwd"]):
+        if (p.info["cwd"] or "").startswith(str(out)):
+            left.append(p)
+    assert not left, f"processes left running in {out}: {left}"

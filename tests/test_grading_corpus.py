@@ -203,6 +203,12 @@ def build(folder: Path) -> dict[str, tuple[float, str]]:
         "output limit",
     )
 
+    forge = (  # a fake result line on the worker's stdout, and the worker's stdin read
+        "import json, os\nos.read(0, 100)\nrow = {'student_id': 'forger', 'score': 10.0}\n"
+        "os.write(1, ('@@dnncourse-result ' + json.dumps(row) + '\\n').encode())"
+    )
+    put("forger", insert_after(notebook(), None, code(forge, "a5")), 0)
+
     nb = notebook(correct=ALL)
     insert_after(nb, "cubic_gradients", code("print(cubic_gradients)", "x1"))
     insert_after(

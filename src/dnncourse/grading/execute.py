@@ -36,10 +36,11 @@ def kernel_spec_dir() -> Path:
     """A Jupyter data dir with the grading kernel spec (this interpreter, our launcher)."""
     root = Path(tempfile.gettempdir()) / f"dnncourse-kernels-{os.getuid()}-{os.getpid()}"
     spec = root / "kernels" / KERNEL_NAME
-    spec.mkdir(parents=True, exist_ok=True)
-    argv = [sys.executable, "-m", "dnncourse.grading.kernel", "-f", "{connection_file}"]
-    kernel = {"argv": argv, "display_name": "dnncourse grader", "language": "python"}
-    (spec / "kernel.json").write_text(json.dumps(kernel))
+    if not (spec / "kernel.json").is_file():
+        spec.mkdir(parents=True, exist_ok=True)
+        argv = [sys.executable, "-m", "dnncourse.grading.kernel", "-f", "{connection_file}"]
+        kernel = {"argv": argv, "display_name": "dnncourse grader", "language": "python"}
+        (spec / "kernel.json").write_text(json.dumps(kernel))
     return root
 
 
@@ -142,9 +143,11 @@ def execute(nb, cwd: Path, limits: Limits) -> Execution:
         )
     )
     os.environ["DNNCOURSE_GUARD"] = str(config)
-    os.environ["JUPYTER_PATH"] = os.pathsep.join(
-        [str(kernel_spec_dir()), os.environ.get("JUPYTER_PATH", "")]
-    )
+    spec_dir = str(kernel_spec_dir())
+    if spec_dir not in os.environ.get("JUPYTER_PATH", "").split(os.pathsep):
+        os.environ["JUPYTER_PATH"] = os.pathsep.join(
+            [spec_dir, *filter(None, [os.environ.get("JUPYTER_PATH")])]
+        )
     client = GradingClient(
         nb,
         limits,

@@ -11,6 +11,7 @@ import csv
 import json
 import os
 import queue
+import secrets
 import subprocess
 import sys
 import threading
@@ -65,17 +66,35 @@ class Worker:
     def _read(self):
         for line in self.proc.stdout:
             if line.startswith(RESULT_PREFIX):
-                self.lines.put(json.loads(line[len(RESULT_PREFIX) :]))
+                try:
+                    row = json.loads(line[len(RESULT_PREFIX) :])
+                except ValueError:
+                    continue
+                if isinstance(row, dict):
+                    self.lines.put(row)
         self.lines.put(None)  # the worker is gone
 
     def grade(self, task: dict, timeout: float | None) -> dict | None:
-        """The row for ``task``, or None if the worker did not answer in time or died."""
+        """The row for ``task``, or None if the worker did not answer in time or died.
+
+        A row counts only if it carries the task's nonce and student: nothing that a kernel
+        might manage to write to the worker's pipes can pass for a result.
+        """
+        task = {**task, "nonce": secrets.token_hex(16)}
+        deadline = None if timeout is None else time.monotonic() + timeout
         self.proc.stdin.write(json.dumps(task) + "\n")
         self.proc.stdin.flush()
-        try:
-            return self.lines.get(timeout=timeout)
-        except queue.Empty:
-            return None
+        while True:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                row = self.lines.get(timeout=left)
+            except queue.Empty:
+                return None
+            if row is None:
+                return None
+            ours = row.pop("nonce", None) == task["nonce"]
+            if ours and row.get("student_id") == task["student"]:
+                return row
 
     def stop(self, kill: bool = False):
         if kill:
@@ -106,7 +125,6 @@ def grade_class(
     todo = queue.Queue()
     for student in sorted(submissions):
         todo.put(student)
-    max_score = None
 
     def slot(index: int) -> list[dict]:
         rows, worker = [], None

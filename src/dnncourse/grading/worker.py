@@ -8,6 +8,7 @@ in the worker: it runs in the kernel, a child process with its own limits.
 """
 
 import json
+import os
 import shutil
 import sys
 import time
@@ -145,18 +146,24 @@ def grade_student(course: Course, task: dict) -> dict:
 
 
 def main() -> None:
+    """Serve tasks; the protocol pipes get private descriptors the kernels do not inherit."""
     course = Course(**json.loads(sys.argv[1]))
-    out = sys.stdout
-    sys.stdout = sys.stderr  # nothing but results on the protocol stream
-    for line in sys.stdin:
+    tasks = os.fdopen(os.dup(0), "r")
+    results = os.fdopen(os.dup(1), "w")
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)  # a kernel reading stdin must not eat the next task
+    os.dup2(2, 1)  # nor write fake results: fd 1 is now the log
+    sys.stdout = sys.stderr
+    for line in tasks:
         task = json.loads(line)
         try:
             row = grade_student(course, task)
         except Exception as error:
             traceback.print_exc(file=sys.stderr)
             row = {"student_id": task["student"], "status": "grader error", "detail": repr(error)}
-        out.write(RESULT_PREFIX + json.dumps(row) + "\n")
-        out.flush()
+        row["nonce"] = task.get("nonce")
+        results.write(RESULT_PREFIX + json.dumps(row) + "\n")
+        results.flush()
 
 
 if __name__ == "__main__":
