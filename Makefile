@@ -35,7 +35,7 @@ format: $(STAMP)
 
 # Regenerate the student notebooks in exercises/ from solutions/ (never edit them by hand).
 exercises: $(STAMP)
-	$(RUN) $(BIN)/python -m dnncourse.homework release
+	$(RUN) $(BIN)/dnncourse release
 
 clean:
 	rm -rf _build
