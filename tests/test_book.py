@@ -161,6 +161,15 @@ def test_chapter_structure(book, name):
     assert any(re.fullmatch(r"([\d.]+\s*)?Summary", h) for h in headings), (
         f"{name}: no '## Summary' section (h2 headings: {headings})"
     )
+    assert main.select(".proof.algorithm"), f"{name}: no algorithm block (prf:algorithm)"
+    assert main.select("a[href*='bibliography.html#']"), f"{name}: cites nothing"
+    others = {
+        a["href"].split("#")[0]
+        for a in main.select("a.reference.internal[href]")
+        if re.match(r"(\.\./book/)?\d\d_\w+\.html", a["href"])
+        and Path(a["href"].split("#")[0]).stem != Path(name).name
+    }
+    assert others, f"{name}: no cross-reference to another chapter"
     assert main.select(".exercise"), f"{name}: no exercises"
     assert main.select("div.solution, details.solution, .solution"), f"{name}: no solutions"
     h1 = main.find("h1").get_text(strip=True)
