@@ -71,7 +71,7 @@ def main() -> None:
     print(f"{os.cpu_count()} CPUs, {args.copies} copies per assignment")
     print(
         f"{'assignment':<12}{'jobs':>5}{'prepare s':>11}{'grade s':>10}{'s/notebook':>12}"
-        f"{'full marks':>12}{'speed-up':>10}"
+        f"{'full marks':>12}{'speed-up':>10}{'CPU s/nb':>10}"
     )
     with tempfile.TemporaryDirectory() as tmp:
         for name in names:
@@ -82,7 +82,7 @@ def main() -> None:
                 print(
                     f"{name:<12}{jobs:>5}{r['prepare_s']:>11.1f}{r['grade_s']:>10.1f}"
                     f"{r['per_notebook_s']:>12.2f}{r['full_marks']:>8}/{args.copies:<3}"
-                    f"{base / r['grade_s']:>10.2f}x",
+                    f"{base / r['grade_s']:>9.2f}x{r['cpu_per_notebook_s']:>10.2f}",
                     flush=True,
                 )
 

@@ -12,9 +12,11 @@ a cap on the output a cell and a notebook may produce (dropped while it streams 
 output flood costs the worker nothing), the kernel's memory limit, and files it may write.
 """
 
+import atexit
 import json
 import os
 import secrets
+import shutil
 import sys
 import tempfile
 from collections import defaultdict
@@ -38,6 +40,7 @@ def kernel_spec_dir() -> Path:
     spec = root / "kernels" / KERNEL_NAME
     if not (spec / "kernel.json").is_file():
         spec.mkdir(parents=True, exist_ok=True)
+        atexit.register(shutil.rmtree, root, ignore_errors=True)
         argv = [sys.executable, "-m", "dnncourse.grading.kernel", "-f", "{connection_file}"]
         kernel = {"argv": argv, "display_name": "dnncourse grader", "language": "python"}
         (spec / "kernel.json").write_text(json.dumps(kernel))
