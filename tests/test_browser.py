@@ -18,6 +18,7 @@ import functools
 import http.server
 import os
 import shutil
+import sys
 import tempfile
 import threading
 import urllib.error
@@ -58,13 +59,20 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
         pass
 
 
+class _QuietServer(http.server.ThreadingHTTPServer):
+    def handle_error(self, request, client_address):
+        """The browser may drop a connection it no longer needs: not an error of the book."""
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
+
+
 @pytest.fixture(scope="module")
 def server():
     _require_browser()
     book = build_book()
     if book.returncode != 0:
         pytest.fail("the book did not build (see tests/test_book.py::test_build_succeeds...)")
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _QuietHandler)
+    httpd = _QuietServer(("127.0.0.1", 0), _QuietHandler)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{httpd.server_address[1]}"
