@@ -49,15 +49,20 @@ def kill_tree(pid: int) -> None:
 class Worker:
     """One worker process and the thread-safe queue of the lines it prints."""
 
-    def __init__(self, course: Course, log: Path):
+    def __init__(self, course: Course, log: Path, threads: int = 1):
         self.log = open(log, "a")
+        # N kernels at once share the cores: each gets its share of threads, so that
+        # torch's intra-op threads do not oversubscribe the machine (unless the user set it).
+        env = tool_env()
+        for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            env.setdefault(name, str(threads))
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "dnncourse.grading.worker", course.to_json()],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=self.log,
             text=True,
-            env=tool_env(),
+            env=env,
             start_new_session=True,
         )
         self.lines = queue.Queue()
@@ -134,7 +139,8 @@ def grade_class(
             except queue.Empty:
                 break
             if worker is None:
-                worker = Worker(course, logs / f"worker-{index}.log")
+                threads = max(1, (os.cpu_count() or 1) // jobs)
+                worker = Worker(course, logs / f"worker-{index}.log", threads)
             task = {
                 "student": student,
                 "folder": str(submissions[student]),
