@@ -131,7 +131,6 @@ def test_flat_images_for_the_digits_rows():
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_runs_on_cuda_with_a_cpu_generator():
     x = _images().cuda()
     g = _gen(0)
