@@ -304,7 +304,7 @@ def test_state_follows_parameter_dtype_and_device(name, device, dtype):
 
 
 def test_adagrad_uses_each_groups_initial_accumulator():
-    """Where we differ on purpose: PyTorch 2.13 ignores a group's own value."""
+    """Where we differ on purpose: PyTorch ignores a group's own value."""
     a, b = torch.nn.Parameter(torch.zeros(2)), torch.nn.Parameter(torch.zeros(2))
     groups = [{"params": [a]}, {"params": [b], "initial_accumulator_value": 5.0}]
     mine = ours.Adagrad(groups, initial_accumulator_value=1.0)
