@@ -177,3 +177,12 @@ def test_augmentation_as_a_train_transform_on_flat_digits():
     # without the transform every row of every batch would be a row of X
     rows = torch.cat(seen)
     assert not (rows[:, None, :] == X[None]).all(-1).any(), "batches must be augmented"
+
+
+def test_random_shift_needs_whole_pixels_and_reprs_name_their_limit():
+    with pytest.raises(ValueError, match="whole number"):
+        RandomShift(1.5)
+    with pytest.raises(ValueError, match="max_degrees"):
+        RandomRotation(-1)
+    assert repr(RandomShift(2)) == "RandomShift(max_shift=2)"
+    assert repr(RandomRotation(15)) == "RandomRotation(max_degrees=15.0)"
