@@ -139,7 +139,11 @@ def prepare_sandbox(config: dict) -> None:
     if config.get("data"):
         import shutil
 
-        shutil.copytree(config["data"], os.getcwd(), dirs_exist_ok=True)
+        for entry in os.scandir(config["data"]):  # the working folder itself stays as it is
+            if entry.is_dir(follow_symlinks=False):
+                shutil.copytree(entry.path, entry.name, symlinks=True)
+            else:
+                shutil.copy(entry.path, entry.name, follow_symlinks=False)
 
 
 class Guard:

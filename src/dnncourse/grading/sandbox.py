@@ -244,6 +244,14 @@ def command(inner: list[str], options: Options, cgroup: Path | None = None) -> l
     else:
         args += ["--unshare-user", "--uid", str(NOBODY), "--gid", str(NOBODY)]
         args += ["--cap-drop", "ALL"]
+    # private, size-capped, empty tmpfs first: the binds below may lie inside (a venv in /tmp)
+    args += ["--proc", "/proc", "--dev", "/dev"]
+    args += ["--perms", "1777", "--size", size, "--tmpfs", "/dev/shm"]
+    args += ["--perms", "1777", "--size", size, "--tmpfs", "/tmp"]
+    args += ["--perms", "0755", "--dir", "/home"]
+    args += ["--perms", "0777", "--size", size, "--tmpfs", HOME]
+    args += ["--perms", "0777", "--dir", WORK]
+    made.update(Path(p) for p in ("/proc", "/dev", "/dev/shm", "/tmp", "/home", HOME, WORK))
     args += lay.system
     args += ["--ro-bind", str(stub / "etc" / "passwd"), "/etc/passwd"]
     args += ["--ro-bind", str(stub / "etc" / "group"), "/etc/group"]
@@ -255,12 +263,6 @@ def command(inner: list[str], options: Options, cgroup: Path | None = None) -> l
     args += ["--ro-bind", str(stub / "python"), STUB]
     if options.data is not None:
         args += ["--ro-bind", str(options.data), DATA]
-    args += ["--proc", "/proc", "--dev", "/dev"]
-    args += ["--perms", "1777", "--size", size, "--tmpfs", "/dev/shm"]
-    args += ["--perms", "1777", "--size", size, "--tmpfs", "/tmp"]
-    args += ["--perms", "0755", "--dir", "/home"]
-    args += ["--perms", "0777", "--size", size, "--tmpfs", HOME]
-    args += ["--perms", "0777", "--dir", WORK]
     args += _dirs([options.folder], made)
     args += ["--bind", str(options.folder), str(options.folder)]
     for dev in sorted(Path("/dev").glob("nvidia*")):  # a GPU, where there is one
