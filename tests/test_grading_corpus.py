@@ -599,13 +599,13 @@ def test_no_network_and_no_other_kernel(graded):
 @needs_sandbox
 def test_planted_code_daemons_and_gradebook_writes_reach_nobody(graded):
     seen = attacked(graded, "planter")
-    for name in ("package", "pth", "startup", "template", "nbconvert template"):
-        assert seen[name][0] in ("OSError", "PermissionError"), (name, seen[name])
-    for name in ("next work folder", "victim submission", "grades.csv", "gradebook", "lock"):
-        assert seen[name][0] in ("FileNotFoundError", "PermissionError", "OperationalError"), (
-            name,
-            seen[name],
-        )
+    # read-only (the venv, nbgrader's and nbconvert's templates), or not there at all
+    for name in ("pth", "template", "nbconvert template"):
+        assert seen[name][0] == "OSError" and "Read-only" in seen[name][1], (name, seen[name])
+    assert seen["startup"][0] == "PermissionError", seen["startup"]
+    for name in ("package", "next work folder", "victim submission", "grades.csv", "lock"):
+        assert seen[name][0] == "FileNotFoundError", (name, seen[name])
+    assert seen["gradebook"] == ["OperationalError", "unable to open database file"]
     assert seen["daemon alive"] is True, "the daemon did start"
     assert not any("dnncourse.grading.worker" in c for c in seen["processes"].values())
     assert len(seen["processes"]) <= 4, seen["processes"]
