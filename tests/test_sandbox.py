@@ -290,3 +290,15 @@ def test_cli_says_what_is_missing(monkeypatch, tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 1 and "no user namespaces" in err and "--no-sandbox" in err
     assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.slow
+def test_no_sandbox_grades_anyway_and_says_so(tmp_path):
+    from dnncourse.grading import api
+
+    subs = tmp_path / "subs"
+    (subs / "forgot").mkdir(parents=True)  # no notebook: no kernel needed to get a row
+    rows = api.grade("hw1", subs, tmp_path / "out", progress=False, sandbox=False)
+    assert [r["status"] for r in rows] == ["missing notebook"]
+    assert "graded without a sandbox (--no-sandbox)" in rows[0]["detail"]
+    assert "sandbox: OFF (--no-sandbox)" in (tmp_path / "out" / "summary.txt").read_text()

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from ..homework import tool_env
 from .course import Course, register
 from .execute import Limits
-from .worker import RESULT_PREFIX
+from .worker import NO_SANDBOX, RESULT_PREFIX
 
 COLUMNS = ["student_id", "assignment", "score", "max_score", "status", "detail", "seconds"]
 
@@ -195,6 +195,8 @@ def grade_class(
         row.setdefault("score", 0.0)
         row.setdefault("max_score", max_score)
         row.setdefault("detail", "")
+        if not sandbox and NO_SANDBOX not in row["detail"]:  # rows the pool made itself
+            row["detail"] = "; ".join(filter(None, [row["detail"], NO_SANDBOX]))
     return sorted(rows, key=lambda r: r["student_id"])
 
 
