@@ -13,8 +13,9 @@ Goal (issue 6): speed-up >= 1.7x from 1 to 2 jobs on a 2-core machine, < 5 s per
 The sandbox's cost (issue 10): every class is graded sandboxed and with ``--no-sandbox`` in
 the same run, the two modes interleaved (``--rounds``) so that a change in the machine's load
 hits both alike; the table gives seconds per notebook for each and the sandbox's extra in
-percent (goal: at most 5 %). A second table times what the sandbox adds to one kernel alone:
-a one-cell notebook executed ``--starts`` times in each mode, interleaved (median ms). The
+percent (goal: at most 5 %). Two more lines time what the sandbox adds to one process alone
+(``python -S -c pass`` in a fresh sandbox, its cgroup included, and without) and to one
+kernel (a one-cell notebook executed ``--starts`` times in each mode, interleaved; median). The
 CPU column counts the kernels' time only without a sandbox (a sandboxed kernel is reaped by
 the sandbox's pid 1, whose time the worker never collects), so compare wall-clock here.
 
@@ -29,6 +30,8 @@ import os
 import resource
 import shutil
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -38,7 +41,7 @@ import nbformat
 from dnncourse.grading.course import prepare
 from dnncourse.grading.execute import Limits, execute
 from dnncourse.grading.pool import grade_class
-from dnncourse.grading.sandbox import problem
+from dnncourse.grading.sandbox import KernelBox, Options, problem
 from dnncourse.homework import assignments
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -75,6 +78,24 @@ def bench(assignment: str, copies: int, jobs: int, tmp: Path, sandbox: bool = Tr
         "cpu_per_notebook_s": cpu_s / copies,
         "full_marks": full,
     }
+
+
+def sandbox_setup(starts: int) -> dict[bool, float]:
+    """Median seconds of ``python -S -c pass`` in a fresh sandbox (cgroup included) and not."""
+    times = {True: [], False: []}
+    inner = [sys.executable, "-S", "-c", "pass"]
+    for _ in range(3 * starts):
+        folder = Path(tempfile.mkdtemp())
+        start = time.perf_counter()
+        box = KernelBox(Options(folder=folder))
+        subprocess.run(box.command(inner), check=True)
+        box.close()
+        times[True].append(time.perf_counter() - start)
+        shutil.rmtree(folder)
+        start = time.perf_counter()
+        subprocess.run(inner, check=True)
+        times[False].append(time.perf_counter() - start)
+    return {mode: statistics.median(values) for mode, values in times.items()}
 
 
 def kernel_starts(starts: int, tmp: Path) -> dict[bool, float]:
@@ -128,6 +149,13 @@ def main() -> None:
                     flush=True,
                 )
         if args.starts:
+            times = sandbox_setup(args.starts)
+            print(
+                f"the sandbox alone (python -S -c pass), median of {3 * args.starts}: "
+                f"sandbox {1000 * times[True]:.0f} ms, no sandbox {1000 * times[False]:.0f} ms, "
+                f"sandbox +{1000 * (times[True] - times[False]):.0f} ms",
+                flush=True,
+            )
             times = kernel_starts(args.starts, Path(tmp))
             print(
                 f"one kernel (start, one cell, stop), median of {args.starts}: "
