@@ -414,6 +414,8 @@ try:
 except OSError as error:
     out["fork_stopped"] = f"after {len(children)}: {error}"
 out["visible"] = sorted(os.listdir("/"))
+import importlib.util
+out["reference"] = importlib.util.find_spec("dnncourse.optim") is not None
 print("CHECK " + json.dumps(out))
 """
 
@@ -469,5 +471,12 @@ def checks() -> list[CheckResult]:
     )
     stopped = seen.get("fork_stopped")
     results.append(CheckResult("fork bomb stopped", stopped is not None, stopped or "not stopped"))
+    results.append(
+        CheckResult(
+            "course package hidden",
+            not seen["reference"],
+            "dnncourse.optim " + ("importable!" if seen["reference"] else "not importable"),
+        )
+    )
     results.append(CheckResult("filesystem", True, "/ holds " + " ".join(seen["visible"])))
     return results
