@@ -184,13 +184,14 @@ class Layout:
 
 @functools.cache
 def layout() -> Layout:
-    args = []
+    args, system = [], []
     for top in ("usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32"):
         path = Path("/") / top
         if path.is_symlink():
             args += ["--symlink", os.readlink(path), str(path)]
         elif path.is_dir():
             args += ["--ro-bind", str(path), str(path)]
+            system.append(path)
     for name in ETC:
         if (Path("/etc") / name).exists():
             args += ["--ro-bind", f"/etc/{name}", f"/etc/{name}"]
@@ -201,7 +202,8 @@ def layout() -> Layout:
             folders.append(path)
     folders = sorted(set(folders))
     folders = [f for f in folders if not any(f != o and _inside(f, o) for o in folders)]
-    hidden = [p for p in [_real_package()] if any(_inside(p, f) for f in folders)]
+    # the course package installed (not editable) in the venv or the system: covered
+    hidden = [p for p in [_real_package()] if any(_inside(p, f) for f in folders + system)]
     return Layout(args, folders, hidden)
 
 
