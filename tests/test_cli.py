@@ -5,6 +5,7 @@ grades every assignment) is exercised on a copy of the repository, marked slow.
 """
 
 import csv
+import os
 import shutil
 import subprocess
 import sys
@@ -157,7 +158,14 @@ def test_the_hard_timeout_kills_the_student_kernel(course_copy, tmp_path):
     import psutil
 
     nb = json.loads(next((course_copy / "exercises" / "hw1").glob("*.ipynb")).read_text())
-    loop = "import signal\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\nwhile True:\n    pass"
+    token = f"left-behind-{os.getpid()}-{id(nb)}"
+    loop = (  # a daemon (double fork, own session), then a loop that ignores SIGINT
+        "import os, signal, sys\n"
+        "if os.fork() == 0:\n    os.setsid()\n    if os.fork() == 0:\n"
+        f"        os.execv(sys.executable, [sys.executable, '-c', 'import time; time.sleep(600)',"
+        f" {token!r}])\n    os._exit(0)\n"
+        "signal.signal(signal.SIGINT, signal.SIG_IGN)\nwhile True:\n    pass"
+    )
     nb["cells"].insert(
         0,
         {
@@ -194,7 +202,7 @@ def test_the_hard_timeout_kills_the_student_kernel(course_copy, tmp_path):
     assert row["status"] == "timeout" and float(row["score"]) == 0
     assert "longer than 10 s" in row["detail"]
     left = []
-    for p in psutil.process_iter(["cwd"]):
-        if (p.info["cwd"] or "").startswith(str(out)):
+    for p in psutil.process_iter(["cwd", "cmdline"]):
+        if (p.info["cwd"] or "").startswith(str(out)) or token in (p.info["cmdline"] or []):
             left.append(p)
-    assert not left, f"processes left running in {out}: {left}"
+    assert not left, f"processes left running: {left}"

@@ -44,6 +44,9 @@ def gids(nb) -> list:
         (b"[1, 2, 3]", "not a notebook"),
         (b'{"cells": [42]}', "not a cell"),
         (b"\xff\xfe garbage", "not valid JSON"),
+        (b'{"cells": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "nested too deeply"),
+        (b'{"cells": [], "metadata": ' + b"[" * 500 + b"]" * 500 + b"}", "nested more than"),
+        (b'{"cells": [{"cell_type": "code", "source": "\\ud800"}]}', "not valid JSON"),
     ],
 )
 def test_broken_files_are_invalid_notebooks(tmp_path, content, reason):
@@ -62,6 +65,40 @@ def test_duplicated_cell_ids_do_not_stop_reading(tmp_path):
     path = tmp_path / "nb.ipynb"
     path.write_text(json.dumps(nb))
     assert len(sanitize.read_notebook(path).cells) == len(nb["cells"])
+
+
+def test_symlinked_notebooks_and_folders_are_invalid(tmp_path):
+    student = tmp_path / "student"
+    student.mkdir()
+    (student / f"{NAME}.ipynb").symlink_to(RELEASE)
+    with pytest.raises(sanitize.Rejected, match="symbolic link") as info:
+        sanitize.find_notebook(student, NAME, {NAME})
+    assert info.value.status == "invalid notebook"
+    (student / f"{NAME}.ipynb").unlink()
+    (student / "renamed.ipynb").symlink_to(RELEASE)  # under another name, too
+    with pytest.raises(sanitize.Rejected, match="symbolic link"):
+        sanitize.find_notebook(student, NAME, {NAME})
+    (tmp_path / "linked").symlink_to(RELEASE.parent, target_is_directory=True)
+    with pytest.raises(sanitize.Rejected, match="linked is a symbolic link"):
+        sanitize.find_notebook(tmp_path / "linked", NAME, {NAME})
+    with pytest.raises(sanitize.Rejected, match="cannot be read"):
+        sanitize.read_notebook(student / "renamed.ipynb")  # O_NOFOLLOW
+
+
+def test_the_gradebook_lock_has_a_timeout(tmp_path):
+    import fcntl
+    import time
+
+    from dnncourse.grading.course import Course, GradebookBusy, gradebook
+
+    course = Course(str(tmp_path), str(tmp_path), "hw1", f"sqlite:///{tmp_path}/gb.db", [])
+    with open(course.lock, "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # what a student's daemon would do, if it could
+        start = time.monotonic()
+        with pytest.raises(GradebookBusy, match=r"busy for 0\.3 s"):
+            with gradebook(course, timeout=0.3):
+                pass
+        assert 0.3 <= time.monotonic() - start < 5
 
 
 def test_find_notebook_by_name_then_a_single_renamed_one(tmp_path):
@@ -159,6 +196,51 @@ def test_feedback_shows_released_tests_and_short_tracebacks():
     assert redacted.outputs[0].traceback == ["AssertionError: expected 1"]
 
 
+def test_feedback_page_runs_no_script_of_the_student():
+    from html.parser import HTMLParser
+
+    from dnncourse.grading.feedback import exporter
+
+    cell = nbformat.v4.new_code_cell("print(1)")
+    mark = "XSS_MARK"
+    cell.outputs = [
+        nbformat.v4.new_output(
+            "display_data",
+            data={"text/html": f"<script>{mark}1()</script>", "text/plain": f"<b>{mark}2</b>"},
+        ),
+        nbformat.v4.new_output("display_data", data={"application/javascript": f"{mark}3()"}),
+        nbformat.v4.new_output(
+            "display_data", data={"image/svg+xml": f"<svg><script>{mark}4()</script></svg>"}
+        ),
+        nbformat.v4.new_output("stream", name="stdout", text=f"<script>{mark}5()</script>"),
+        nbformat.v4.new_output(
+            "display_data",
+            data={"image/png": "iVBORw0KGgo="},
+            metadata={"image/png": {"width": f"1 onerror={mark}6()"}},
+        ),
+    ]
+    markdown = nbformat.v4.new_markdown_cell(f"<script>{mark}7()</script><img onerror='{mark}8'>")
+    nb = nbformat.v4.new_notebook(cells=[cell, markdown])
+    resources = {"nbgrader": {"notebook": "nb", "score": 0, "max_score": 1, "late_penalty": 0}}
+    page, _ = exporter({}, grades=False).from_notebook_node(nb, resources=resources)
+
+    class Active(HTMLParser):
+        active, script = [], False
+
+        def handle_starttag(self, tag, attrs):
+            self.script = tag == "script"
+            self.active += [v or "" for _, v in attrs]
+
+        def handle_data(self, data):
+            if self.script:
+                self.active.append(data)
+
+    parser = Active()
+    parser.feed(page)
+    assert f"{mark}2" in page and f"{mark}5" in page, "text outputs are shown, as text"
+    assert not [a for a in parser.active if mark in a]
+
+
 def test_worst_status_and_summary(tmp_path):
     assert worst(["ok", "output limit", "timeout"]) == "timeout"
     assert worst([]) == "ok"
@@ -167,7 +249,9 @@ def test_worst_status_and_summary(tmp_path):
         dict(student_id="b", assignment="hw1", score=0.0, max_score=10.0, status="timeout"),
     ]
     table = summary(rows)
-    assert "timeout" in table and "5.00" in table
+    assert "timeout" in table and "5.00" in table and "sandbox" not in table
+    assert "sandbox: active" in summary(rows, sandbox=True)
+    assert "sandbox: OFF (--no-sandbox)" in summary(rows, sandbox=False)
     write_csv(rows, tmp_path / "grades.csv")
     header = (tmp_path / "grades.csv").read_text().splitlines()[0]
     assert header.startswith("student_id,assignment,score,max_score,status,detail")

@@ -5,18 +5,34 @@ Every submission is built here from the real homework: the released notebook
 made hostile. Each student must get exactly one row with the score it deserves and the
 status saying what happened. hw1's points: test_cubic_gradients 3, test_central_difference 3,
 test_gradient_descent_step 2, test_fit_cubic 2 (10 in all).
+
+The sandbox's students (issue 10) attack the grader from inside their kernel with the exact
+paths of the course, the gradebook, the other students and the grader's home (as a student
+who read the grader's source would guess them): they read, connect, plant code, start a
+daemon, write the gradebook and the pipes. Each records what it tried, and how it failed, in
+its own output (a line ``ATTACK {json}``), which the tests read from the graded notebook; the
+tests then check that the grader stayed right: every score and row (a stub graded last is
+the victim), no planted file anywhere outside, no process left.
 """
 
 import csv
+import hashlib
 import html
 import json
 import re
+import secrets
+import socket
 import subprocess
 import sys
+from html.parser import HTMLParser
 from pathlib import Path
 
+import nbgrader
+import psutil
 import pytest
 
+import dnncourse
+from dnncourse.grading import sandbox
 from dnncourse.homework import tool_env
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -107,7 +123,192 @@ def insert_after(nb: dict, gid: str | None, cell: dict) -> dict:
     return nb
 
 
-def build(folder: Path) -> dict[str, tuple[float, str]]:
+ATTEMPT = """\
+import json, os, sys
+T = json.loads({targets!r})
+seen = {{}}
+def attempt(name, action):
+    try:
+        seen[name] = ["ok", action()]
+    except BaseException as error:
+        seen[name] = [type(error).__name__, str(error)[:200]]
+"""
+REPORT = "\nprint('ATTACK ' + json.dumps(seen, default=str))\n"
+
+SPY = """\
+def read(path):
+    with open(path, "rb") as f:
+        return len(f.read())
+for name in ("solution", "course solution", "gradebook", "other submission", "other feedback",
+             "grader secret"):
+    attempt(name, lambda path=T[name]: read(path))
+seen["grader home"] = sorted(os.listdir(T["home"])) if os.path.isdir(T["home"]) else None
+attempt("reference", lambda: __import__("dnncourse.optim"))
+seen["env"] = dict(os.environ)
+from ipykernel.connect import get_connection_file
+with open(get_connection_file()) as f:
+    conn = json.load(f)
+seen["transport"], seen["uid"] = conn["transport"], os.getuid()
+"""
+
+NETWORK = """\
+import glob, socket
+from ipykernel.connect import get_connection_file
+seen["interfaces"] = sorted(name for _, name in socket.if_nameindex())
+attempt("internet", lambda: socket.create_connection(("1.1.1.1", 80), timeout=3).close())
+attempt("dns", lambda: socket.getaddrinfo("pypi.org", 443))
+attempt("host port", lambda: socket.create_connection(("127.0.0.1", T["port"]), 3).close())
+own = os.path.dirname(get_connection_file())
+seen["own folder"] = own
+seen["kernel folders"] = sorted(set(glob.glob("/tmp/dnncourse-kernel-*")
+                                    + glob.glob(T["tmp"] + "/dnncourse-kernel-*")))
+seen["connection files"] = sorted(set(glob.glob("/tmp/**/*.json", recursive=True)
+                                      + glob.glob(T["tmp"] + "/**/kernel*.json", recursive=True)))
+for folder in seen["kernel folders"]:
+    if folder != own:  # the kernel graded at the same time: its sockets
+        for path in glob.glob(folder + "/*ipc*"):
+            client = socket.socket(socket.AF_UNIX)
+            attempt("other kernel " + path, lambda: client.connect(path))
+"""
+
+PLANTER = """\
+import fcntl, sqlite3, subprocess
+def write(path, text):
+    if path == T["plant"]["startup"]:  # the grader's IPython profile may not exist yet
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        f.write(text)
+for name in ("package", "pth", "startup", "template", "nbconvert template", "next work folder",
+             "victim submission", "grades.csv"):
+    attempt(name, lambda path=T["plant"][name]: write(path, T["payload"][name]))
+def gradebook():
+    db = sqlite3.connect("file:" + T["gradebook"] + "?mode=rw", uri=True)
+    db.execute("UPDATE grade SET manual_score = 10")
+    db.commit()
+attempt("gradebook", gradebook)
+def lock():
+    f = open(T["lock"], "a")
+    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    return "locked"
+attempt("lock", lock)
+# a daemon outside the kernel's session: rewrites grades.csv and holds the lock for minutes
+daemon = subprocess.Popen([sys.executable, "-c", T["daemon"], T["token"], json.dumps(T)],
+                          start_new_session=True, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL)
+import time
+time.sleep(1)
+seen["daemon alive"] = daemon.poll() is None
+# the worker's pipes through /proc: every pipe of every process this kernel can see
+seen["processes"] = {}
+for pid in filter(str.isdigit, os.listdir("/proc")):
+    try:
+        seen["processes"][pid] = open(f"/proc/{pid}/cmdline").read().replace("\\0", " ")[:80]
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        continue
+    for fd in fds:
+        path = f"/proc/{pid}/fd/{fd}"
+        try:
+            if "pipe:" in os.readlink(path) and int(pid) != os.getpid():
+                attempt("pipe " + path, lambda p=path: write(p, T["payload"]["pipe"]))
+        except OSError:
+            pass
+"""
+
+DAEMON = """\
+import fcntl, json, sys, time
+T = json.loads(sys.argv[2])
+held = None
+for _ in range(600):
+    for path, text in ((T["plant"]["grades.csv"], "student_id,score\\nplanter,10\\n"),
+                       (T["canary"], "the daemon outlived the kernel")):
+        try:
+            with open(path, "w") as f:
+                f.write(text)
+        except OSError:
+            pass
+    try:
+        held = held or open(T["lock"], "a")
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        pass
+    time.sleep(0.5)
+"""
+
+XSS = """\
+from IPython.display import HTML, Javascript, SVG, display
+display(HTML("<script>document.title = 'XSS_MARK html'</script>"))
+display(Javascript("document.title = 'XSS_MARK js'"))
+display(SVG("<svg xmlns='http://www.w3.org/2000/svg'><script>XSS_MARK_svg()</script></svg>"))
+print("<script>XSS_MARK_print()</script>")
+"""
+XSS_MARKDOWN = "Notes <script>XSS_MARK_md()</script> <img src=x onerror='XSS_MARK_img()'>"
+
+
+def targets(root: Path, subs: Path, out: Path, port: int, token: str) -> dict:
+    """What the attackers aim at: real paths of this grading run (and of this machine)."""
+    site = next(p for p in sys.path if p.endswith("site-packages"))
+    victim_nb = json.dumps(notebook(correct=ALL))
+    return {
+        "solution": str(root / "solutions" / HW / f"{NAME}.ipynb"),
+        "course solution": str(out / "course" / "solutions" / HW / f"{NAME}.ipynb"),
+        "gradebook": str(out / "gradebook.db"),
+        "lock": str(out / ".gradebook.lock"),
+        "other submission": str(subs / "solution" / f"{NAME}.ipynb"),
+        "other feedback": str(out / "feedback" / "solution" / f"{NAME}.html"),
+        "grader secret": str(out.parent / "instructor-secret.txt"),
+        "home": str(Path.home()),
+        "tmp": sandbox.tempfile.gettempdir(),
+        "port": port,
+        "token": token,
+        "canary": str(out / f"daemon-{token}.txt"),
+        "daemon": DAEMON,
+        "plant": {
+            "package": str(Path(dnncourse.__file__).parent / f"planted_{token}.py"),
+            "pth": str(Path(site) / f"zz_planted_{token}.pth"),
+            "startup": str(
+                Path.home() / ".ipython" / "profile_default" / "startup" / f"zz_{token}.py"
+            ),
+            "template": str(
+                Path(nbgrader.__file__).parent
+                / "server_extensions/formgrader/templates/feedback"
+                / f"planted_{token}.j2"
+            ),
+            "nbconvert template": str(
+                Path(sys.prefix) / "share/jupyter/nbconvert/templates" / f"planted_{token}.j2"
+            ),
+            "next work folder": str(out / "course" / "autograded" / "zz_victim" / HW / "torch.py"),
+            "victim submission": str(subs / "zz_victim" / f"{NAME}.ipynb"),
+            "grades.csv": str(out / "grades.csv"),
+        },
+        "payload": {  # harmless if they landed (the test removes them), but detected
+            "package": "PLANTED = True\n",
+            "pth": "/nonexistent-planted-path\n",
+            "startup": "# planted\n",
+            "template": "{# planted #}\n",
+            "nbconvert template": "{# planted #}\n",
+            "next work folder": "raise SystemExit('planted')\n",
+            "victim submission": victim_nb,
+            "grades.csv": "student_id,score\nplanter,10\n",
+            "pipe": '@@dnncourse-result {"student_id": "planter", "score": 10.0}\n',
+        },
+    }
+
+
+def planted(target: dict) -> list[Path]:
+    """The files the planter and its daemon would have left outside the sandbox."""
+    return [Path(target["canary"])] + [
+        Path(p) for k, p in target["plant"].items() if k not in ("victim submission", "grades.csv")
+    ]
+
+
+def attack(nb: dict, snippet: str, target: dict, cell_id: str) -> dict:
+    """``nb`` with a first cell that runs ``snippet`` and reports what it saw."""
+    source = ATTEMPT.format(targets=json.dumps(target)) + snippet + REPORT
+    return insert_after(nb, None, code(source, cell_id))
+
+
+def build(folder: Path, target: dict | None = None) -> dict[str, tuple[float, str]]:
     """Write the corpus under ``folder``; returns student -> (deserved score, status)."""
     expected = {}
 
@@ -216,52 +417,134 @@ def build(folder: Path) -> dict[str, tuple[float, str]]:
     )
     nb["cells"].append(code("helper = 42", "x3"))
     put("extra_cells", nb, 10)
+    if target is None:
+        return expected
+
+    # -- the sandbox (issue 10): attacks from inside the kernel ---------------------------
+    put("spy", attack(notebook(correct=ALL), SPY, target, "s1"), 10)
+    put("network", attack(notebook(), NETWORK, target, "s2"), 0)
+    put("planter", attack(notebook(), PLANTER, target, "s3"), 0)
+    nb = insert_after(notebook(correct=ALL), "cubic_gradients", code(XSS, "s4"))
+    nb["cells"].append(
+        {"cell_type": "markdown", "id": "s5", "metadata": {}, "source": XSS_MARKDOWN}
+    )
+    put("xss", nb, 10)
+    put("zz_victim", notebook(), 0)  # graded last: a stub, whatever was planted for it
+    (folder / "linked_notebook").mkdir()
+    (folder / "linked_notebook" / f"{NAME}.ipynb").symlink_to(SOLUTION)
+    expected["linked_notebook"] = (0, "invalid notebook")
+    (folder / "linked_folder").symlink_to(SOLUTION.parent, target_is_directory=True)
+    expected["linked_folder"] = (0, "invalid notebook")
+    deep = '{"cells": [], "metadata": ' + "[" * 100_000 + "]" * 100_000 + "}"
+    put("deep_json", raw=deep.encode(), status="invalid notebook")
+    nb = notebook(correct=ALL)
+    nb["metadata"]["nested"] = json.loads("[" * 500 + "]" * 500)
+    put("deep_metadata", nb, status="invalid notebook")
+    text = json.dumps(notebook(correct=ALL)).replace('"def cubic', '"\\ud800def cubic', 1)
+    put("lone_surrogate", raw=text.encode(), status="invalid notebook")
     return expected
 
 
+@pytest.fixture(scope="module")
+def graded(tmp_path_factory):
+    """The whole corpus graded once, in one batch with two jobs (sandboxed when possible)."""
+    tmp = tmp_path_factory.mktemp("corpus")
+    subs, out = tmp / "submissions", tmp / "out"
+    (tmp / "instructor-secret.txt").write_text("the grader's own file")
+    listener = socket.socket()  # a port on the host's loopback, as a TCP kernel's would be
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    listener.setblocking(False)
+    token = secrets.token_hex(8)
+    target = targets(ROOT, subs, out, listener.getsockname()[1], token)
+    sandboxed = sandbox.problem() is None
+    expected = build(subs, target if sandboxed else None)
+    victim = (subs / "zz_victim" / f"{NAME}.ipynb").read_bytes() if sandboxed else b""
+    env = {**tool_env(), "DNNCOURSE_CANARY": f"instructor-secret-{token}"}
+    try:
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "dnncourse.cli",
+                "grade",
+                HW,
+                str(subs),
+                "--out",
+                str(out),
+                "--jobs",
+                "2",
+                "--cell-timeout",
+                "15",
+                "--timeout",
+                "120",
+                "--memory-limit",
+                "3072",
+                "--no-progress",
+                *([] if sandboxed else ["--no-sandbox"]),
+            ],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        try:
+            connected = listener.accept()
+        except BlockingIOError:
+            connected = None
+        left = [
+            p.pid
+            for p in psutil.process_iter(["cmdline"])
+            if token in " ".join(p.info["cmdline"] or [])
+        ]
+        landed = [p for p in planted(target) if p.exists()]
+    finally:
+        listener.close()
+        for path in planted(target):  # if the sandbox failed: leave nothing behind
+            path.unlink(missing_ok=True)
+        for pid in locals().get("left", []):
+            psutil.Process(pid).kill()
+    rows = {}
+    if (out / "grades.csv").is_file():
+        with open(out / "grades.csv") as f:
+            rows = {r["student_id"]: r for r in csv.DictReader(f)}
+    return {
+        "proc": proc,
+        "out": out,
+        "subs": subs,
+        "rows": rows,
+        "expected": expected,
+        "token": token,
+        "victim": victim,
+        "connected": connected,
+        "left": left,
+        "landed": landed,
+    }
+
+
+def attacked(graded, student: str) -> dict:
+    """What ``student``'s attack cell recorded (from its graded notebook in OUT)."""
+    path = graded["out"] / "course" / "autograded" / student / HW / f"{NAME}.ipynb"
+    for cell in _read(path)["cells"]:
+        for output in cell.get("outputs", []):
+            text = "".join(output.get("text", ""))
+            if text.startswith("ATTACK "):
+                return json.loads(text[len("ATTACK ") :])
+    raise AssertionError(f"{student}: the attack did not run (no ATTACK line in {path})")
+
+
 @pytest.mark.slow
-def test_a_hostile_class_gets_the_grades_it_deserves(tmp_path):
-    subs, out = tmp_path / "submissions", tmp_path / "out"
-    expected = build(subs)
-    assert len(expected) >= 15
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "dnncourse.cli",
-            "grade",
-            HW,
-            str(subs),
-            "--out",
-            str(out),
-            "--jobs",
-            "2",
-            "--cell-timeout",
-            "15",
-            "--timeout",
-            "120",
-            "--memory-limit",
-            "3072",
-            "--no-progress",
-        ],
-        cwd=ROOT,
-        env=tool_env(),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+def test_a_hostile_class_gets_the_grades_it_deserves(graded):
+    proc, out, rows, expected = graded["proc"], graded["out"], graded["rows"], graded["expected"]
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    with open(out / "grades.csv") as f:
-        rows = list(csv.DictReader(f))
-    assert sorted(r["student_id"] for r in rows) == sorted(expected), "one row per student"
-    got = {r["student_id"]: (float(r["score"]), r["status"]) for r in rows}
+    assert sorted(rows) == sorted(expected), "one row per student"
+    got = {s: (float(r["score"]), r["status"]) for s, r in rows.items()}
     wrong = {
-        s: (got[s], expected[s], r["detail"])
-        for r in rows
-        if got[(s := r["student_id"])] != expected[s]
+        s: (got[s], expected[s], r["detail"]) for s, r in rows.items() if got[s] != expected[s]
     }
     assert not wrong, f"(got, expected, detail): {wrong}"
-    assert all(float(r["max_score"]) == 10 for r in rows)
+    assert all(float(r["max_score"]) == 10 for r in rows.values())
     hidden = hidden_test_lines()
     for page in (out / "feedback").rglob("*.html"):
         text = html.unescape(re.sub(r"<[^>]+>", "", page.read_text()))
@@ -269,6 +552,105 @@ def test_a_hostile_class_gets_the_grades_it_deserves(tmp_path):
         assert not shown, f"{page} shows hidden tests: {shown[:2]}"
     for student in expected:
         assert (out / "feedback" / student / f"{NAME}.html").is_file()
+
+
+needs_sandbox = pytest.mark.skipif(
+    sandbox.problem() is not None, reason=f"no sandbox here: {sandbox.problem()}"
+)
+
+
+@pytest.mark.slow
+@needs_sandbox
+def test_the_summary_says_the_sandbox_is_active(graded):
+    assert "sandbox: active" in graded["proc"].stdout
+    assert "sandbox: active" in (graded["out"] / "summary.txt").read_text()
+    assert not any("without a sandbox" in r["detail"] for r in graded["rows"].values())
+
+
+@pytest.mark.slow
+@needs_sandbox
+def test_a_spy_reads_nothing_of_the_course_the_class_or_the_grader(graded):
+    seen = attacked(graded, "spy")
+    for name in ("solution", "course solution", "gradebook", "other submission", "other feedback"):
+        assert seen[name][0] == "FileNotFoundError", (name, seen[name])
+    assert seen["grader secret"][0] == "FileNotFoundError"
+    assert seen["grader home"] is None or set(seen["grader home"]) <= {".pyenv"}
+    assert seen["reference"][0] == "ModuleNotFoundError", "the reference implementation"
+    assert graded["token"] not in json.dumps(seen["env"]), "the grader's environment"
+    assert seen["transport"] == "ipc" and seen["uid"] == 65534
+    assert graded["rows"]["spy"]["score"] == "10.0"  # a good student who looked around
+
+
+@pytest.mark.slow
+@needs_sandbox
+def test_no_network_and_no_other_kernel(graded):
+    seen = attacked(graded, "network")
+    assert seen["interfaces"] == ["lo"]
+    assert seen["internet"][0] == "OSError" and "unreachable" in seen["internet"][1]
+    assert seen["dns"][0] == "gaierror"
+    assert seen["host port"][0] == "ConnectionRefusedError"
+    assert graded["connected"] is None, "nothing reached the host's port"
+    assert seen["kernel folders"] == [seen["own folder"]], "only its own kernel folder"
+    assert all(f.startswith(seen["own folder"]) for f in seen["connection files"])
+    assert not [k for k in seen if k.startswith("other kernel")]
+
+
+@pytest.mark.slow
+@needs_sandbox
+def test_planted_code_daemons_and_gradebook_writes_reach_nobody(graded):
+    seen = attacked(graded, "planter")
+    # read-only (the venv, nbgrader's and nbconvert's templates), or not there at all
+    for name in ("pth", "template", "nbconvert template"):
+        assert seen[name][0] == "OSError" and "Read-only" in seen[name][1], (name, seen[name])
+    assert seen["startup"][0] == "PermissionError", seen["startup"]
+    for name in ("package", "next work folder", "victim submission", "grades.csv", "lock"):
+        assert seen[name][0] == "FileNotFoundError", (name, seen[name])
+    assert seen["gradebook"] == ["OperationalError", "unable to open database file"]
+    assert seen["daemon alive"] is True, "the daemon did start"
+    assert not any("dnncourse.grading.worker" in c for c in seen["processes"].values())
+    assert len(seen["processes"]) <= 4, seen["processes"]
+    pipes = {k: v for k, v in seen.items() if k.startswith("pipe ")}
+    assert not [k for k, v in pipes.items() if v[0] == "ok" and "/proc/1/" in k]
+    assert graded["landed"] == [], "files planted outside the sandbox"
+    assert graded["left"] == [], "the daemon outlived the kernel"
+    rows = graded["rows"]
+    assert rows["planter"]["score"] == "0.0" and rows["planter"]["status"] == "ok"
+    victim = rows["zz_victim"]
+    assert (victim["score"], victim["status"]) == ("0.0", "ok"), victim
+    submitted = graded["subs"] / "zz_victim" / f"{NAME}.ipynb"
+    assert (
+        hashlib.sha256(submitted.read_bytes()).digest()
+        == hashlib.sha256(graded["victim"]).digest()
+    ), "the victim's submission was overwritten"
+
+
+class _Active(HTMLParser):
+    """Collects what a browser would run: script bodies and attribute values."""
+
+    def __init__(self):
+        super().__init__()
+        self.active, self._script = [], False
+
+    def handle_starttag(self, tag, attrs):
+        self._script = tag == "script"
+        self.active += [value or "" for _, value in attrs]
+
+    def handle_endtag(self, tag):
+        self._script = False
+
+    def handle_data(self, data):
+        if self._script:
+            self.active.append(data)
+
+
+@pytest.mark.slow
+def test_a_script_in_an_output_never_runs_in_the_feedback_page(graded):
+    page = (graded["out"] / "feedback" / "xss" / f"{NAME}.html").read_text()
+    assert "XSS_MARK" in page, "the outputs are in the page (as text)"
+    parser = _Active()
+    parser.feed(page)
+    assert not [a for a in parser.active if "XSS_MARK" in a]
+    assert graded["rows"]["xss"]["score"] == "10.0"
 
 
 def hidden_test_lines(min_length: int = 12) -> set[str]:

@@ -5,9 +5,12 @@ nbgrader and validates each assignment (the solution earns full marks, the stub 
 solution or hidden-test line leaks); exit status 1 if any validation fails.
 
 ``dnncourse grade ASSIGNMENT SUBMISSIONS --out OUT [--jobs N] [--cell-timeout S]
-[--timeout S] [--memory-limit MB] [--db URL]`` grades ``SUBMISSIONS/<student_id>/`` (or an
-LMS zip of such folders) into ``OUT/grades.csv`` and ``OUT/feedback/``; exit status 0 iff
-every student folder got a row.
+[--timeout S] [--memory-limit MB] [--db URL] [--no-sandbox]`` grades
+``SUBMISSIONS/<student_id>/`` (or an LMS zip of such folders) into ``OUT/grades.csv`` and
+``OUT/feedback/``, every kernel in a sandbox; exit status 0 iff every student folder got a row.
+
+``dnncourse doctor`` checks that this machine can sandbox the kernels (bwrap runs, user
+namespaces or root, network off inside, the process limit) and prints each check.
 """
 
 import argparse
@@ -67,7 +70,26 @@ def parser() -> argparse.ArgumentParser:
         "--db", default=None, help="gradebook SQLAlchemy URL (default sqlite:///OUT/gradebook.db)"
     )
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g.add_argument(
+        "--no-sandbox",
+        action="store_true",
+        help="run the kernels without a sandbox, as you (only on a host where none can be "
+        "made; the summary and every row say so)",
+    )
+    sub.add_parser("doctor", help="check that this machine can sandbox the grading kernels")
     return p
+
+
+def doctor() -> int:
+    """Print each sandbox check; exit status 0 iff all pass."""
+    from .grading.sandbox import checks
+
+    results = checks()
+    for check in results:
+        print(f"[{'ok' if check.ok else 'FAIL':>4}] {check.name}: {check.detail}")
+    ok = all(c.ok for c in results)
+    print("sandboxed grading works here" if ok else "sandboxed grading does NOT work here")
+    return 0 if ok else 1
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -91,6 +113,8 @@ def main(argv: list[str] | None = None) -> int:
                     "no leaks)"
                 )
         return 1 if failed else 0
+    if args.command == "doctor":
+        return doctor()
     if args.jobs < 1:
         print("dnncourse grade: --jobs must be at least 1", file=sys.stderr)
         return 2
@@ -108,11 +132,12 @@ def main(argv: list[str] | None = None) -> int:
             timeout=args.timeout or None,
             db_url=args.db,
             progress=not args.no_progress,
+            sandbox=not args.no_sandbox,
         )
     except (ValueError, FileNotFoundError, RuntimeError) as error:
         print(f"dnncourse grade: {error}", file=sys.stderr)
         return 1
-    print(summary(rows))
+    print(summary(rows, sandbox=not args.no_sandbox))
     print(f"grades: {args.out / 'grades.csv'}  feedback: {args.out / 'feedback'}")
     from .grading.api import students_in
 

@@ -8,6 +8,8 @@ template); this package adds what grading a class needs around it:
   rebuilt on the released notebook before nbgrader's own sanitizers;
 * :mod:`~dnncourse.grading.kernel`: the kernel, with memory/file limits and a guard that
   restores the testing state before each test cell and reports its verdict out of band;
+* :mod:`~dnncourse.grading.sandbox`: the bubblewrap sandbox every kernel runs in (own
+  namespaces, no network, read-only system, nothing of the course; ``dnncourse doctor``);
 * :mod:`~dnncourse.grading.execute`: per-cell timeouts, output caps, verdicts;
 * :mod:`~dnncourse.grading.worker` and :mod:`~dnncourse.grading.pool`: N worker processes,
   a hard per-student timeout, one row of ``grades.csv`` per student;

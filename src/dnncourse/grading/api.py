@@ -7,9 +7,15 @@ import zipfile
 from pathlib import Path, PurePosixPath
 
 from ..homework import ROOT_MARKERS, assignments, hidden_lines, release, repo_root
+from . import sandbox as sandboxes
 from .course import prepare
 from .execute import Limits
 from .pool import grade_class, summary, write_csv
+
+
+class SandboxUnavailable(RuntimeError):
+    """No sandbox can be made on this host; the message says what is missing."""
+
 
 MAX_ZIP_BYTES = 2 * 2**30
 
@@ -57,8 +63,18 @@ def grade(
     db_url: str | None = None,
     root: Path | None = None,
     progress: bool = True,
+    sandbox: bool = True,
 ) -> list[dict]:
-    """Grade a class; writes ``out/grades.csv`` and ``out/feedback/``; returns the rows."""
+    """Grade a class; writes ``out/grades.csv`` and ``out/feedback/``; returns the rows.
+
+    Every kernel runs sandboxed; where no sandbox can be made this raises
+    :class:`SandboxUnavailable` before anything is graded, unless ``sandbox=False``.
+    """
+    if sandbox and (why := sandboxes.problem()):
+        raise SandboxUnavailable(
+            f"{why}.\nRun `dnncourse doctor` for details; to grade without a sandbox "
+            "anyway (student code then runs as you), pass --no-sandbox."
+        )
     root = repo_root() if root is None else root
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -71,10 +87,16 @@ def grade(
     students = students_in(submissions)
     course = prepare(root, assignment, out, db_url)
     rows = grade_class(
-        course, students, jobs=jobs, limits=limits, timeout=timeout, progress=progress
+        course,
+        students,
+        jobs=jobs,
+        limits=limits,
+        timeout=timeout,
+        progress=progress,
+        sandbox=sandbox,
     )
     write_csv(rows, out / "grades.csv")
-    (out / "summary.txt").write_text(summary(rows) + "\n")
+    (out / "summary.txt").write_text(summary(rows, sandbox) + "\n")
     return rows
 
 

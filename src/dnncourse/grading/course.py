@@ -5,12 +5,16 @@
 ``--db`` (default ``sqlite:///OUT/gradebook.db``): nbgrader stores every cell of the
 instructor notebook, hidden tests and checksums included, which is what ``OverwriteCells``
 restores from. Workers share the gradebook; every access goes through :func:`gradebook`,
-which holds a file lock so that SQLite sees one writer at a time.
+which holds a file lock so that SQLite sees one writer at a time. The lock is waited for at
+most :data:`LOCK_TIMEOUT` seconds (then :class:`GradebookBusy`): a process that holds it
+forever costs the students being graded a ``grader error``, never a hung class. Only the
+workers open the gradebook; student kernels run sandboxed and never see ``OUT``.
 """
 
 import fcntl
 import json
 import shutil
+import time
 import warnings
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -22,6 +26,26 @@ from nbgrader.api import Gradebook
 from ..homework import nbgrader
 
 COURSE_ID = "dnncourse"
+LOCK_TIMEOUT = 120.0  # seconds; a student's SaveAutoGrades takes well under one
+
+
+class GradebookBusy(TimeoutError):
+    """The gradebook lock was not free within :data:`LOCK_TIMEOUT` seconds."""
+
+
+def _lock(lock, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                busy = f"the gradebook lock {lock.name} was busy for {timeout:g} s"
+                raise GradebookBusy(busy) from None
+            time.sleep(0.01)
+
+
 # nbgrader's update_or_create_submission triggers SQLAlchemy autoflush warnings: harmless.
 warnings.filterwarnings("ignore", message=".*not in session.*")
 
@@ -49,10 +73,10 @@ class Course:
 
 
 @contextmanager
-def gradebook(course: Course):
+def gradebook(course: Course, timeout: float | None = None):
     """nbgrader's Gradebook, with an exclusive lock on ``OUT/.gradebook.lock``."""
     with open(course.lock, "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+        _lock(lock, LOCK_TIMEOUT if timeout is None else timeout)
         try:
             with Gradebook(course.db_url, COURSE_ID) as gb:
                 yield gb
@@ -81,7 +105,7 @@ def prepare(root: Path, assignment: str, out: Path, db_url: str | None = None) -
         notebooks=sorted(p.stem for p in source.glob("*.ipynb")),
     )
     with open(course.lock, "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+        _lock(lock, LOCK_TIMEOUT)
         nbgrader(
             course_dir,
             "generate_assignment",

@@ -10,6 +10,11 @@ nbgrader's own ``SaveAutoGrades`` stores the right score and the feedback shows 
 Limits: a per-cell timeout (the kernel is killed, not interrupted: a loop may ignore SIGINT),
 a cap on the output a cell and a notebook may produce (dropped while it streams in, so an
 output flood costs the worker nothing), the kernel's memory limit, and files it may write.
+
+The kernel is started by :class:`SandboxedKernelManager`: jupyter_client's manager with ZMQ
+over ``ipc://`` sockets in a per-kernel folder (no TCP port, no connection file in a shared
+folder), and the kernel's command wrapped in the kernel's sandbox
+(:mod:`dnncourse.grading.sandbox`) unless grading runs with ``sandbox=False``.
 """
 
 import atexit
@@ -25,11 +30,16 @@ from pathlib import Path
 
 import nbformat
 import psutil
+from jupyter_client.manager import AsyncKernelManager
 from nbclient import NotebookClient
 from nbclient.exceptions import CellTimeoutError, DeadKernelError
 from nbgrader import utils as nbutils
 
+from . import sandbox as sandboxes
 from .kernel import digest
+from .protocol import Limits
+
+__all__ = ["Execution", "Limits", "SandboxedKernelManager", "execute"]
 
 KERNEL_NAME = "dnncourse-grader"
 
@@ -47,15 +57,23 @@ def kernel_spec_dir() -> Path:
     return root
 
 
-@dataclass
-class Limits:
-    """Per-student limits (seconds, MiB); ``None`` or 0 switches one off."""
+class SandboxedKernelManager(AsyncKernelManager):
+    """A kernel manager whose kernel runs in ``box`` (a :class:`sandbox.KernelBox`, or None).
 
-    cell_timeout: float = 60.0
-    memory_limit_mb: float | None = 4096
-    file_limit_mb: float | None = 256
-    cell_output_bytes: int = 100_000
-    notebook_output_bytes: int = 2_000_000
+    The connection file and the ipc sockets live in the box's per-kernel folder, which is
+    bound into the sandbox at the same path; the folder is handed to the sandbox's user.
+    """
+
+    box = None
+
+    def format_kernel_cmd(self, extra_arguments=None):
+        cmd = super().format_kernel_cmd(extra_arguments)
+        return self.box.command(cmd) if self.box is not None else cmd
+
+    def write_connection_file(self, **kwargs):
+        super().write_connection_file(**kwargs)
+        if self.box is not None:
+            self.box.hand_over()
 
 
 @dataclass
@@ -104,9 +122,9 @@ def _near_memory_limit(client, limits: Limits) -> bool:
     """Is the kernel's address space within 10% of its limit (a hung memory bomb)?"""
     if not limits.memory_limit_mb:
         return False
-    try:
-        pid = client.km.provisioner.process.pid
-        vms = psutil.Process(pid).memory_info().vms
+    try:  # the kernel runs under bwrap: the largest process of the family is the kernel
+        top = psutil.Process(client.km.provisioner.process.pid)
+        vms = max(p.memory_info().vms for p in [top, *top.children(recursive=True)])
     except Exception:  # the kernel is gone or the provisioner has no process
         return False
     return vms > 0.9 * limits.memory_limit_mb * 2**20
@@ -119,8 +137,14 @@ def _is_memory_error(output) -> bool:
     return "MemoryError" in text or "can't allocate memory" in text or "out of memory" in text
 
 
-def execute(nb, cwd: Path, limits: Limits) -> Execution:
-    """Execute ``nb`` in place in the guarded kernel with working directory ``cwd``."""
+def execute(
+    nb, cwd: Path, limits: Limits, sandbox: bool = True, data: Path | None = None
+) -> Execution:
+    """Execute ``nb`` in place in the guarded kernel.
+
+    With ``sandbox`` the kernel runs in a fresh sandbox whose working folder holds a copy of
+    ``data`` (the assignment's data files); without, it runs as the grader in ``cwd``.
+    """
     result = Execution()
     tests = {
         i: cell
@@ -129,7 +153,7 @@ def execute(nb, cwd: Path, limits: Limits) -> Execution:
     }
     locked = [c for c in nb.cells if c.cell_type == "code" and nbutils.is_locked(c)]
     nonce = secrets.token_hex(16)
-    work = Path(tempfile.mkdtemp(prefix="dnncourse-guard-"))
+    work = Path(tempfile.mkdtemp(prefix="dnncourse-kernel-"))  # the per-kernel folder
     receipts = work / "receipts"
     receipts.touch()
     config = work / "guard.json"
@@ -145,7 +169,25 @@ def execute(nb, cwd: Path, limits: Limits) -> Execution:
             }
         )
     )
-    os.environ["DNNCOURSE_GUARD"] = str(config)
+    box = None
+    if sandbox:
+        env = {k: v for k, v in os.environ.items() if k.endswith("_NUM_THREADS")}
+        box = sandboxes.KernelBox(
+            sandboxes.Options(
+                folder=work,
+                data=data,
+                workdir_mb=limits.workdir_mb,
+                processes=limits.processes,
+                env={**env, "DNNCOURSE_GUARD": str(config)},
+            )
+        )
+        box.options.env["DNNCOURSE_SANDBOX"] = json.dumps(box.config())
+    else:
+        os.environ["DNNCOURSE_GUARD"] = str(config)
+    km = SandboxedKernelManager(
+        kernel_name=KERNEL_NAME, transport="ipc", connection_file=str(work / "kernel.json")
+    )
+    km.box = box
     spec_dir = str(kernel_spec_dir())
     if spec_dir not in os.environ.get("JUPYTER_PATH", "").split(os.pathsep):
         os.environ["JUPYTER_PATH"] = os.pathsep.join(
@@ -154,12 +196,14 @@ def execute(nb, cwd: Path, limits: Limits) -> Execution:
     client = GradingClient(
         nb,
         limits,
+        km=km,
         timeout=limits.cell_timeout or None,
         kernel_name=KERNEL_NAME,
         allow_errors=True,
         interrupt_on_timeout=False,
         shutdown_kernel="immediate",
-        resources={"metadata": {"path": str(cwd)}},
+        extra_arguments=["--HistoryManager.hist_file=:memory:"],
+        resources={"metadata": {"path": str(work if sandbox else cwd)}},
     )
     replies: dict[int, str] = {}
 
@@ -201,6 +245,8 @@ def execute(nb, cwd: Path, limits: Limits) -> Execution:
         stopped_at = 0
     finally:
         os.environ.pop("DNNCOURSE_GUARD", None)
+        if box is not None:
+            box.close()  # whatever the student left running goes with the kernel's cgroup
     verdicts = defaultdict(list)
     for line in receipts.read_text().splitlines():
         try:
@@ -209,9 +255,7 @@ def execute(nb, cwd: Path, limits: Limits) -> Execution:
             continue
         if isinstance(receipt, dict) and receipt.get("nonce") == nonce:
             verdicts[receipt.get("cell")].append(receipt.get("status"))
-    for path in work.iterdir():
-        path.unlink()
-    work.rmdir()
+    shutil.rmtree(work, ignore_errors=True)
 
     for index, cell in tests.items():
         grade_id = cell.metadata.nbgrader["grade_id"]

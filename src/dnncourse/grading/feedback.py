@@ -6,6 +6,12 @@ its source lines in the traceback. :class:`RedactTests` therefore replaces each 
 source with its released (visible) version and each of its tracebacks with the one line
 ``ename: evalue`` (the test's own message), before nbgrader's ``GetGrades`` and the
 ``feedback`` HTML template run.
+
+Everything a student's notebook puts into the page is student data, and the page is opened
+by the student's browser (and the instructor's): :class:`SafeOutputs` keeps only plain text
+and raster images of each output (no HTML, JavaScript, SVG, Markdown, LaTeX or widget
+state), and nbconvert's ``SanitizeHTML`` cleans the Markdown and raw cells with bleach, so
+a ``<script>`` in a notebook never runs in its feedback page.
 """
 
 import html
@@ -14,10 +20,30 @@ from pathlib import Path
 
 from nbconvert.exporters import HTMLExporter
 from nbconvert.preprocessors import CSSHTMLHeaderPreprocessor, Preprocessor
+from nbconvert.preprocessors.sanitize import SanitizeHTML
 from nbgrader import utils as nbutils
 from nbgrader.preprocessors import GetGrades
 from traitlets import Dict
 from traitlets.config import Config
+
+SAFE_MIME = ("text/plain", "image/png", "image/jpeg")
+
+
+class SafeOutputs(Preprocessor):
+    """Outputs reduced to escaped text and base64 raster images, without metadata."""
+
+    def preprocess_cell(self, cell, resources, index):
+        for output in cell.get("outputs", []):
+            if output.get("output_type") in ("display_data", "execute_result"):
+                data = output.get("data", {})
+                kept = {k: v for k, v in data.items() if k in SAFE_MIME}
+                if not kept:
+                    kept = {"text/plain": f"[output of type {', '.join(sorted(data))} not shown]"}
+                output["data"] = kept
+                output["metadata"] = {}
+        cell.get("metadata", {}).pop("attachments", None)
+        cell.pop("attachments", None)
+        return cell, resources
 
 
 class RedactTests(Preprocessor):
@@ -35,8 +61,11 @@ class RedactTests(Preprocessor):
         return cell, resources
 
 
-def exporter(released: dict[str, str]) -> HTMLExporter:
-    """nbconvert's HTML exporter set up like ``nbgrader generate_feedback``."""
+def exporter(released: dict[str, str], grades: bool = True) -> HTMLExporter:
+    """nbconvert's HTML exporter set up like ``nbgrader generate_feedback``.
+
+    ``grades=False`` leaves out nbgrader's ``GetGrades`` (which reads the gradebook).
+    """
     import nbgrader
 
     base = Path(nbgrader.__file__).parent / "server_extensions" / "formgrader"
@@ -46,9 +75,13 @@ def exporter(released: dict[str, str]) -> HTMLExporter:
     config.HTMLExporter.extra_template_paths = [
         str(base / "static" / "node_modules" / "bootstrap" / "dist" / "css")
     ]
+    config.HTMLExporter.sanitize_html = True
     html_exporter = HTMLExporter(config=config)
+    html_exporter.register_preprocessor(SafeOutputs(), enabled=True)
+    html_exporter.register_preprocessor(SanitizeHTML(), enabled=True)  # Markdown, raw cells
     html_exporter.register_preprocessor(RedactTests(released=released), enabled=True)
-    html_exporter.register_preprocessor(GetGrades(), enabled=True)
+    if grades:
+        html_exporter.register_preprocessor(GetGrades(), enabled=True)
     html_exporter.register_preprocessor(CSSHTMLHeaderPreprocessor(), enabled=True)
     return html_exporter
 

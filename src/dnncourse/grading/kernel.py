@@ -97,6 +97,55 @@ def set_limits(memory_limit_mb: float | None, file_limit_mb: float | None) -> No
         pass
 
 
+CAP_LAST = 63  # capability numbers to drop from the bounding set (unknown ones are ignored)
+
+
+def drop_privileges(uid: int, gid: int) -> None:
+    """Become ``uid``/``gid`` for good, with no capability left (the sandbox, run as root).
+
+    bwrap, started by root, leaves this process only the capabilities to change user: empty
+    the bounding set, drop the groups, set every uid and gid, clear what is left, and refuse
+    to go on unless the result really is unprivileged.
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+    for cap in range(CAP_LAST + 1):
+        libc.prctl(24, cap, 0, 0, 0)  # PR_CAPBSET_DROP
+    os.setgroups([])
+    os.setresgid(gid, gid, gid)
+    os.setresuid(uid, uid, uid)
+    header = (ctypes.c_uint32 * 2)(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3, this process
+    libc.capset(header, (ctypes.c_uint32 * 6)())
+    status = dict(
+        line.split(":", 1) for line in open("/proc/self/status").read().splitlines() if ":" in line
+    )
+    caps = [int(status[k], 16) for k in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb")]
+    if os.getuid() != uid or os.geteuid() != uid or 0 in os.getresuid() or any(caps):
+        os._exit(70)
+
+
+def prepare_sandbox(config: dict) -> None:
+    """Inside the sandbox, before anything else: process limit, identity, data files.
+
+    ``config`` (from :func:`dnncourse.grading.sandbox.launcher_config`): ``processes``
+    (``RLIMIT_NPROC``, where no cgroup limits them), ``uid``/``gid`` to drop to (when bwrap
+    ran as root), ``data`` (a read-only folder copied into the working folder).
+    """
+    if config.get("processes"):
+        n = int(config["processes"])
+        resource.setrlimit(resource.RLIMIT_NPROC, (n, n))
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    if config.get("uid") is not None:
+        drop_privileges(int(config["uid"]), int(config["gid"]))
+    if config.get("data"):
+        import shutil
+
+        for entry in os.scandir(config["data"]):  # the working folder itself stays as it is
+            if entry.is_dir(follow_symlinks=False):
+                shutil.copytree(entry.path, entry.name, symlinks=True)
+            else:
+                shutil.copy(entry.path, entry.name, follow_symlinks=False)
+
+
 class Guard:
     """Snapshot of the state the tests rely on; restores it around protected cells."""
 
@@ -296,6 +345,9 @@ def _tamper_message(changes: list[str]) -> str:
 
 
 def main() -> None:
+    sandbox = os.environ.pop("DNNCOURSE_SANDBOX", None)
+    if sandbox:
+        prepare_sandbox(json.loads(sandbox))
     config_path = os.environ.pop("DNNCOURSE_GUARD", None)
     config = {}
     if config_path:

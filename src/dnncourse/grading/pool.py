@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from ..homework import tool_env
 from .course import Course, register
 from .execute import Limits
-from .worker import RESULT_PREFIX
+from .worker import NO_SANDBOX, RESULT_PREFIX
 
 COLUMNS = ["student_id", "assignment", "score", "max_score", "status", "detail", "seconds"]
 
@@ -120,8 +120,13 @@ def grade_class(
     limits: Limits | None = None,
     timeout: float | None = 600.0,
     progress: bool = True,
+    sandbox: bool = True,
 ) -> list[dict]:
-    """Grade every student of ``submissions`` (student id -> folder); one row each."""
+    """Grade every student of ``submissions`` (student id -> folder); one row each.
+
+    With ``sandbox=False`` the kernels run as the grader (``--no-sandbox``): every row's
+    ``detail`` says so.
+    """
     limits = limits or Limits()
     jobs = max(1, min(jobs or os.cpu_count() or 1, len(submissions) or 1))
     logs = Path(course.out) / "logs"
@@ -145,6 +150,7 @@ def grade_class(
                 "student": student,
                 "folder": str(submissions[student]),
                 "limits": asdict(limits),
+                "sandbox": sandbox,
             }
             start = time.perf_counter()
             row = worker.grade(task, timeout)
@@ -189,6 +195,8 @@ def grade_class(
         row.setdefault("score", 0.0)
         row.setdefault("max_score", max_score)
         row.setdefault("detail", "")
+        if not sandbox and NO_SANDBOX not in row["detail"]:  # rows the pool made itself
+            row["detail"] = "; ".join(filter(None, [row["detail"], NO_SANDBOX]))
     return sorted(rows, key=lambda r: r["student_id"])
 
 
@@ -199,8 +207,25 @@ def write_csv(rows: list[dict], path: Path) -> None:
         writer.writerows(rows)
 
 
-def summary(rows: list[dict]) -> str:
-    """A table of the students by status, and the mean score."""
+def sandbox_line(sandbox: bool) -> str:
+    """The summary's line that says whether student code ran sandboxed."""
+    if not sandbox:
+        return (
+            "sandbox: OFF (--no-sandbox): student code ran as the grader, with its files "
+            "and network"
+        )
+    from .sandbox import pids_cgroup_root, privileged
+
+    who = "uid 65534, no capabilities" if privileged() else "uid 65534 in a user namespace"
+    procs = "cgroup pids" if pids_cgroup_root() else "RLIMIT_NPROC"
+    return (
+        f"sandbox: active (bubblewrap; {who}; no network; read-only system; "
+        f"process limit: {procs})"
+    )
+
+
+def summary(rows: list[dict], sandbox: bool | None = None) -> str:
+    """A table of the students by status, the mean score, and (if given) the sandbox line."""
     lines = [f"{'status':<18}{'students':>9}{'mean score':>12}"]
     for status in sorted({r["status"] for r in rows}):
         group = [r for r in rows if r["status"] == status]
@@ -209,4 +234,6 @@ def summary(rows: list[dict]) -> str:
     if rows:
         total = sum(float(r["score"]) for r in rows) / len(rows)
         lines.append(f"{'all':<18}{len(rows):>9}{total:>12.2f}  (of {rows[0]['max_score']:g})")
+    if sandbox is not None:
+        lines.append(sandbox_line(sandbox))
     return "\n".join(lines)

@@ -3,8 +3,11 @@
 Runs before nbgrader sees the file: nbgrader's own sanitizers (``DeduplicateIds``,
 ``OverwriteCells``) then run on the result. Here:
 
-* find the notebook (by name; one notebook under another name is accepted and noted);
-* read it: empty, truncated or non-notebook JSON is an ``invalid notebook``;
+* find the notebook (by name; one notebook under another name is accepted and noted); a
+  symbolic link (the notebook, or a folder on the way to it) is an ``invalid notebook``: it
+  could point at another student's notebook or at the solution;
+* read it: empty, truncated, undecodable, too deeply nested or non-notebook JSON is an
+  ``invalid notebook``;
 * rebuild it on the released notebook: every nbgrader cell of the release, in the release's
   order and with the release's metadata, the student's source only in answer cells; the
   student's own cells kept after the nbgrader cell they followed. So deleted, edited,
@@ -15,12 +18,14 @@ Runs before nbgrader sees the file: nbgrader's own sanitizers (``DeduplicateIds`
 
 import copy
 import json
+import os
 from collections import defaultdict
 from pathlib import Path
 
 import nbformat
 
 MAX_NOTEBOOK_BYTES = 50 * 2**20
+MAX_DEPTH = 64  # a notebook is ~6 levels deep; outputs' JSON data a few more
 
 
 class Rejected(Exception):
@@ -31,16 +36,33 @@ class Rejected(Exception):
         self.status, self.detail = status, detail
 
 
+def _refuse_links(folder: Path, path: Path) -> None:
+    """Raise :class:`Rejected` if ``path`` or a folder between ``folder`` and it is a link."""
+    for part in [path, *path.parents]:
+        if part.is_symlink():
+            raise Rejected(
+                "invalid notebook", f"{part.relative_to(folder.parent)} is a symbolic link"
+            )
+        if part == folder:
+            return
+
+
 def find_notebook(folder: Path, name: str, expected: set[str]) -> tuple[Path, str | None]:
     """The file to grade for notebook ``name`` (``name.ipynb``) and a note if renamed."""
+    _refuse_links(folder, folder)
     exact = folder / f"{name}.ipynb"
-    if exact.is_file():
+    if exact.is_symlink() or exact.is_file():
+        _refuse_links(folder, exact)
         return exact, None
     candidates = sorted(
         p
         for p in folder.rglob("*.ipynb")
-        if p.is_file() and ".ipynb_checkpoints" not in p.parts and p.stem not in expected
+        if (p.is_symlink() or p.is_file())
+        and ".ipynb_checkpoints" not in p.parts
+        and p.stem not in expected
     )
+    for candidate in candidates:
+        _refuse_links(folder, candidate)
     if len(candidates) == 1 and len(expected) == 1:
         found = candidates[0]
         return found, f"graded {found.relative_to(folder)} in place of {name}.ipynb"
@@ -50,15 +72,25 @@ def find_notebook(folder: Path, name: str, expected: set[str]) -> tuple[Path, st
 
 def read_notebook(path: Path) -> nbformat.NotebookNode:
     """Parse a notebook file; raise :class:`Rejected` with a clear reason if it is not one."""
-    size = path.stat().st_size
-    if size == 0:
-        raise Rejected("invalid notebook", f"{path.name} is empty")
-    if size > MAX_NOTEBOOK_BYTES:
-        raise Rejected("invalid notebook", f"{path.name} is {size / 2**20:.0f} MiB")
+    try:  # O_NOFOLLOW: a link put in place after find_notebook looked is refused too
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError as error:
+        raise Rejected("invalid notebook", f"{path.name} cannot be read ({error})") from None
+    with os.fdopen(fd, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if size == 0:
+            raise Rejected("invalid notebook", f"{path.name} is empty")
+        if size > MAX_NOTEBOOK_BYTES:
+            raise Rejected("invalid notebook", f"{path.name} is {size / 2**20:.0f} MiB")
+        raw = f.read(MAX_NOTEBOOK_BYTES + 1)
     try:
-        data = json.loads(path.read_bytes())
-    except (ValueError, UnicodeDecodeError) as error:
-        raise Rejected("invalid notebook", f"{path.name} is not valid JSON ({error})") from None
+        data = json.loads(raw)
+        json.dumps(data, ensure_ascii=False).encode("utf-8")  # lone surrogates ("\ud800")
+    except (ValueError, UnicodeError, RecursionError) as error:
+        reason = "nested too deeply" if isinstance(error, RecursionError) else error
+        raise Rejected("invalid notebook", f"{path.name} is not valid JSON ({reason})") from None
+    if _depth(data) > MAX_DEPTH:
+        raise Rejected("invalid notebook", f"{path.name} is nested more than {MAX_DEPTH} deep")
     if not isinstance(data, dict) or not isinstance(data.get("cells"), list):
         raise Rejected("invalid notebook", f"{path.name} is JSON but not a notebook")
     for cell in data["cells"]:
@@ -75,6 +107,19 @@ def read_notebook(path: Path) -> nbformat.NotebookNode:
         return nbformat.from_dict(data)
     except Exception as error:  # nbformat raises several kinds on malformed input
         raise Rejected("invalid notebook", f"{path.name}: {error}") from None
+
+
+def _depth(data) -> int:
+    """How deeply ``data`` nests (without recursion, so any depth is measured safely)."""
+    deepest, stack = 0, [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        deepest = max(deepest, depth)
+        if isinstance(value, dict):
+            stack += [(v, depth + 1) for v in value.values()]
+        elif isinstance(value, list):
+            stack += [(v, depth + 1) for v in value]
+    return deepest
 
 
 def grade_id(cell) -> str | None:

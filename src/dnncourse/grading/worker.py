@@ -4,13 +4,16 @@ A worker is a process of its own (``python -m dnncourse.grading.worker COURSE_JS
 reads one task per line on stdin (``{"student": ..., "folder": ..., "limits": {...}}``) and
 answers with one line ``@@dnncourse-result {...}`` on stdout; the pool kills it (and its
 kernel) when a student takes longer than the per-student timeout. Student code never runs
-in the worker: it runs in the kernel, a child process with its own limits.
+in the worker: it runs in the kernel, a child process in its own sandbox
+(:mod:`dnncourse.grading.sandbox`) unless the task says ``"sandbox": false``.
 """
 
+import functools
 import json
 import os
 import shutil
 import sys
+import tempfile
 import time
 import traceback
 from pathlib import Path
@@ -34,6 +37,7 @@ from .execute import Limits, execute
 from .feedback import write_feedback, write_notice
 
 RESULT_PREFIX = "@@dnncourse-result "
+NO_SANDBOX = "graded without a sandbox (--no-sandbox)"
 STATUS_ORDER = (
     "grader error",
     "invalid notebook",
@@ -68,7 +72,34 @@ def _zero(course: Course, student: str, notebook: str) -> None:
         gb.db.commit()
 
 
-def grade_notebook(course: Course, student: str, folder: Path, name: str, limits: Limits):
+def data_files(course: Course) -> Path | None:
+    """A private copy of what the assignment ships next to its notebooks (never a notebook).
+
+    This folder is what the sandbox copies into the kernel's working folder; the solutions
+    folder itself is never shown to a kernel.
+    """
+    return _data_files(course.root, course.assignment)
+
+
+@functools.cache
+def _data_files(root: str, assignment: str) -> Path | None:
+    source = Path(root) / "solutions" / assignment
+    files = [p for p in source.rglob("*") if p.is_file() and p.suffix != ".ipynb"]
+    if not files:
+        return None
+    folder = Path(tempfile.mkdtemp(prefix="dnncourse-data-"))
+    for extra in files:
+        target = folder / extra.relative_to(source)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(extra, target)
+    for path in [folder, *folder.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    return folder
+
+
+def grade_notebook(
+    course: Course, student: str, folder: Path, name: str, limits: Limits, sandbox: bool = True
+):
     """Grade notebook ``name`` of one student; returns (status, details)."""
     resources = {
         "nbgrader": {
@@ -97,13 +128,10 @@ def grade_notebook(course: Course, student: str, folder: Path, name: str, limits
         nb, resources = CheckCellMetadata().preprocess(nb, resources)
     work = Path(course.root) / "autograded" / student / course.assignment
     work.mkdir(parents=True, exist_ok=True)
-    source = Path(course.root) / "solutions" / course.assignment
-    for extra in source.rglob("*"):  # data files of the assignment, like nbgrader autograde
-        if extra.is_file() and extra.suffix != ".ipynb":
-            target = work / extra.relative_to(source)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(extra, target)
-    run = execute(nb, work, limits)
+    data = data_files(course)
+    if not sandbox and data is not None:  # the kernel runs in this folder, as the grader
+        shutil.copytree(data, work, dirs_exist_ok=True)
+    run = execute(nb, work, limits, sandbox=sandbox, data=data)
     nb, resources = LimitOutput().preprocess(nb, resources)
     with gradebook(course):
         nb, resources = SaveAutoGrades().preprocess(nb, resources)
@@ -121,11 +149,12 @@ def grade_student(course: Course, task: dict) -> dict:
     """The row of grades.csv for one student."""
     student, folder = task["student"], Path(task["folder"])
     limits = Limits(**task.get("limits", {}))
+    sandbox = task.get("sandbox", True)
     start = time.perf_counter()
     statuses, details = [], []
     for name in course.notebooks:
         try:
-            status, notes = grade_notebook(course, student, folder, name, limits)
+            status, notes = grade_notebook(course, student, folder, name, limits, sandbox)
         except Exception as error:  # a bug of ours or nbgrader's: this student only
             status, notes = "grader error", [f"{name}: {error!r}"]
             traceback.print_exc(file=sys.stderr)
@@ -135,6 +164,8 @@ def grade_student(course: Course, task: dict) -> dict:
                 pass
         statuses.append(status)
         details += notes
+    if not sandbox:
+        details.append(NO_SANDBOX)
     with gradebook(course) as gb:
         submission = gb.find_submission(course.assignment, student)
         score, max_score = float(submission.score), float(submission.max_score)
