@@ -38,11 +38,11 @@ import sys
 from pathlib import Path
 
 from pybtex.database import parse_file
+from pybtex.plugin import register_plugin
 from pybtex.richtext import Text
 from pybtex.style.formatting.unsrt import Style as UnsrtStyle
 from pybtex.style.labels import BaseLabelStyle
 from sphinx.application import Sphinx
-from sphinxcontrib.bibtex.plugin import register_plugin
 
 sys.path.insert(0, str(Path(__file__).parent))
 from plain_notebook import Resolver, plain_notebook
