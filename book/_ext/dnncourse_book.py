@@ -16,7 +16,7 @@ Chapters are MyST markdown notebooks. sphinx-book-theme already offers the execu
   block quotes, solutions folded or removed, citations as author-year text).
 * A released homework notebook is shown as a page; it gets explicit "Download" and
   "Open in Colab" links at its top (the header buttons are easy to miss).
-* The bibliography lists entries under author-year labels ("Kingma and Ba 2015"), the
+* The bibliography lists entries under author-year labels ("Kingma and Ba, 2015"), the
   style its author-year citations use (pybtex's styles know only alpha and numeric
   labels): the ``authoryear`` style registered here.
 * The jupyter-cache keys a notebook on its code cells only: a change to the
@@ -80,10 +80,10 @@ def _names(entry) -> str:
 
 
 class AuthorYearLabels(BaseLabelStyle):
-    """Labels 'Author Year' (with a, b, ... where two entries would share one)."""
+    """Labels "Author, Year" as the citations read (with a, b, ... where two entries would share one)."""
 
     def format_labels(self, sorted_entries):
-        labels = [f"{_names(e)} {e.fields.get('year', '')}".strip() for e in sorted_entries]
+        labels = [f"{_names(e)}, {e.fields.get('year', '')}".strip(", ") for e in sorted_entries]
         for label in set(labels):
             same = [i for i, other in enumerate(labels) if other == label]
             for n, i in enumerate(same if len(same) > 1 else []):
