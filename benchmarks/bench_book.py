@@ -3,7 +3,7 @@
 The book's sources (``_config.yml``, ``_toc.yml``, ``book/``, ``exercises/``) are copied to
 a temporary directory, so the repository's ``_build/`` and its execution cache are left
 alone. There the script runs the command of ``make book``
-(``jupyter-book build . -W -n --keep-going`` with the venv's ``bin`` first on PATH):
+(:func:`dnncourse.bookbuild.build`, the one definition of its flags and environment):
 
 1. **cold**: empty ``_build``, every chapter executed (goal: at most 10 minutes on a
    2-core CPU machine);
@@ -18,14 +18,14 @@ Usage:
 """
 
 import argparse
-import os
 import re
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from dnncourse import bookbuild
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = ["_config.yml", "_toc.yml", "book", "exercises"]
@@ -34,16 +34,8 @@ COLD_LIMIT_S = 600.0
 
 def build(workdir: Path) -> tuple[float, str]:
     """Run `make book`'s command in ``workdir``; return (seconds, log). Fails loudly."""
-    bindir = Path(sys.executable).parent
-    env = dict(
-        os.environ,
-        PATH=f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}",
-        MPLBACKEND="Agg",
-        PYDEVD_DISABLE_FILE_VALIDATION="1",
-    )
-    cmd = [str(bindir / "jupyter-book"), "build", ".", "-W", "-n", "--keep-going"]
     start = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True, check=False)
+    proc = bookbuild.build(workdir)
     seconds = time.perf_counter() - start
     log = proc.stdout + proc.stderr
     if proc.returncode != 0:

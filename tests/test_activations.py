@@ -162,7 +162,6 @@ def test_maxout_rejects_bad_arguments():
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_activations_on_cuda_equal_torch():
     x = random_input(64, 10).cuda()
     for ours, theirs in ELEMENTWISE:

@@ -131,7 +131,6 @@ def test_flat_images_for_the_digits_rows():
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_runs_on_cuda_with_a_cpu_generator():
     x = _images().cuda()
     g = _gen(0)
@@ -178,3 +177,12 @@ def test_augmentation_as_a_train_transform_on_flat_digits():
     # without the transform every row of every batch would be a row of X
     rows = torch.cat(seen)
     assert not (rows[:, None, :] == X[None]).all(-1).any(), "batches must be augmented"
+
+
+def test_random_shift_needs_whole_pixels_and_reprs_name_their_limit():
+    with pytest.raises(ValueError, match="whole number"):
+        RandomShift(1.5)
+    with pytest.raises(ValueError, match="max_degrees"):
+        RandomRotation(-1)
+    assert repr(RandomShift(2)) == "RandomShift(max_shift=2)"
+    assert repr(RandomRotation(15)) == "RandomRotation(max_degrees=15.0)"

@@ -1,90 +1,28 @@
 """The published book: built once per session exactly as `make book` builds it, then checked.
 
-The build (``jupyter-book build . -W -n --keep-going`` with the venv's ``bin`` first on
-PATH) writes into ``_build/`` and executes every chapter through the jupyter-cache, so a
-run after ``make book`` re-executes nothing. ``tests/test_browser.py`` reuses the same
-build (``build_book`` is cached per process).
+The build (:mod:`dnncourse.bookbuild`, the command of ``make book``) writes into
+``_build/`` and executes every chapter through the jupyter-cache, so a run after
+``make book`` re-executes nothing. ``tests/test_browser.py`` reuses the same build
+(``book_site.build_book`` is cached per process).
 
 Set ``DNNCOURSE_REUSE_BOOK=1`` to check an existing ``_build/html`` without rebuilding.
 """
 
 from __future__ import annotations
 
-import functools
-import os
 import re
-import subprocess
-import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import yaml
+from book_site import HTML, ROOT, BookBuild, build_book, chapter_files, toc_files
 from bs4 import BeautifulSoup
 
-ROOT = Path(__file__).resolve().parents[1]
-HTML = ROOT / "_build" / "html"
 pytestmark = pytest.mark.slow
-
-
-@dataclass(frozen=True)
-class BookBuild:
-    returncode: int
-    log: str
-    html: Path
-
-
-@functools.cache
-def build_book() -> BookBuild:
-    """Build the book into ``_build/`` once per test process (the `make book` command)."""
-    if os.environ.get("DNNCOURSE_REUSE_BOOK") == "1" and (HTML / "index.html").exists():
-        return BookBuild(0, "(reused the existing _build/html: DNNCOURSE_REUSE_BOOK=1)", HTML)
-    bindir = Path(sys.executable).parent
-    env = dict(
-        os.environ,
-        PATH=f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}",
-        MPLBACKEND="Agg",
-        PYDEVD_DISABLE_FILE_VALIDATION="1",
-    )
-    cmd = [str(bindir / "jupyter-book"), "build", ".", "-W", "-n", "--keep-going"]
-    proc = subprocess.run(
-        cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=20 * 60, check=False
-    )
-    return BookBuild(proc.returncode, proc.stdout + proc.stderr, HTML)
 
 
 @pytest.fixture(scope="session")
 def book() -> BookBuild:
     return build_book()
-
-
-def toc_files() -> list[str]:
-    """Every document of ``_toc.yml`` (root first, globs expanded), without extension."""
-    toc = yaml.safe_load((ROOT / "_toc.yml").read_text(encoding="utf8"))
-    files = [toc["root"]]
-
-    def walk(entries):
-        for entry in entries or []:
-            if "file" in entry:
-                files.append(str(Path(entry["file"]).with_suffix("")))
-            if "glob" in entry:
-                found = sorted(
-                    p.relative_to(ROOT).with_suffix("").as_posix()
-                    for p in ROOT.glob(entry["glob"])
-                    if p.suffix in {".md", ".ipynb"}
-                )
-                files.extend(found)
-            walk(entry.get("sections"))
-
-    for part in toc.get("parts", []):
-        walk(part.get("chapters"))
-    walk(toc.get("chapters"))
-    return files
-
-
-def chapter_files() -> list[str]:
-    """The numbered chapters: ``book/NN_topic``."""
-    return [f for f in toc_files() if re.fullmatch(r"book/\d\d_\w+", f)]
 
 
 def page(name: str) -> BeautifulSoup:

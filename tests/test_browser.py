@@ -1,6 +1,6 @@
 """The built book in a real browser: Debian's chromium, headless, driven by selenium.
 
-Serves ``_build/html`` (built once per session by ``tests/test_book.py``'s ``build_book``)
+Serves ``_build/html`` (built once per session by ``tests/book_site.py``'s ``build_book``)
 over a localhost HTTP server and opens the index and every page of the table of contents:
 MathJax rendered every formula (no raw ``$$``, no MathJax error), every image loaded, no
 request left the machine (the book is self-contained), no internal link or anchor is
@@ -34,8 +34,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from book_site import HTML, ROOT, build_book, chapter_files, toc_files
 from bs4 import BeautifulSoup
-from test_book import HTML, ROOT, build_book, chapter_files, toc_files
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 

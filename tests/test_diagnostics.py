@@ -1,4 +1,4 @@
-"""Tests for dnncourse.diagnostics: the MLP factory, layer statistics and dead-unit counts.
+"""Tests for dnncourse.diagnostics: layer statistics, dead-unit counts and gradient norms.
 
 Oracles: hand-computed forward passes and PyTorch's autograd on the same model.
 """
@@ -7,51 +7,13 @@ import pytest
 import torch
 from torch import nn
 
-from dnncourse.diagnostics import dead_units, deep_mlp, layer_statistics
-
-
-def test_deep_mlp_structure_and_init():
-    gen = torch.Generator().manual_seed(0)
-    model = deep_mlp([5, 7, 7, 3], "tanh", torch.nn.init.xavier_normal_, generator=gen)
-    kinds = [type(m) for m in model]
-    assert kinds == [nn.Linear, nn.Tanh, nn.Linear, nn.Tanh, nn.Linear]
-    assert [m.weight.shape for m in model if isinstance(m, nn.Linear)] == [
-        (7, 5),
-        (7, 7),
-        (3, 7),
-    ]
-    assert all(torch.all(m.bias == 0) for m in model if isinstance(m, nn.Linear))
-    # the generator seeds the init: same seed, same weights
-    again = deep_mlp(
-        [5, 7, 7, 3],
-        "tanh",
-        torch.nn.init.xavier_normal_,
-        generator=torch.Generator().manual_seed(0),
-    )
-    for a, b in zip(model.parameters(), again.parameters(), strict=True):
-        torch.testing.assert_close(a, b)
-
-
-def test_deep_mlp_init_without_generator_argument_and_custom_activation():
-    model = deep_mlp([4, 4, 2], nn.GELU, lambda w: w.fill_(0.5), generator=torch.Generator())
-    assert isinstance(model[1], nn.GELU)
-    assert torch.all(model[0].weight == 0.5)
-
-
-@pytest.mark.parametrize("sizes", [[3], [3, 0, 2]])
-def test_deep_mlp_rejects_bad_sizes(sizes):
-    with pytest.raises(ValueError, match="sizes"):
-        deep_mlp(sizes)
-
-
-def test_deep_mlp_rejects_unknown_activation():
-    with pytest.raises(ValueError, match="unknown activation"):
-        deep_mlp([3, 3, 2], "swishy")
+from dnncourse.diagnostics import dead_units, gradient_norm, layer_statistics
+from dnncourse.models import mlp
 
 
 def test_layer_statistics_match_a_manual_pass():
     torch.manual_seed(0)
-    model = deep_mlp([6, 5, 4, 3], "relu").double()
+    model = mlp([6, 5, 4, 3]).double()
     X = torch.randn(11, 6, dtype=torch.float64)
     y = torch.randint(3, (11,))
     loss_fn = nn.functional.cross_entropy
@@ -79,7 +41,7 @@ def test_layer_statistics_match_a_manual_pass():
 
 def test_layer_statistics_leaves_grads_alone_and_forward_only_mode():
     torch.manual_seed(1)
-    model = deep_mlp([4, 4, 2], "tanh")
+    model = mlp([4, 4, 2], activation="tanh")
     for p in model.parameters():
         p.grad = torch.full_like(p, 7.0)
     layer_statistics(model, torch.randn(5, 4), torch.randint(2, (5,)), nn.functional.cross_entropy)
@@ -91,7 +53,7 @@ def test_layer_statistics_leaves_grads_alone_and_forward_only_mode():
 
 
 def test_dead_units_counts_units_zero_on_every_input():
-    model = deep_mlp([2, 4, 3, 1], "relu")
+    model = mlp([2, 4, 3, 1])
     with torch.no_grad():
         model[0].weight.copy_(torch.tensor([[1.0, 0], [0, 1], [-1, 0], [-1, -1]]))
         model[0].bias.zero_()
@@ -103,4 +65,15 @@ def test_dead_units_counts_units_zero_on_every_input():
     dead_units(model, X)
     assert model.training  # mode restored
     with pytest.raises(ValueError, match="no module"):
-        dead_units(deep_mlp([2, 2, 1], "tanh"), X)
+        dead_units(mlp([2, 2, 1], activation="tanh"), X)
+
+
+def test_gradient_norm_matches_backward_and_leaves_grad_alone():
+    torch.manual_seed(0)
+    model = mlp([3, 5, 2])
+    X, y = torch.randn(7, 3), torch.randint(2, (7,))
+    value = gradient_norm(model, nn.CrossEntropyLoss(), X, y)
+    assert all(p.grad is None for p in model.parameters())
+    nn.CrossEntropyLoss()(model(X), y).backward()
+    expected = torch.sqrt(sum((p.grad**2).sum() for p in model.parameters()))
+    assert value == pytest.approx(float(expected), rel=1e-5)

@@ -260,7 +260,6 @@ def test_zero_element_tensor_is_a_no_op(fill):
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("fill", ALL, ids=lambda f: f.__name__)
 def test_init_on_cuda(fill):
     g = torch.Generator(device="cuda").manual_seed(0)

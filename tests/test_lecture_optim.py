@@ -14,17 +14,9 @@ import torch
 
 from dnncourse.lecture_optim import HeavyBall, LectureAdam, NesterovLookahead
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 TOL = {"rtol": 1e-10, "atol": 1e-12}
 NUM_STEPS = 150
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The tensors here are tiny: threads only add contention on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def make_problem(seed=0):

@@ -321,7 +321,6 @@ def test_bad_class_indices_and_smoothing_raise():
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_losses_on_cuda_equal_torch():
     logits = randn(16, 5, scale=1000.0).cuda()
     y = torch.arange(16, device="cuda") % 5

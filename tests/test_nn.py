@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from dnncourse import nn as dnn
+from dnncourse.models import mlp
 
 DTYPE = torch.float64
 
@@ -239,8 +240,89 @@ def test_dropout_gradient_is_the_scaled_mask():
     torch.testing.assert_close(x.grad, mask / 0.75)
 
 
+@pytest.mark.parametrize(
+    ("kind", "expected"),
+    [("batch", 4 * 1 * 9), ("layer", 6 * 9), ("instance", 9), ("group", 3 * 9)],
+)
+def test_shared_statistics_mask_sizes(kind, expected):
+    mask = dnn.shared_statistics_mask(kind, (4, 6, 3, 3), (1, 4), num_groups=2)
+    assert int(mask.sum()) == expected
+    assert mask[1, 4].all()  # the chosen entry's own slice is always in
+
+
+def test_shared_statistics_mask_marks_the_entries_normalize_pools():
+    """Perturb one entry: exactly the masked entries change their normalized value."""
+    x = torch.randn(4, 6, 3, 3, dtype=DTYPE, generator=torch.Generator().manual_seed(0))
+    axes = {"batch": (0, 2, 3), "layer": (1, 2, 3), "instance": (2, 3)}
+    for kind in dnn.NORM_KINDS:
+        n, c = 1, 4
+        mask = dnn.shared_statistics_mask(kind, tuple(x.shape), (n, c), num_groups=2)
+        bumped = x.clone()
+        bumped[n, c, 0, 0] += 1.0
+        if kind == "group":
+
+            def norm(t):
+                return dnn.normalize(t.reshape(4, 2, 3, 3, 3), dim=(2, 3, 4)).reshape(t.shape)
+        else:
+
+            def norm(t, dims=axes[kind]):
+                return dnn.normalize(t, dim=dims)
+
+        changed = (norm(bumped) - norm(x)).abs() > 1e-12
+        assert torch.equal(changed, mask), kind
+
+
+@pytest.mark.parametrize(("cls", "args"), [(dnn.GroupNorm, (2, 6)), (dnn.InstanceNorm, (6,))])
+def test_group_and_instance_norm_take_device_and_dtype_like_torch(cls, args):
+    layer = cls(*args, affine=True, device="meta", dtype=torch.float64)
+    for p in (layer.weight, layer.bias):
+        assert p.device.type == "meta" and p.dtype == torch.float64 and p.shape == (6,)
+    assert cls(*args, affine=False).weight is None
+
+
+def _dropout_net():
+    return mlp([4, 32, 3], dropout=0.5, generator=torch.Generator().manual_seed(0))
+
+
+def _mc_reference(model, X, num_samples, seed):
+    """The Monte Carlo average written out: train mode, num_samples masks, mean softmax."""
+    torch.manual_seed(seed)
+    model.train()
+    probs = sum(torch.softmax(model(X), dim=-1) for _ in range(num_samples)) / num_samples
+    model.eval()
+    return probs.detach()
+
+
+def _mc_dropout_without_train_mode(model, X, num_samples):
+    """The bug the test must catch: the average taken in eval mode (no masks at all)."""
+    with torch.no_grad():
+        return sum(torch.softmax(model(X), dim=-1) for _ in range(num_samples)) / num_samples
+
+
+def _check_mc_dropout(predict):
+    model = _dropout_net().eval()
+    X = torch.randn(10, 4, generator=torch.Generator().manual_seed(1))
+    expected = _mc_reference(model, X, num_samples=20, seed=3)
+    torch.manual_seed(3)
+    probs = predict(model, X, num_samples=20)
+    torch.testing.assert_close(probs, expected)
+    assert not model.training, "the mode was not restored"
+    eval_pass = torch.softmax(model(X), dim=-1).detach()
+    assert (probs - eval_pass).abs().max() > 1e-3, "no dropout mask was drawn"
+
+
+def test_mc_dropout_predict_averages_random_masks_and_restores_the_mode():
+    _check_mc_dropout(dnn.mc_dropout_predict)
+    with pytest.raises(AssertionError):  # the check catches a version without model.train()
+        _check_mc_dropout(_mc_dropout_without_train_mode)
+    model = _dropout_net().train()
+    dnn.mc_dropout_predict(model, torch.randn(2, 4), num_samples=2)
+    assert model.training, "a model in train mode must stay in train mode"
+    with pytest.raises(ValueError):
+        dnn.mc_dropout_predict(model, torch.randn(2, 4), num_samples=0)
+
+
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_layers_run_on_cuda():
     x = torch.randn(8, 4, device="cuda")
     bn = dnn.BatchNorm1d(4).cuda()

@@ -16,6 +16,7 @@ import torch
 import dnncourse.optim as ours
 
 NAMES = ["SGD", "Adagrad", "RMSprop", "Adam", "AdamW"]
+pytestmark = pytest.mark.usefixtures("one_thread")
 TOL = {"rtol": 1e-12, "atol": 1e-12}
 NUM_STEPS = 120
 
@@ -77,15 +78,6 @@ SETTINGS = {
     ],
 }
 CASES = [(name, d, g) for name, settings in SETTINGS.items() for d, g in settings]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The tensors here are tiny: threads only add contention on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def case_id(case):
@@ -312,7 +304,7 @@ def test_state_follows_parameter_dtype_and_device(name, device, dtype):
 
 
 def test_adagrad_uses_each_groups_initial_accumulator():
-    """Where we differ on purpose: PyTorch 2.13 ignores a group's own value."""
+    """Where we differ on purpose: PyTorch ignores a group's own value."""
     a, b = torch.nn.Parameter(torch.zeros(2)), torch.nn.Parameter(torch.zeros(2))
     groups = [{"params": [a]}, {"params": [b], "initial_accumulator_value": 5.0}]
     mine = ours.Adagrad(groups, initial_accumulator_value=1.0)
@@ -353,7 +345,6 @@ def test_adamw_loaded_from_adam_state_stays_decoupled():
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("name", NAMES)
 def test_trajectory_equals_torch_on_cuda(name):
     defaults, group = SNAPSHOT_SETTINGS[name], {"lr": 0.002}

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch.autograd.functional import hessian
 
-from dnncourse.problems import LeastSquares, Quadratic, digits_mlp, least_squares, run_optimizer
+from dnncourse.problems import LeastSquares, Quadratic, least_squares, run_optimizer
 
 CPU = "cpu"
 
@@ -165,27 +165,20 @@ def test_least_squares_bad_arguments_raise(kwargs):
         least_squares(**{"num_samples": 10, "num_features": 2, **kwargs})
 
 
-def test_digits_mlp_shapes_and_seed():
-    from dnncourse.datasets import load_digits
-
-    data = load_digits(device=CPU)
-    model = digits_mlp(device=CPU)
-    assert model(data.X_train).shape == (len(data.X_train), 10)
-    same, other = digits_mlp(device=CPU), digits_mlp(seed=1, device=CPU)
-    params = [list(m.parameters()) for m in (model, same, other)]
-    assert all(torch.equal(p, q) for p, q in zip(params[0], params[1], strict=True))
-    assert not torch.equal(params[0][0], params[2][0])
-
-
-def test_digits_mlp_leaves_global_rng_alone_and_builds_hidden_layers():
-    torch.manual_seed(123)
-    expected = torch.rand(3)
-    torch.manual_seed(123)
-    model = digits_mlp((32, 16, 8), "tanh", device=CPU, dtype=torch.float64)
-    assert torch.equal(torch.rand(3), expected)
-    linears = [m for m in model if isinstance(m, torch.nn.Linear)]
-    assert [(m.in_features, m.out_features) for m in linears] == [
-        (64, 32), (32, 16), (16, 8), (8, 10)
-    ]  # fmt: skip
-    assert sum(isinstance(m, torch.nn.Tanh) for m in model) == 3
-    assert linears[0].weight.dtype == torch.float64
+def test_from_data_and_run_optimizer_give_gradient_descent_on_least_squares():
+    """run_optimizer with plain SGD on LeastSquares.loss takes the closed-form GD steps."""
+    gen = torch.Generator().manual_seed(0)
+    X = torch.randn(50, 2, dtype=torch.float64, generator=gen)
+    w_true = torch.tensor([1.0, -2.0], dtype=torch.float64)
+    problem = LeastSquares.from_data(X, X @ w_true)
+    torch.testing.assert_close(problem.w_star, w_true)
+    lr = 0.1
+    path = run_optimizer(problem.loss, lambda p: torch.optim.SGD(p, lr=lr), [0.0, 0.0], 3)
+    w = torch.zeros(2, dtype=torch.float64)
+    for k in range(3):
+        w = w - lr * problem.grad(w)  # w_{k+1} = w_k - lr * (2/m) X^T (X w_k - y)
+        torch.testing.assert_close(path[k + 1], w)
+    long = run_optimizer(problem.loss, lambda p: torch.optim.SGD(p, lr=0.2), [0.0, 0.0], 500)
+    torch.testing.assert_close(long[-1], w_true)
+    with pytest.raises(ValueError):
+        LeastSquares.from_data(X, X[:, 0][:-1])

@@ -4,6 +4,7 @@ The oracle is a loop written out by hand (the SGD chapter's loop) with the same 
 in float64 the two must agree exactly, step for step.
 """
 
+import functools
 import math
 
 import pytest
@@ -16,6 +17,7 @@ from dnncourse.training import (
     History,
     accuracy,
     evaluate,
+    fit_classifier,
     sampled_batches,
     shuffled_batches,
     snapshot,
@@ -389,21 +391,52 @@ def test_evaluate_batches_give_the_same_result():
     assert evaluate(model, nn.MSELoss(), X, y, batch_size=7)["loss"] == pytest.approx(whole)
 
 
-def test_default_device_and_model_move(monkeypatch):
-    """device=None uses dnncourse.default_device(); model and data end up there."""
-    calls = []
-    monkeypatch.setattr(
-        dnncourse.training, "default_device", lambda: calls.append(1) or torch.device("cpu")
-    )
+class _Stop(Exception):
+    """Raised by the probe once it has seen the first batch."""
+
+
+def _where_train_puts(train_fn) -> dict:
+    """Devices of the first batch and of the parameters when ``train_fn`` runs the model."""
+    seen = {}
     model = linear_model()
+
+    def probe(module, inputs):
+        seen["batch"] = inputs[0].device
+        seen["params"] = {p.device for p in module.parameters()}
+        raise _Stop
+
+    model.register_forward_pre_hook(probe)
     X, y = regression_data()
-    train(model, nn.MSELoss(), torch.optim.SGD(model.parameters(), lr=0.01), (X, y),
-          num_epochs=1, batch_size=5, progress=False)  # fmt: skip
-    assert calls == [1]
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    with pytest.raises(_Stop):
+        train_fn(model, nn.MSELoss(), opt, (X, y), num_epochs=1, batch_size=5, progress=False)
+    return seen
+
+
+def test_default_device_holds_the_model_and_every_batch(monkeypatch):
+    """device=None: model and batches really live on dnncourse.default_device().
+
+    The patched default is the meta device, so CPU data that reaches the model unmoved (or
+    a model left where it was) shows; the probe stops training before any arithmetic.
+    """
+    meta = torch.device("meta")
+    monkeypatch.setattr(dnncourse.training, "default_device", lambda: meta)
+    assert _where_train_puts(train) == {"batch": meta, "params": {meta}}
+    # the check catches a loop that does not use the default device
+    ignores_default = functools.partial(train, device=CPU)
+    assert _where_train_puts(ignores_default) != {"batch": meta, "params": {meta}}
+
+
+def test_one_loss_item_per_batch(monkeypatch):
+    """Each step reads the batch loss once (one device sync), not once per use."""
+    calls = []
+    item = torch.Tensor.item
+    monkeypatch.setattr(torch.Tensor, "item", lambda t: calls.append(1) or item(t))
+    history, _, _ = fit(num_epochs=2, batch_size=5)  # 23 rows: 5 batches per epoch
+    assert len(calls) == len(history.batch_loss) == 2 * 5
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cpu_data_and_model_are_moved_to_cuda():
     model = linear_model()
     X, y = regression_data()
@@ -461,3 +494,66 @@ def test_progress_true_draws_a_bar(capfd):
     fit(progress=True)
     _, err = capfd.readouterr()
     assert "epochs" in err, "tqdm writes its bar to stderr"
+
+
+# ---------------------------------------------------------------- fit_classifier
+
+
+def test_fit_classifier_takes_torch_sgd_steps_with_the_factory_and_generator():
+    """Full batch, plain SGD from the factory: exactly torch.optim.SGD's steps; scored."""
+    gen = torch.Generator().manual_seed(0)
+    X = torch.randn(30, 4, dtype=torch.float64, generator=gen)
+    y = torch.randint(3, (30,), generator=gen)
+    torch.manual_seed(0)
+    model = nn.Linear(4, 3).double()
+    reference = nn.Linear(4, 3).double()
+    reference.load_state_dict(model.state_dict())
+    state = torch.get_rng_state()
+    score = fit_classifier(
+        model,
+        lambda params: torch.optim.SGD(params, lr=0.3),
+        (X, y),
+        (X[:10], y[:10]),
+        num_epochs=5,
+        generator=torch.Generator().manual_seed(0),
+        device=CPU,
+    )
+    assert torch.equal(torch.get_rng_state(), state), "fit_classifier touched the global RNG"
+    opt = torch.optim.SGD(reference.parameters(), lr=0.3)
+    for _ in range(5):
+        opt.zero_grad()
+        nn.CrossEntropyLoss()(reference(X), y).backward()
+        opt.step()
+    torch.testing.assert_close(model.weight, reference.weight)
+    torch.testing.assert_close(model.bias, reference.bias)
+    with torch.no_grad():
+        expected = accuracy(reference(X[:10]), y[:10]).item()
+        loss = nn.CrossEntropyLoss()(reference(X), y).item()
+    assert score.val_accuracy == pytest.approx(expected)
+    assert score.train_loss == pytest.approx(loss)
+    assert score.gap == pytest.approx(score.train_accuracy - score.val_accuracy)
+    assert score.history.num_epochs == 5 and len(score.history.val_metrics["accuracy"]) == 5
+
+
+def test_fit_classifier_batch_order_comes_from_the_generator():
+    gen = torch.Generator().manual_seed(1)
+    X = torch.randn(40, 2, generator=gen)
+    y = (X[:, 0] > 0).long()
+
+    def run(seed):
+        torch.manual_seed(0)
+        model = nn.Linear(2, 2)
+        score = fit_classifier(
+            model,
+            lambda params: torch.optim.SGD(params, lr=0.5),
+            (X, y),
+            (X, y),
+            num_epochs=3,
+            batch_size=8,
+            generator=torch.Generator().manual_seed(seed),
+            device=CPU,
+        )
+        return score.history.batch_loss
+
+    assert run(0) == run(0)
+    assert run(0) != run(1)

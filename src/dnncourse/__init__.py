@@ -9,13 +9,15 @@ lecture's order:
 - :mod:`dnncourse.datasets`: the data every chapter uses (generated or bundled).
 - :mod:`dnncourse.activations`: activations written from exp, stable at any input, and Maxout.
 - :mod:`dnncourse.losses`: losses with torch.nn.functional's names and reductions.
-- :mod:`dnncourse.training`: the generic training loop :func:`dnncourse.train`.
+- :mod:`dnncourse.models`: the one model builder, :func:`dnncourse.models.mlp`.
+- :mod:`dnncourse.training`: the generic training loop :func:`dnncourse.train` and
+  :func:`dnncourse.fit_classifier` (an optimizer factory and a generator in, a score out).
 - :mod:`dnncourse.optim`: SGD, Adagrad, RMSprop, Adam, AdamW as torch.optim.Optimizer subclasses.
 - :mod:`dnncourse.lecture_optim`: the lecture's heavy ball, Nesterov and Adam forms.
 - :mod:`dnncourse.schedules`: 1/t, exponential and staircase learning-rate decay.
-- :mod:`dnncourse.problems`: test problems (elongated quadratic, least squares, digits MLP).
+- :mod:`dnncourse.problems`: test problems (elongated quadratic, least squares).
 - :mod:`dnncourse.init`: weight initialization with torch.nn.init's API.
-- :mod:`dnncourse.diagnostics`: deep MLPs and per-layer activation and gradient statistics.
+- :mod:`dnncourse.diagnostics`: per-layer activation and gradient statistics, gradient norms.
 - :mod:`dnncourse.callbacks`: early stopping for :func:`dnncourse.train`.
 - :mod:`dnncourse.preprocessing`: standardization, PCA rotation and whitening.
 - :mod:`dnncourse.nn`: normalization layers (batch, layer, group, instance, weight) and dropout.
@@ -23,13 +25,13 @@ lecture's order:
 - :mod:`dnncourse.augment`: image augmentation with torch operations.
 - :mod:`dnncourse.hpsearch`: grid and random search.
 - :mod:`dnncourse.mnist`: MNIST IDX files from a local path.
-- :mod:`dnncourse.experiments`: small experiment pieces shared by the "Tricks" chapters.
+- :mod:`dnncourse.plotting`: figures several chapters draw (contours, the norm zoo, images).
 - :mod:`dnncourse.homework`, :mod:`dnncourse.grading`, :mod:`dnncourse.cli`: the homework
   and the instructor's side (``dnncourse release``, ``dnncourse grade``).
 """
 
 from dnncourse.devices import default_device
-from dnncourse.training import Callback, History, evaluate, train
+from dnncourse.training import Callback, History, evaluate, fit_classifier, train
 
-__all__ = ["Callback", "History", "default_device", "evaluate", "train"]
+__all__ = ["Callback", "History", "default_device", "evaluate", "fit_classifier", "train"]
 __version__ = "0.1.0"

@@ -81,7 +81,24 @@ def shift(
     return crop(padded, s - dy, s - dx, (H, W))
 
 
-class RandomShift:
+class _RandomAmount:
+    """Shared by :class:`RandomShift` and :class:`RandomRotation`: a per-image amount in
+    ``[-limit, limit]`` (``limit`` stored under the subclass's argument name), the ``fill``
+    value that enters from outside the image, and the optional generator.
+    """
+
+    _limit_name = "limit"
+
+    def __init__(self, limit: float, fill: float, generator: torch.Generator | None):
+        if limit < 0:
+            raise ValueError(f"{self._limit_name} must be non-negative, got {limit}")
+        self.fill, self.generator = fill, generator
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self._limit_name}={getattr(self, self._limit_name)})"
+
+
+class RandomShift(_RandomAmount):
     """Shift each image by integers drawn uniformly from ``[-max_shift, max_shift]``.
 
     Args:
@@ -94,12 +111,15 @@ class RandomShift:
         >>> aug(torch.rand(16, 1, 8, 8)).shape
     """
 
+    _limit_name = "max_shift"
+
     def __init__(
         self, max_shift: int, fill: float = 0.0, generator: torch.Generator | None = None
     ):
-        if max_shift < 0:
-            raise ValueError(f"max_shift must be non-negative, got {max_shift}")
-        self.max_shift, self.fill, self.generator = int(max_shift), fill, generator
+        if int(max_shift) != max_shift:
+            raise ValueError(f"max_shift must be a whole number of pixels, got {max_shift}")
+        super().__init__(max_shift, fill, generator)
+        self.max_shift = int(max_shift)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         _check_images(x, "RandomShift")
@@ -107,9 +127,6 @@ class RandomShift:
         dy = _randint(x.shape[0], -s, s, x, self.generator)
         dx = _randint(x.shape[0], -s, s, x, self.generator)
         return shift(x, dy, dx, self.fill)
-
-    def __repr__(self) -> str:
-        return f"RandomShift(max_shift={self.max_shift})"
 
 
 class RandomCrop:
@@ -185,7 +202,7 @@ def rotate(x: torch.Tensor, degrees: torch.Tensor | float, fill: float = 0.0) ->
     return out + fill
 
 
-class RandomRotation:
+class RandomRotation(_RandomAmount):
     """Rotate each image by an angle uniform in ``[-max_degrees, max_degrees]``.
 
     Args:
@@ -197,20 +214,18 @@ class RandomRotation:
         >>> RandomRotation(15)(torch.rand(4, 1, 8, 8)).shape
     """
 
+    _limit_name = "max_degrees"
+
     def __init__(
         self, max_degrees: float, fill: float = 0.0, generator: torch.Generator | None = None
     ):
-        if max_degrees < 0:
-            raise ValueError(f"max_degrees must be non-negative, got {max_degrees}")
-        self.max_degrees, self.fill, self.generator = float(max_degrees), fill, generator
+        super().__init__(max_degrees, fill, generator)
+        self.max_degrees = float(max_degrees)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         _check_images(x, "RandomRotation")
         a = self.max_degrees
         return rotate(x, _uniform(x.shape[0], -a, a, x, self.generator).to(x.dtype), self.fill)
-
-    def __repr__(self) -> str:
-        return f"RandomRotation(max_degrees={self.max_degrees})"
 
 
 class GaussianNoise:

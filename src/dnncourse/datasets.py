@@ -4,6 +4,9 @@
   of :math:`[-\\pi, \\pi]` (lecture, "A simple example").
 - ``load_digits``: scikit-learn's bundled 8x8 handwritten digits (1797 images),
   split into train/validation/test with a fixed seed; the stand-in for MNIST here.
+- ``balanced_subset`` and ``noisy_labels``: a small class-balanced training set and
+  redrawn labels, which make overfitting (and the value of regularization) visible
+  (lecture, "When to stop" and "Regularization").
 """
 
 import math
@@ -100,3 +103,52 @@ def load_digits(
     device = default_device() if device is None else device
     parts = [t.to(device) for idx in (train, val, test) for t in (X[idx], y[idx])]
     return DataSplit(*parts)
+
+
+def balanced_subset(
+    X: torch.Tensor, y: torch.Tensor, per_class: int, *, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``per_class`` random rows of each class of ``(X, y)``, shuffled: a small training set.
+
+    Small training sets make overfitting (and the value of regularization) visible on the
+    digits. The draw is reproducible: same ``seed``, same rows.
+
+    Example:
+        >>> X_small, y_small = balanced_subset(data.X_train, data.y_train, per_class=10)
+        >>> torch.bincount(y_small)  # ten of each digit
+    """
+    if per_class < 1:
+        raise ValueError(f"per_class must be a positive integer, got {per_class}")
+    gen = torch.Generator().manual_seed(seed)
+    y_cpu = y.cpu()
+    chosen = []
+    for label in torch.unique(y_cpu):
+        rows = torch.nonzero(y_cpu == label).flatten()
+        if len(rows) < per_class:
+            raise ValueError(f"class {int(label)} has {len(rows)} rows, fewer than {per_class}")
+        chosen.append(rows[torch.randperm(len(rows), generator=gen)[:per_class]])
+    idx = torch.cat(chosen)
+    idx = idx[torch.randperm(len(idx), generator=gen)].to(X.device)
+    return X[idx], y[idx]
+
+
+def noisy_labels(
+    y: torch.Tensor, fraction: float, num_classes: int, *, seed: int = 0
+) -> torch.Tensor:
+    """A copy of ``y`` where a random ``fraction`` of the labels is redrawn uniformly.
+
+    A redrawn label equals the true one with probability ``1 / num_classes``, so the share
+    of *wrong* labels is about ``fraction * (1 - 1 / num_classes)``. Corrupting only the
+    training labels makes overfitting unmistakable: a network that drives its training
+    loss to zero must memorize the wrong labels, which costs accuracy on clean test data.
+
+    Example:
+        >>> y_noisy = noisy_labels(y_train, 0.2, num_classes=10)
+        >>> (y_noisy != y_train).float().mean()   # about 0.18
+    """
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"fraction must lie in [0, 1], got {fraction}")
+    gen = torch.Generator().manual_seed(seed)
+    redraw = torch.rand(y.shape, generator=gen) < fraction
+    random_labels = torch.randint(num_classes, y.shape, generator=gen)
+    return torch.where(redraw, random_labels, y.cpu()).to(y.device)

@@ -1,94 +1,26 @@
-"""Looking inside a deep network: a configurable MLP and per-layer statistics.
+"""Looking inside a deep network: per-layer statistics, dead units, gradient norms.
 
 Lecture sections: "Three design choices" (which activation at the hidden nodes: saturation,
 dead ReLUs) and "Where to start" (initialization keeps activations and gradients at a
-steady scale across layers; Glorot and Bengio, 2010; He et al., 2015). The experiments of
-the activation and initialization chapters are built from these pieces:
+steady scale across layers; Glorot and Bengio, 2010; He et al., 2015), and "When to stop"
+(the full and the stochastic gradient along training). The experiments of the activation,
+initialization and early-stopping chapters measure networks built by
+:func:`dnncourse.models.mlp` with these pieces:
 
-- :func:`deep_mlp`: ``Linear -> activation`` blocks with a chosen activation and init;
 - :func:`layer_statistics`: for every ``nn.Linear`` layer, the spread of its output
   :math:`z_l = W_l a_{l-1} + b_l`, of the activation :math:`a_l = \\sigma(z_l)` and of the
   gradients :math:`\\partial \\ell / \\partial z_l` and :math:`\\partial \\ell / \\partial W_l`,
   collected with forward hooks in one forward/backward pass;
 - :func:`dead_units`: the share of ReLU units that output zero on every input (a dead
-  unit gets no gradient, so it stays dead).
+  unit gets no gradient, so it stays dead);
+- :func:`gradient_norm`: the norm of the full or of a mini-batch gradient.
 """
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from itertools import pairwise
 
 import torch
 from torch import nn
-
-ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
-    "identity": nn.Identity,
-    "sigmoid": nn.Sigmoid,
-    "tanh": nn.Tanh,
-    "relu": nn.ReLU,
-    "leaky_relu": nn.LeakyReLU,
-    "elu": nn.ELU,
-}
-
-
-def deep_mlp(
-    sizes: Sequence[int],
-    activation: str | Callable[[], nn.Module] = "relu",
-    init: Callable[[torch.Tensor], torch.Tensor] | None = None,
-    *,
-    bias: bool = True,
-    generator: torch.Generator | None = None,
-) -> nn.Sequential:
-    """A multilayer perceptron ``Linear, act, Linear, act, ..., Linear`` (no final activation).
-
-    Args:
-        sizes: layer widths ``[d_0, d_1, ..., d_L]``: ``d_0`` inputs, ``d_L`` outputs, at
-            least two entries.
-        activation: a name in :data:`ACTIVATIONS` (``"relu"``, ``"tanh"``, ...) or a
-            zero-argument factory returning an ``nn.Module`` (e.g. ``nn.GELU``).
-        init: in-place initializer applied to every weight matrix, e.g.
-            ``torch.nn.init.xavier_normal_`` or ``lambda w: w.normal_(0, 0.01)``; biases are
-            then set to zero. Default ``None`` keeps PyTorch's default initialization.
-        bias: whether the linear layers have biases.
-        generator: seeds the initialization (passed to ``init`` when it accepts
-            ``generator=``; with ``init=None`` the global RNG is used).
-
-    Example:
-        >>> model = deep_mlp([64, 32, 32, 10], "tanh", torch.nn.init.xavier_normal_)
-        >>> model(torch.zeros(5, 64)).shape
-        torch.Size([5, 10])
-    """
-    if len(sizes) < 2 or any(int(s) < 1 for s in sizes):
-        raise ValueError(f"sizes must hold at least two positive widths, got {list(sizes)}")
-    if isinstance(activation, str):
-        if activation not in ACTIVATIONS:
-            raise ValueError(
-                f"unknown activation {activation!r}; expected one of {sorted(ACTIVATIONS)} "
-                "or a factory returning an nn.Module"
-            )
-        activation = ACTIVATIONS[activation]
-    layers: list[nn.Module] = []
-    for i, (d_in, d_out) in enumerate(pairwise(sizes)):
-        linear = nn.Linear(d_in, d_out, bias=bias)
-        if init is not None:
-            with torch.no_grad():
-                _call_init(init, linear.weight, generator)
-                if linear.bias is not None:
-                    linear.bias.zero_()
-        layers.append(linear)
-        if i < len(sizes) - 2:
-            layers.append(activation())
-    return nn.Sequential(*layers)
-
-
-def _call_init(init, weight, generator):
-    if generator is None:
-        init(weight)
-        return
-    try:
-        init(weight, generator=generator)
-    except TypeError:
-        init(weight)
 
 
 @dataclass
@@ -132,13 +64,14 @@ def layer_statistics(
 
     Args:
         model: the network; for ``act_std`` the activation must be the module right after
-            each linear layer in ``model.modules()`` order (true for :func:`deep_mlp`).
+            each linear layer in ``model.modules()`` order (true for
+            :func:`dnncourse.models.mlp` without ``norm``).
         X: a batch of inputs.
         y: targets; with ``loss_fn`` it turns on the gradient statistics.
         loss_fn: e.g. ``nn.functional.cross_entropy``.
 
     Example:
-        >>> stats = layer_statistics(deep_mlp([64, 32, 10]), torch.randn(8, 64))
+        >>> stats = layer_statistics(mlp([64, 32, 10]), torch.randn(8, 64))
         >>> len(stats.preact_std)
         2
     """
@@ -203,7 +136,7 @@ def dead_units(
         kinds: module types whose outputs are inspected (default ``nn.ReLU``).
 
     Example:
-        >>> len(dead_units(deep_mlp([64, 32, 32, 10]), torch.rand(100, 64)))
+        >>> len(dead_units(mlp([64, 32, 32, 10]), torch.rand(100, 64)))
         2
     """
     fractions: list[float] = []
@@ -224,3 +157,22 @@ def dead_units(
         for h in handles:
             h.remove()
     return fractions
+
+
+def gradient_norm(
+    model: nn.Module,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    X: torch.Tensor,
+    y: torch.Tensor,
+) -> float:
+    """Euclidean norm of :math:`\\nabla_W \\ell(\\text{model}(X), y)` over all parameters.
+
+    With the whole training set this is the full gradient :math:`\\|\\nabla f(W)\\|`; with a
+    mini-batch it is the norm of a stochastic gradient. Leaves ``.grad`` untouched.
+
+    Example:
+        >>> gradient_norm(model, nn.CrossEntropyLoss(), X, y)
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    grads = torch.autograd.grad(loss_fn(model(X), y), params)
+    return float(torch.sqrt(sum((g**2).sum() for g in grads)))

@@ -1,11 +1,12 @@
-"""Homework plumbing on top of nbgrader: generate the student notebooks, autograde.
+"""Homework plumbing on top of nbgrader: generate the student notebooks.
 
-The flow (DESIGN.md): ``solutions/<hw>/*.ipynb`` (instructor notebooks with solutions
-and hidden tests) -> ``nbgrader generate_assignment`` -> ``exercises/<hw>/*.ipynb``
-(student notebooks). Generation runs in a scratch copy of the course so that the
-repository never holds a gradebook; the result replaces ``exercises/<hw>/``.
+The flow: ``solutions/<hw>/*.ipynb`` (instructor notebooks with solutions and hidden
+tests) -> ``nbgrader generate_assignment`` -> ``exercises/<hw>/*.ipynb`` (student
+notebooks). Generation runs in a scratch copy of the course so that the repository never
+holds a gradebook; the result replaces ``exercises/<hw>/``.
 
-Command line: ``python -m dnncourse.homework release [hw1 hw2 ...]``.
+The command is ``dnncourse release`` (:mod:`dnncourse.cli`), which calls :func:`release`
+and then validates what it produced (:func:`dnncourse.grading.release_and_validate`).
 """
 
 import json
@@ -113,17 +114,3 @@ def hidden_lines(notebook: Path, min_length: int = 8) -> set[str]:
             stripped = (s.strip() for s in match.group(2).splitlines())
             lines |= {s for s in stripped if len(s) >= min_length}
     return lines
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    if not args or args[0] != "release":
-        print("usage: python -m dnncourse.homework release [ASSIGNMENT ...]", file=sys.stderr)
-        return 2
-    for path in release(args[1:] or None):
-        print(f"released {path}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

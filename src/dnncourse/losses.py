@@ -40,6 +40,14 @@ def _check_same_shape(name: str, input: torch.Tensor, target: torch.Tensor) -> N
         )
 
 
+def _check_elementwise(
+    name: str, input: torch.Tensor, target: torch.Tensor, reduction: str
+) -> None:
+    """The arguments of an elementwise loss: a known reduction, input and target alike."""
+    _check_reduction(reduction)
+    _check_same_shape(name, input, target)
+
+
 def _reduce(loss: torch.Tensor, reduction: str) -> torch.Tensor:
     if reduction == "mean":
         return loss.mean()
@@ -60,8 +68,7 @@ def mse_loss(input: torch.Tensor, target: torch.Tensor, reduction: str = "mean")
         >>> mse_loss(torch.tensor([1.0, 2.0]), torch.tensor([0.0, 0.0]))
         tensor(2.5000)
     """
-    _check_reduction(reduction)
-    _check_same_shape("mse_loss", input, target)
+    _check_elementwise("mse_loss", input, target, reduction)
     return _reduce((input - target) ** 2, reduction)
 
 
@@ -81,8 +88,7 @@ def l1_loss(input: torch.Tensor, target: torch.Tensor, reduction: str = "mean") 
         >>> l1_loss(torch.tensor([1.0, -2.0]), torch.tensor([0.0, 0.0]))
         tensor(1.5000)
     """
-    _check_reduction(reduction)
-    _check_same_shape("l1_loss", input, target)
+    _check_elementwise("l1_loss", input, target, reduction)
     return _reduce((input - target).abs(), reduction)
 
 
@@ -138,8 +144,7 @@ def binary_cross_entropy(
         >>> binary_cross_entropy(torch.tensor([0.9, 0.2]), torch.tensor([1.0, 0.0]))
         tensor(0.1643)
     """
-    _check_reduction(reduction)
-    _check_same_shape("binary_cross_entropy", input, target)
+    _check_elementwise("binary_cross_entropy", input, target, reduction)
     if ((input < 0) | (input > 1)).any():
         raise ValueError("binary_cross_entropy: all elements of input must be in [0, 1]")
     loss = _BinaryCrossEntropy.apply(input, target)
@@ -169,8 +174,7 @@ def binary_cross_entropy_with_logits(
         >>> binary_cross_entropy_with_logits(torch.tensor([-1000.0]), torch.tensor([1.0]))
         tensor(1000.)
     """
-    _check_reduction(reduction)
-    _check_same_shape("binary_cross_entropy_with_logits", input, target)
+    _check_elementwise("binary_cross_entropy_with_logits", input, target, reduction)
     positive = input >= 0
     relu_z = torch.where(positive, input, torch.zeros_like(input))
     minus_abs_z = torch.where(positive, -input, input)  # where, not abs: exact gradient at 0

@@ -19,13 +19,20 @@ are taken over (:func:`normalize`): for a set of entries :math:`z_1, \\dots, z_n
 
 followed by a learnable per-feature scale :math:`\\gamma` and shift :math:`\\beta`.
 For an ``(N, C, H, W)`` tensor: batch norm pools over ``(N, H, W)``, layer norm over
-``(C, H, W)``, instance norm over ``(H, W)``, group norm over ``(C/G, H, W)``.
+``(C, H, W)``, instance norm over ``(H, W)``, group norm over ``(C/G, H, W)``
+(:func:`shared_statistics_mask` marks those entries, for Wu and He's figure).
+
+Dropout at test time: eval mode scales (nothing to do with inverted dropout);
+:func:`mc_dropout_predict` averages the softmax over random masks instead, the Monte
+Carlo estimate of the ensemble that eval mode approximates in one pass.
 """
 
 from collections.abc import Sequence
 
 import torch
 from torch import nn
+
+NORM_KINDS = ("batch", "layer", "instance", "group")
 
 
 def normalize(x: torch.Tensor, dim: int | Sequence[int], eps: float = 1e-5) -> torch.Tensor:
@@ -50,12 +57,74 @@ def normalize(x: torch.Tensor, dim: int | Sequence[int], eps: float = 1e-5) -> t
     return (x - mean) / torch.sqrt(var + eps)
 
 
+def shared_statistics_mask(
+    kind: str, shape: tuple[int, int, int, int], index: tuple[int, int], num_groups: int = 2
+) -> torch.Tensor:
+    """Which entries of an ``(N, C, H, W)`` tensor share mean and variance with ``index``.
+
+    ``index = (n, c)`` picks a sample and a channel; the answer is a boolean ``(N, C, H, W)``
+    mask (Wu and He, 2018, Figure 2):
+
+    - ``"batch"``: channel ``c`` of every sample (statistics over N, H, W);
+    - ``"layer"``: every channel of sample ``n`` (over C, H, W);
+    - ``"instance"``: channel ``c`` of sample ``n`` (over H, W);
+    - ``"group"``: the ``C / num_groups`` channels of ``c``'s group, of sample ``n``.
+
+    Example:
+        >>> shared_statistics_mask("layer", (4, 6, 2, 2), (0, 0)).sum()
+        tensor(24)
+    """
+    C = shape[1]
+    n, c = index
+    if kind not in NORM_KINDS:
+        raise ValueError(f"kind must be one of {NORM_KINDS}, got {kind!r}")
+    if kind == "group" and C % num_groups:
+        raise ValueError(f"num_groups={num_groups} must divide the {C} channels")
+    mask = torch.zeros(shape, dtype=torch.bool)
+    size = C // num_groups
+    samples = slice(None) if kind == "batch" else slice(n, n + 1)
+    channels = {
+        "batch": slice(c, c + 1),
+        "layer": slice(None),
+        "instance": slice(c, c + 1),
+        "group": slice(c // size * size, (c // size + 1) * size),
+    }[kind]
+    mask[samples, channels] = True
+    return mask
+
+
 def _channel_view(t: torch.Tensor, ndim: int) -> torch.Tensor:
     """Reshape a per-channel vector ``(C,)`` to broadcast against ``(N, C, *)``."""
     return t.view(1, -1, *([1] * (ndim - 2)))
 
 
-class _BatchNorm(nn.Module):
+class _ChannelAffine(nn.Module):
+    """Shared by batch, group and instance norm: a per-channel :math:`\\gamma, \\beta`.
+
+    Registers ``weight`` (ones) and ``bias`` (zeros) of shape ``(C,)`` when ``affine``,
+    else both as ``None``, on ``device`` with ``dtype`` (PyTorch's factory arguments).
+    """
+
+    def __init__(self, num_channels: int, eps: float, affine: bool, device=None, dtype=None):
+        super().__init__()
+        if eps < 0:
+            raise ValueError(f"eps must be non-negative, got {eps}")
+        self.eps, self.affine = eps, affine
+        if affine:
+            self.weight = nn.Parameter(torch.ones(num_channels, device=device, dtype=dtype))
+            self.bias = nn.Parameter(torch.zeros(num_channels, device=device, dtype=dtype))
+        else:
+            self.register_parameter("weight", None)
+            self.register_parameter("bias", None)
+
+    def _scale_shift(self, y: torch.Tensor) -> torch.Tensor:
+        """:math:`\\gamma_c\\, y + \\beta_c` on channel axis 1 (identity without affine)."""
+        if not self.affine:
+            return y
+        return y * _channel_view(self.weight, y.dim()) + _channel_view(self.bias, y.dim())
+
+
+class _BatchNorm(_ChannelAffine):
     """Batch normalization over all axes but the channel axis 1 (shared by 1d and 2d)."""
 
     _input_dims: tuple[int, ...] = ()
@@ -70,22 +139,14 @@ class _BatchNorm(nn.Module):
         device=None,
         dtype=None,
     ):
-        super().__init__()
         if num_features < 1:
             raise ValueError(f"num_features must be a positive integer, got {num_features}")
-        if eps < 0:
-            raise ValueError(f"eps must be non-negative, got {eps}")
         if momentum is not None and not 0.0 <= momentum <= 1.0:
             raise ValueError(f"momentum must be in [0, 1] or None, got {momentum}")
-        self.num_features, self.eps, self.momentum = num_features, eps, momentum
-        self.affine, self.track_running_stats = affine, track_running_stats
+        super().__init__(num_features, eps, affine, device, dtype)
+        self.num_features, self.momentum = num_features, momentum
+        self.track_running_stats = track_running_stats
         factory = {"device": device, "dtype": dtype}
-        if affine:
-            self.weight = nn.Parameter(torch.ones(num_features, **factory))
-            self.bias = nn.Parameter(torch.zeros(num_features, **factory))
-        else:
-            self.register_parameter("weight", None)
-            self.register_parameter("bias", None)
         if track_running_stats:
             self.register_buffer("running_mean", torch.zeros(num_features, **factory))
             self.register_buffer("running_var", torch.ones(num_features, **factory))
@@ -143,9 +204,7 @@ class _BatchNorm(nn.Module):
         x_hat = (x - _channel_view(mean, x.dim())) / torch.sqrt(
             _channel_view(var, x.dim()) + self.eps
         )
-        if self.affine:
-            x_hat = x_hat * _channel_view(self.weight, x.dim()) + _channel_view(self.bias, x.dim())
-        return x_hat
+        return self._scale_shift(x_hat)
 
     @torch.no_grad()
     def _update_running_stats(self, mean: torch.Tensor, unbiased_var: torch.Tensor) -> None:
@@ -291,7 +350,7 @@ class LayerNorm(nn.Module):
         )
 
 
-class GroupNorm(nn.Module):
+class GroupNorm(_ChannelAffine):
     """Group normalization (Wu and He, 2018), as ``torch.nn.GroupNorm``.
 
     The C channels of each sample are split into ``num_groups`` groups of C/G
@@ -304,31 +363,29 @@ class GroupNorm(nn.Module):
         num_channels: C.
         eps: added to the variance (default 1e-5).
         affine: learn per-channel ``weight`` and ``bias`` (default True).
+        device, dtype: where the parameters live and their type (as in PyTorch).
 
     Example:
         >>> gn = GroupNorm(2, 6)
         >>> gn(torch.randn(4, 6, 5, 5)).shape
     """
 
-    def __init__(self, num_groups: int, num_channels: int, eps: float = 1e-5, affine: bool = True):
-        super().__init__()
+    def __init__(
+        self,
+        num_groups: int,
+        num_channels: int,
+        eps: float = 1e-5,
+        affine: bool = True,
+        device=None,
+        dtype=None,
+    ):
         if num_groups < 1 or num_channels % num_groups != 0:
             raise ValueError(
                 f"num_groups must be a positive divisor of num_channels={num_channels}, "
                 f"got {num_groups}"
             )
-        self.num_groups, self.num_channels, self.eps, self.affine = (
-            num_groups,
-            num_channels,
-            eps,
-            affine,
-        )
-        if affine:
-            self.weight = nn.Parameter(torch.ones(num_channels))
-            self.bias = nn.Parameter(torch.zeros(num_channels))
-        else:
-            self.register_parameter("weight", None)
-            self.register_parameter("bias", None)
+        super().__init__(num_channels, eps, affine, device, dtype)
+        self.num_groups, self.num_channels = num_groups, num_channels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() < 2 or x.shape[1] != self.num_channels:
@@ -336,13 +393,10 @@ class GroupNorm(nn.Module):
                 f"GroupNorm expected input (N, {self.num_channels}, *), got shape {tuple(x.shape)}"
             )
         grouped = x.reshape(x.shape[0], self.num_groups, -1)  # (N, G, C/G * spatial)
-        y = normalize(grouped, dim=-1, eps=self.eps).reshape(x.shape)
-        if self.affine:
-            y = y * _channel_view(self.weight, x.dim()) + _channel_view(self.bias, x.dim())
-        return y
+        return self._scale_shift(normalize(grouped, dim=-1, eps=self.eps).reshape(x.shape))
 
 
-class InstanceNorm(nn.Module):
+class InstanceNorm(_ChannelAffine):
     """Instance normalization: each sample and channel over its own spatial positions.
 
     Equals ``torch.nn.InstanceNorm1d/2d/3d`` with ``track_running_stats=False`` (their
@@ -353,21 +407,18 @@ class InstanceNorm(nn.Module):
         num_features: C.
         eps: added to the variance (default 1e-5).
         affine: learn per-channel ``weight`` and ``bias`` (default False, as PyTorch).
+        device, dtype: where the parameters live and their type (as in PyTorch).
 
     Example:
         >>> inorm = InstanceNorm(3)
         >>> inorm(torch.randn(2, 3, 8, 8)).mean(dim=(2, 3))   # about 0 everywhere
     """
 
-    def __init__(self, num_features: int, eps: float = 1e-5, affine: bool = False):
-        super().__init__()
-        self.num_features, self.eps, self.affine = num_features, eps, affine
-        if affine:
-            self.weight = nn.Parameter(torch.ones(num_features))
-            self.bias = nn.Parameter(torch.zeros(num_features))
-        else:
-            self.register_parameter("weight", None)
-            self.register_parameter("bias", None)
+    def __init__(
+        self, num_features: int, eps: float = 1e-5, affine: bool = False, device=None, dtype=None
+    ):
+        super().__init__(num_features, eps, affine, device, dtype)
+        self.num_features = num_features
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() < 3 or x.shape[1] != self.num_features:
@@ -375,10 +426,7 @@ class InstanceNorm(nn.Module):
                 f"InstanceNorm expected input (N, {self.num_features}, *spatial), "
                 f"got shape {tuple(x.shape)}"
             )
-        y = normalize(x, dim=tuple(range(2, x.dim())), eps=self.eps)
-        if self.affine:
-            y = y * _channel_view(self.weight, x.dim()) + _channel_view(self.bias, x.dim())
-        return y
+        return self._scale_shift(normalize(x, dim=tuple(range(2, x.dim())), eps=self.eps))
 
 
 class WeightNormLinear(nn.Module):
@@ -493,7 +541,32 @@ class Dropout(nn.Module):
         return f"p={self.p}"
 
 
+@torch.no_grad()
+def mc_dropout_predict(model: nn.Module, X: torch.Tensor, num_samples: int) -> torch.Tensor:
+    """Average of the softmax over ``num_samples`` random dropout masks (train mode).
+
+    The dropout network defines an ensemble of :math:`2^n` sub-networks; this Monte Carlo
+    estimate of :math:`\\mathbb{E}_{SN}[\\text{softmax}(SN(x))]` is what eval mode's weight
+    scaling approximates in one pass. Use it only with dropout, not with batch
+    normalization (train mode would switch BN to batch statistics). Restores the mode.
+
+    Example:
+        >>> probs = mc_dropout_predict(model, X_val, num_samples=50)
+        >>> (probs.argmax(1) == y_val).float().mean()
+    """
+    if num_samples < 1:
+        raise ValueError(f"num_samples must be a positive integer, got {num_samples}")
+    was_training = model.training
+    model.train()
+    try:
+        total = sum(torch.softmax(model(X), dim=-1) for _ in range(num_samples))
+    finally:
+        model.train(was_training)
+    return total / num_samples
+
+
 __all__ = [
+    "NORM_KINDS",
     "BatchNorm1d",
     "BatchNorm2d",
     "Dropout",
@@ -501,5 +574,7 @@ __all__ = [
     "InstanceNorm",
     "LayerNorm",
     "WeightNormLinear",
+    "mc_dropout_predict",
     "normalize",
+    "shared_statistics_mask",
 ]

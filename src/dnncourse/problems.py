@@ -1,7 +1,8 @@
-"""Test problems for optimizers: the lecture's elongated quadratic, least squares, digits MLP.
+"""Test problems for optimizers: the lecture's elongated quadratic and least squares.
 
-Lecture section: "Training algorithms" and "Which method". Three problems, from a picture
-in two dimensions to a real network:
+Lecture section: "Training algorithms" and "Which method". Two problems, from a picture
+in two dimensions to ten thousand samples (the real network is
+:func:`dnncourse.models.mlp` on :func:`dnncourse.datasets.load_digits`):
 
 - :class:`Quadratic`: :math:`f(x) = \\sum_i d_i x_i^2`, the lecture's elongated
   :math:`f(x_1, x_2) = x_1^2 + 4 x_2^2` by default, with a condition number parameter; GD
@@ -11,21 +12,17 @@ in two dimensions to a real network:
 - :class:`LeastSquares`: :math:`\\min_w \\frac1m\\|y - Xw\\|_2^2` with
   :math:`X \\in \\mathbb{R}^{10000 \\times 500}` ("GD vs. SGD"), gradients of the full sum
   or of a mini-batch in closed form, and the solution from ``torch.linalg.lstsq``
-  (Bottou and Bousquet, 2008).
-- :func:`digits_mlp`: a small seeded MLP for :func:`dnncourse.datasets.load_digits`
-  (64 inputs, 10 classes).
+  (Bottou and Bousquet, 2008). :meth:`LeastSquares.from_data` poses it for any ``X, y``.
 """
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 
 from dnncourse.devices import default_device
-from dnncourse.diagnostics import deep_mlp
 
-__all__ = ["LeastSquares", "Quadratic", "digits_mlp", "least_squares", "run_optimizer"]
+__all__ = ["LeastSquares", "Quadratic", "least_squares", "run_optimizer"]
 
 
 class Quadratic:
@@ -191,6 +188,22 @@ class LeastSquares:
     y: torch.Tensor
     w_star: torch.Tensor
 
+    @classmethod
+    def from_data(cls, X: torch.Tensor, y: torch.Tensor) -> "LeastSquares":
+        """The problem for a given ``(m, n)`` design ``X`` and targets ``y`` of shape ``(m,)``.
+
+        Example:
+            >>> problem = LeastSquares.from_data(torch.eye(2), torch.ones(2))
+            >>> problem.w_star
+            tensor([1., 1.])
+        """
+        if X.ndim != 2 or y.shape != X.shape[:1]:
+            raise ValueError(
+                f"expected X of shape (m, n) and y of shape (m,), got {tuple(X.shape)}, "
+                f"{tuple(y.shape)}"
+            )
+        return cls(X, y, torch.linalg.lstsq(X, y.unsqueeze(-1)).solution.squeeze(-1))
+
     @property
     def num_samples(self) -> int:
         return self.X.shape[0]
@@ -258,39 +271,6 @@ def least_squares(
     X = torch.randn(num_samples, num_features, generator=g, dtype=torch.float64)
     w_true = torch.randn(num_features, generator=g, dtype=torch.float64)
     y = X @ w_true + noise * torch.randn(num_samples, generator=g, dtype=torch.float64)
-    w_star = torch.linalg.lstsq(X, y.unsqueeze(-1)).solution.squeeze(-1)
+    problem = LeastSquares.from_data(X, y)
     device = default_device() if device is None else device
-    return LeastSquares(*(t.to(device=device, dtype=dtype) for t in (X, y, w_star)))
-
-
-def digits_mlp(
-    hidden: Sequence[int] = (64,),
-    activation: str | Callable[[], nn.Module] = "relu",
-    *,
-    seed: int = 0,
-    device: torch.device | str | None = None,
-    dtype: torch.dtype = torch.float32,
-) -> nn.Sequential:
-    """A seeded MLP for the digits data: 64 inputs, ``hidden`` widths, 10 logits.
-
-    Built with :func:`dnncourse.diagnostics.deep_mlp` (PyTorch's default initialization)
-    under a private RNG seeded with ``seed``, so the same seed gives the same weights and
-    the global RNG is left alone.
-
-    Args:
-        hidden: widths of the hidden layers (default one layer of 64).
-        activation: a name such as ``"relu"`` or ``"tanh"``, or an ``nn.Module`` factory.
-        seed: seed of the initialization (default 0).
-        device: default :func:`dnncourse.default_device`.
-        dtype: parameter type (default float32).
-
-    Example:
-        >>> model = digits_mlp((32, 32), "tanh")
-        >>> model(torch.zeros(5, 64)).shape
-        torch.Size([5, 10])
-    """
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = deep_mlp([64, *hidden, 10], activation)
-    device = default_device() if device is None else device
-    return model.to(device=device, dtype=dtype)
+    return LeastSquares(*(t.to(device=device, dtype=dtype) for t in vars(problem).values()))

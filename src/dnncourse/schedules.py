@@ -55,7 +55,17 @@ class _ClosedFormSchedule(LRScheduler):
         return self.get_lr()
 
 
-class InverseTimeDecay(_ClosedFormSchedule):
+class _RateSchedule(_ClosedFormSchedule):
+    """A schedule with one decay rate :math:`b \\ge 0` (the 1/k and exponential decays)."""
+
+    def __init__(
+        self, optimizer: torch.optim.Optimizer, decay_rate: float, last_epoch: int = -1
+    ) -> None:
+        self.decay_rate = _check_rate(decay_rate)
+        super().__init__(optimizer, last_epoch)
+
+
+class InverseTimeDecay(_RateSchedule):
     """The lecture's "1/k decay": :math:`t_k = \\dfrac{a}{1 + b k}`.
 
     It meets the Robbins-Monro conditions (:math:`\\sum 1/k = \\infty`,
@@ -75,17 +85,11 @@ class InverseTimeDecay(_ClosedFormSchedule):
         ``LambdaLR(optimizer, lambda k: 1 / (1 + b * k))``.
     """
 
-    def __init__(
-        self, optimizer: torch.optim.Optimizer, decay_rate: float, last_epoch: int = -1
-    ) -> None:
-        self.decay_rate = _check_rate(decay_rate)
-        super().__init__(optimizer, last_epoch)
-
     def _multiplier(self, k: int) -> float:
         return 1.0 / (1.0 + self.decay_rate * k)
 
 
-class ExponentialDecay(_ClosedFormSchedule):
+class ExponentialDecay(_RateSchedule):
     """The lecture's exponential decay: :math:`t_k = a\\, e^{-b k}`.
 
     Args:
@@ -103,12 +107,6 @@ class ExponentialDecay(_ClosedFormSchedule):
         The sum :math:`\\sum_k t_k` is finite, so this schedule does *not* meet the
         Robbins-Monro conditions: it freezes the iterate after a while.
     """
-
-    def __init__(
-        self, optimizer: torch.optim.Optimizer, decay_rate: float, last_epoch: int = -1
-    ) -> None:
-        self.decay_rate = _check_rate(decay_rate)
-        super().__init__(optimizer, last_epoch)
 
     def _multiplier(self, k: int) -> float:
         return math.exp(-self.decay_rate * k)

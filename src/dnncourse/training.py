@@ -2,7 +2,8 @@
 
 Lecture section: "Training algorithms" (practical SGD: shuffle, split into batches of
 size B, one pass is an epoch; Bottou and Bousquet, 2008). The loop is written out once in
-the SGD chapter; later chapters call :func:`train`.
+the SGD chapter; later chapters call :func:`train`, or :func:`fit_classifier` (train a
+classifier with cross-entropy from an optimizer factory and a generator, then score it).
 
 One epoch with *shuffle-then-split* sampling (without replacement):
 
@@ -18,7 +19,7 @@ With ``sampling="replacement"`` each batch is drawn independently and uniformly
 
 import copy
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -232,8 +233,9 @@ def train(
             optimizer.step()
             if scheduler is not None and scheduler_interval == "batch" and not plateau:
                 scheduler.step()
-            history.batch_loss.append(loss.item())
-            total, count = total + loss.item() * len(idx), count + len(idx)
+            batch_loss = loss.item()  # the one device sync of the step
+            history.batch_loss.append(batch_loss)
+            total, count = total + batch_loss * len(idx), count + len(idx)
         history.train_loss.append(total / count)
         if val_data is not None:
             results = evaluate(model, loss_fn, *val_data, metrics=metrics)
@@ -258,3 +260,82 @@ def train(
 def snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
     """A deep copy of ``model.state_dict()``, to restore later with ``load_state_dict``."""
     return copy.deepcopy(model.state_dict())
+
+
+@dataclass
+class Score:
+    """Accuracies and losses of a trained classifier, and the generalization gap."""
+
+    train_accuracy: float
+    val_accuracy: float
+    train_loss: float
+    val_loss: float
+    history: History
+
+    @property
+    def gap(self) -> float:
+        """Generalization gap in accuracy: train minus validation."""
+        return self.train_accuracy - self.val_accuracy
+
+
+def fit_classifier(
+    model: nn.Module,
+    make_optimizer: Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer],
+    train_data: tuple[torch.Tensor, torch.Tensor],
+    val_data: tuple[torch.Tensor, torch.Tensor],
+    *,
+    num_epochs: int,
+    generator: torch.Generator,
+    batch_size: int | None = None,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    **train_kwargs,
+) -> Score:
+    """Train a classifier with :func:`train` and score it on both data sets.
+
+    The optimizer comes from a factory, as in :func:`dnncourse.problems.run_optimizer`, so
+    any ``torch.optim`` or :mod:`dnncourse.optim` class with any settings fits; validation
+    accuracy is recorded every epoch (``history.val_metrics["accuracy"]``).
+
+    Args:
+        model: the network (its initialization is the caller's, e.g.
+            :func:`dnncourse.models.mlp` with a generator).
+        make_optimizer: builds the optimizer from the parameters, e.g.
+            ``lambda params: torch.optim.SGD(params, lr=0.1, momentum=0.9)``.
+        train_data, val_data: ``(X, y)`` pairs.
+        num_epochs: passes over the training data.
+        generator: a CPU ``torch.Generator`` for the batch order: same generator state,
+            same batches. Other randomness (``nn.Dropout`` masks, augmentations without a
+            generator of their own) comes from the global RNG, which this leaves alone.
+        batch_size: default: the whole training set (full batch).
+        loss_fn: default ``nn.CrossEntropyLoss()``.
+        **train_kwargs: go to :func:`train` (``penalty``, ``transform``, ``callbacks``,
+            ``scheduler``, ``device`` ...).
+
+    Example:
+        >>> score = fit_classifier(model, lambda p: torch.optim.Adam(p, lr=1e-3), (X, y),
+        ...                        (X_val, y_val), num_epochs=50, generator=torch.Generator())
+        >>> score.val_accuracy, score.gap
+    """
+    loss_fn = nn.CrossEntropyLoss() if loss_fn is None else loss_fn
+    metrics = {"accuracy": accuracy}
+    train_kwargs.setdefault("progress", False)
+    history = train(
+        model,
+        loss_fn,
+        make_optimizer(model.parameters()),
+        train_data,
+        val_data,
+        num_epochs=num_epochs,
+        batch_size=len(train_data[0]) if batch_size is None else batch_size,
+        metrics=metrics,
+        generator=generator,
+        **train_kwargs,
+    )
+    device = next(model.parameters()).device
+    X, y = (t.to(device) for t in train_data)
+    X_val, y_val = (t.to(device) for t in val_data)
+    on_train = evaluate(model, loss_fn, X, y, metrics=metrics)
+    on_val = evaluate(model, loss_fn, X_val, y_val, metrics=metrics)
+    return Score(
+        on_train["accuracy"], on_val["accuracy"], on_train["loss"], on_val["loss"], history
+    )

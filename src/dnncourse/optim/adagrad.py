@@ -36,7 +36,7 @@ class Adagrad(torch.optim.Optimizer):
     Note:
         The lecture puts :math:`\epsilon` under the root, :math:`g_k / \sqrt{s_k + \epsilon}`;
         PyTorch adds it after, :math:`g_k / (\sqrt{s_k} + \epsilon)`. Both only guard against
-        a division by zero. PyTorch 2.13 fills ``sum`` with the constructor's
+        a division by zero. PyTorch fills ``sum`` with the constructor's
         ``initial_accumulator_value`` for every param group; here a group's own value wins
         (the two agree whenever no group overrides it).
     """
