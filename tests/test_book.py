@@ -35,6 +35,21 @@ def article(soup: BeautifulSoup):
     return main
 
 
+CODE_CELL = re.compile(r"```\{code-cell\} ipython3\n(?:---\n.*?\n---\n)?(.*?)\n```\n", re.S)
+MAX_CODE_LINE = 80  # fits the code column at 1400 px (tests/test_browser.py) and a notebook
+
+
+@pytest.mark.parametrize("name", chapter_files())
+def test_chapter_code_fits_the_column(name):
+    """Chapter code: at most 80 characters a line, no formatter escape in reader-facing code."""
+    source = (ROOT / f"{name}.md").read_text(encoding="utf8")
+    cells = CODE_CELL.findall(source)
+    assert cells, f"{name}: no code cells found"
+    long = [line for cell in cells for line in cell.splitlines() if len(line) > MAX_CODE_LINE]
+    assert not long, f"{name}: code lines over {MAX_CODE_LINE} characters: {long[:3]}"
+    assert not [c for c in cells if "fmt: skip" in c], f"{name}: '# fmt: skip' in a code cell"
+
+
 def test_toc_names_all_chapters_and_homework():
     files = toc_files()
     assert len(chapter_files()) >= 10, f"expected the 10 lecture chapters, got {chapter_files()}"
