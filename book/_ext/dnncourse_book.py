@@ -80,7 +80,7 @@ def _names(entry) -> str:
 
 
 class AuthorYearLabels(BaseLabelStyle):
-    """Labels "Author, Year" as the citations read (with a, b, ... where two entries would share one)."""
+    """Labels "Author, Year", as the citations read (a, b, ... where two would coincide)."""
 
     def format_labels(self, sorted_entries):
         labels = [f"{_names(e)}, {e.fields.get('year', '')}".strip(", ") for e in sorted_entries]
