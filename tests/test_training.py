@@ -218,7 +218,7 @@ def test_batch_scheduler_changes_the_steps_exactly():
     opt2 = torch.optim.SGD(theirs.parameters(), lr=0.1)
     for _ in range(3):
         for idx in torch.randperm(len(X), generator=g).split(5):
-            opt2.param_groups[0]["lr"] = 0.1 / (1 + k)
+            opt2.param_groups[0]["lr"] = 0.1 * (1 / (1 + k))  # LambdaLR: base_lr * factor(k)
             opt2.zero_grad()
             nn.MSELoss()(theirs(X[idx]), y[idx]).backward()
             opt2.step()

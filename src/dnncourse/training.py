@@ -305,7 +305,7 @@ def fit_classifier(
         num_epochs: passes over the training data.
         generator: a CPU ``torch.Generator`` for the batch order: same generator state,
             same batches. Other randomness (``nn.Dropout`` masks, augmentations without a
-            generator of their own) comes from the global RNG, which this leaves alone.
+            generator of their own) comes from the global RNG, which this never seeds.
         batch_size: default: the whole training set (full batch).
         loss_fn: default ``nn.CrossEntropyLoss()``.
         **train_kwargs: go to :func:`train` (``penalty``, ``transform``, ``callbacks``,
