@@ -110,3 +110,20 @@ def test_chapter_becomes_plain_markdown(path):
     # a folded solution opens only inside <details>; a gated one is gone
     assert markdown.count("<summary>Solution</summary>") == source.count("```{solution}")
     assert markdown.count(SOLUTION_NOTE) == source.count("{solution-start}")
+
+
+def test_package_hash_follows_code_and_figure_style(tmp_path):
+    """The book's cache is emptied when the package's code or figure style changes."""
+    from dnncourse_book import _package_hash
+
+    module, style = tmp_path / "m.py", tmp_path / "book.mplstyle"
+    module.write_text('def f():\n    """Doc."""\n    return 1\n')
+    style.write_text("font.size: 12\n")
+    before = _package_hash([str(tmp_path)])
+    module.write_text('def f():  # a comment\n    """Another doc."""\n    return 1\n')
+    assert _package_hash([str(tmp_path)]) == before, "docstrings and comments count"
+    module.write_text('def f():\n    """Doc."""\n    return 2\n')
+    changed_code = _package_hash([str(tmp_path)])
+    assert changed_code != before, "a code change went unnoticed"
+    style.write_text("font.size: 8\n")
+    assert _package_hash([str(tmp_path)]) != changed_code, "a style change went unnoticed"

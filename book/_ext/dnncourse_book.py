@@ -21,7 +21,8 @@ Chapters are MyST markdown notebooks. sphinx-book-theme already offers the execu
   labels): the ``authoryear`` style registered here.
 * The jupyter-cache keys a notebook on its code cells only: a change to the
   ``dnncourse`` package would leave stale outputs in the book. The package's code (its
-  AST: comments, formatting and docstrings do not count) is hashed on each build; when
+  AST: comments, formatting and docstrings do not count) and its figure style
+  (``*.mplstyle``) are hashed on each build; when
   it changed since the last build, the execution cache is emptied and every page
   re-read, so every chapter runs again. A prose-only change to a chapter still
   re-executes nothing.
@@ -227,14 +228,19 @@ def _code_of(source: str) -> str:
     return ast.dump(tree)
 
 
-def _package_hash() -> str:
-    """SHA-256 of the installed dnncourse package's code (docstrings and comments aside)."""
-    spec = importlib.util.find_spec("dnncourse")
+def _package_hash(locations: list[str] | None = None) -> str:
+    """SHA-256 of the dnncourse package's code (docstrings and comments aside) and styles."""
+    if locations is None:
+        spec = importlib.util.find_spec("dnncourse")
+        locations = list(spec.submodule_search_locations or []) if spec else []
     digest = hashlib.sha256()
-    for location in (spec.submodule_search_locations or []) if spec else []:
+    for location in locations:
         for path in sorted(Path(location).rglob("*.py")):
             digest.update(path.relative_to(location).as_posix().encode())
             digest.update(_code_of(path.read_text(encoding="utf8")).encode())
+        for path in sorted(Path(location).rglob("*.mplstyle")):  # the figures' style
+            digest.update(path.relative_to(location).as_posix().encode())
+            digest.update(path.read_bytes())
     return digest.hexdigest()
 
 
