@@ -10,12 +10,17 @@ Set ``DNNCOURSE_REUSE_BOOK=1`` to check an existing ``_build/html`` without rebu
 
 from __future__ import annotations
 
+import json
 import re
+import sys
 from pathlib import Path
 
 import pytest
 from book_site import HTML, ROOT, BookBuild, build_book, chapter_files, toc_files
 from bs4 import BeautifulSoup
+
+sys.path.insert(0, str(ROOT / "book" / "_ext"))
+from plain_notebook import MYST_MARKUP
 
 pytestmark = pytest.mark.slow
 
@@ -33,6 +38,21 @@ def article(soup: BeautifulSoup):
     main = soup.select_one("article.bd-article")
     assert main is not None, "no <article class='bd-article'> in the page"
     return main
+
+
+CODE_CELL = re.compile(r"```\{code-cell\} ipython3\n(?:---\n.*?\n---\n)?(.*?)\n```\n", re.S)
+MAX_CODE_LINE = 80  # fits the code column at 1400 px (tests/test_browser.py) and a notebook
+
+
+@pytest.mark.parametrize("name", chapter_files())
+def test_chapter_code_fits_the_column(name):
+    """Chapter code: at most 80 characters a line, no formatter escape in reader-facing code."""
+    source = (ROOT / f"{name}.md").read_text(encoding="utf8")
+    cells = CODE_CELL.findall(source)
+    assert cells, f"{name}: no code cells found"
+    long = [line for cell in cells for line in cell.splitlines() if len(line) > MAX_CODE_LINE]
+    assert not long, f"{name}: code lines over {MAX_CODE_LINE} characters: {long[:3]}"
+    assert not [c for c in cells if "fmt: skip" in c], f"{name}: '# fmt: skip' in a code cell"
 
 
 def test_toc_names_all_chapters_and_homework():
@@ -136,10 +156,46 @@ def test_homework_pages_are_not_executed(book):
         assert (book.html / "_sources" / f"{name}.ipynb").exists(), f"{name}: no download"
 
 
+def test_homework_pages_have_download_and_colab_links(book):
+    """Under the title of each homework page: the notebook's download and a Colab link."""
+    for name in [f for f in toc_files() if f.startswith("exercises/")]:
+        links = article(page(name)).select(".dnncourse-homework-links a[href]")
+        hrefs = [a["href"] for a in links]
+        download = [h for h in hrefs if h.endswith(f"_sources/{name}.ipynb")]
+        assert download, f"{name}: no Download link at the top: {hrefs}"
+        target = (book.html / Path(name).parent / download[0]).resolve()
+        assert target == (book.html / "_sources" / f"{name}.ipynb").resolve()
+        assert target.exists(), f"{name}: {download[0]} does not exist"
+        colab = "https://colab.research.google.com/github/"
+        assert any(h.startswith(colab) and h.endswith(f"/{name}.ipynb") for h in hrefs), (
+            f"{name}: no Open in Colab link at the top: {hrefs}"
+        )
+
+
 def test_bibliography_lists_references(book):
     main = article(page("book/bibliography"))
     entries = main.select(".citation, dl.citation > dt, div.citation")
     assert len(entries) >= 10, f"only {len(entries)} bibliography entries"
+    # one style: the entries are labelled as the text cites them ("Kingma and Ba, 2015")
+    labels = [" ".join(e.select_one(".label").get_text().split()).strip("[]") for e in entries]
+    odd = [label for label in labels if not re.fullmatch(r"\D+, \d{4}[a-z]?", label)]
+    assert not odd, f"bibliography labels not in 'Author, Year' form: {odd[:5]}"
+    citations = article(page(chapter_files()[4])).select("a[href*='bibliography.html#']")
+    cited = {" ".join(a.get_text().split()) for a in citations}
+    assert cited and cited <= set(labels), f"citations without a label: {cited - set(labels)}"
+
+
+def test_downloaded_chapters_are_plain_notebooks(book):
+    """Each chapter's .ipynb: the install cell first, then no MyST markup anywhere."""
+    for name in chapter_files():
+        nb = json.loads((book.html / "_sources" / f"{name}.ipynb").read_text(encoding="utf8"))
+        assert nb["cells"][0].get("id") == "dnncourse-setup", f"{name}: no install cell"
+        markdown = "\n".join(
+            "".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "markdown"
+        )
+        left = [m.group(0) for m in MYST_MARKUP.finditer(markdown)]
+        assert not left, f"{name}: MyST in the download: {left[:5]}"
+        assert "{solution" not in markdown and "```{" not in markdown, name
 
 
 def test_mathjax_is_served_locally(book):

@@ -11,9 +11,18 @@ Chapters are MyST markdown notebooks. sphinx-book-theme already offers the execu
 * Colab (or any machine) may not have the course package, so the downloadable
   notebook of a chapter starts with a cell that installs it from the repository when
   ``import dnncourse`` would fail. Binder installs it from ``binder/``.
+* A downloaded notebook must read well in Jupyter and Colab, which know no MyST: its
+  markdown cells are rewritten into plain Markdown (``plain_notebook``: directives as
+  block quotes, solutions folded or removed, citations as author-year text).
+* A released homework notebook is shown as a page; it gets explicit "Download" and
+  "Open in Colab" links at its top (the header buttons are easy to miss).
+* The bibliography lists entries under author-year labels ("Kingma and Ba, 2015"), the
+  style its author-year citations use (pybtex's styles know only alpha and numeric
+  labels): the ``authoryear`` style registered here.
 * The jupyter-cache keys a notebook on its code cells only: a change to the
   ``dnncourse`` package would leave stale outputs in the book. The package's code (its
-  AST: comments, formatting and docstrings do not count) is hashed on each build; when
+  AST: comments, formatting and docstrings do not count) and its figure style
+  (``*.mplstyle``) are hashed on each build; when
   it changed since the last build, the execution cache is emptied and every page
   re-read, so every chapter runs again. A prose-only change to a chapter still
   re-executes nothing.
@@ -26,9 +35,18 @@ import hashlib
 import importlib.util
 import json
 import shutil
+import sys
 from pathlib import Path
 
+from pybtex.database import parse_file
+from pybtex.plugin import register_plugin
+from pybtex.richtext import Text
+from pybtex.style.formatting.unsrt import Style as UnsrtStyle
+from pybtex.style.labels import BaseLabelStyle
 from sphinx.application import Sphinx
+
+sys.path.insert(0, str(Path(__file__).parent))
+from plain_notebook import Resolver, plain_notebook
 
 SETUP_CELL_ID = "dnncourse-setup"
 
@@ -51,11 +69,77 @@ def _setup_cell(repo_url: str, branch: str) -> dict:
     }
 
 
-def _add_setup_cell(path: Path, repo_url: str, branch: str) -> None:
-    """Prepend the install cell to a downloadable notebook (idempotent)."""
+def _names(entry) -> str:
+    """'Polyak', 'Kingma and Ba', 'Ioffe et al.': the authors (else editors) as cited."""
+    people = entry.persons.get("author") or entry.persons.get("editor") or []
+    last = [
+        Text.from_latex(" ".join(p.prelast_names + p.last_names)).render_as("text") for p in people
+    ]
+    if len(last) > 2:
+        return f"{last[0]} et al."
+    return " and ".join(last) or entry.fields.get("title", "?")
+
+
+class AuthorYearLabels(BaseLabelStyle):
+    """Labels "Author, Year", as the citations read (a, b, ... where two would coincide)."""
+
+    def format_labels(self, sorted_entries):
+        labels = [f"{_names(e)}, {e.fields.get('year', '')}".strip(", ") for e in sorted_entries]
+        for label in set(labels):
+            same = [i for i, other in enumerate(labels) if other == label]
+            for n, i in enumerate(same if len(same) > 1 else []):
+                labels[i] = f"{label}{chr(ord('a') + n)}"
+        return iter(labels)
+
+
+class AuthorYearStyle(UnsrtStyle):
+    """pybtex's unsrt entries, sorted by author and year, labelled 'Author Year'."""
+
+    default_label_style = "dnncourse_authoryear"
+    default_sorting_style = "author_year_title"
+
+
+register_plugin("pybtex.style.labels", "dnncourse_authoryear", AuthorYearLabels)
+register_plugin("pybtex.style.formatting", "dnncourse_authoryear", AuthorYearStyle)
+
+
+def _resolver(app: Sphinx, docname: str) -> Resolver:
+    """How a downloaded notebook spells the book's cross-references (see plain_notebook)."""
+    if not hasattr(app, "dnncourse_bib"):
+        app.dnncourse_bib = {}
+        for bibfile in app.config.bibtex_bibfiles:
+            app.dnncourse_bib.update(parse_file(Path(app.confdir, bibfile)).entries)
+    bib, env = app.dnncourse_bib, app.env
+    labels = env.domaindata["std"]["labels"]
+
+    def cite(keys: list[str], textual: bool) -> str:
+        found = [(_names(bib[k]), bib[k].fields.get("year", "")) for k in keys if k in bib]
+        if textual:
+            return ", ".join(f"{names} ({year})" for names, year in found)
+        return "(" + "; ".join(f"{names}, {year}" for names, year in found) + ")"
+
+    def doc(target: str) -> tuple[str, str]:
+        name = str(Path(docname).parent / target) if not target.startswith("/") else target[1:]
+        title = env.titles[name].astext() if name in env.titles else target
+        return title, f"{Path(target).name}.ipynb"
+
+    def numref(label: str) -> str:
+        doc_of, labelid, _ = labels.get(label, (None, None, None))
+        number = env.toc_fignumbers.get(doc_of, {}).get("figure", {}).get(labelid)
+        return "Fig. " + ".".join(map(str, number)) if number else "the figure"
+
+    def ref(label: str) -> str:
+        return labels.get(label, (None, None, label))[2] or label
+
+    return Resolver(cite=cite, doc=doc, numref=numref, ref=ref)
+
+
+def _make_download(path: Path, repo_url: str, branch: str, resolver: Resolver) -> None:
+    """Plain Markdown and the install cell for a downloadable notebook (idempotent)."""
     nb = json.loads(path.read_text(encoding="utf8"))
     if nb["cells"] and nb["cells"][0].get("id") == SETUP_CELL_ID:
         return
+    plain_notebook(nb, resolver)
     nb["cells"].insert(0, _setup_cell(repo_url, branch))
     # Cell ids need nbformat >= 4.5.
     if (nb.get("nbformat"), nb.get("nbformat_minor", 0)) < (4, 5):
@@ -73,7 +157,7 @@ def fix_notebook_links(app: Sphinx, pagename: str, templatename: str, context, d
     opts = app.config.html_theme_options
     repo_url = opts.get("repository_url", "").rstrip("/")
     branch = opts.get("repository_branch") or "main"
-    _add_setup_cell(Path(app.outdir, "_sources", ipynb), repo_url, branch)
+    _make_download(Path(app.outdir, "_sources", ipynb), repo_url, branch, _resolver(app, pagename))
 
     nb_branch = app.config.dnncourse_notebooks_branch
     org_repo = repo_url.split("github.com/")[-1]
@@ -84,6 +168,30 @@ def fix_notebook_links(app: Sphinx, pagename: str, templatename: str, context, d
                     f"{opts['launch_buttons']['colab_url'].rstrip('/')}/github/"
                     f"{org_repo}/blob/{nb_branch}/{pagename}.ipynb"
                 )
+
+
+def homework_links(app: Sphinx, pagename: str, templatename: str, context, doctree):
+    """Put "Download" and "Open in Colab" links under a released homework's title."""
+    if not pagename.startswith("exercises/") or context.get("page_source_suffix") != ".ipynb":
+        return
+    opts = app.config.html_theme_options
+    org_repo = opts.get("repository_url", "").rstrip("/").split("github.com/")[-1]
+    branch = opts.get("repository_branch") or "main"
+    colab = opts["launch_buttons"]["colab_url"].rstrip("/")
+    name = Path(pagename).name
+    download = f"{'../' * pagename.count('/')}_sources/{pagename}.ipynb"
+    links = (
+        '<p class="dnncourse-homework-links">'
+        f'<a class="reference external" href="{download}" download="{name}.ipynb">'
+        f"Download {name}.ipynb</a> | "
+        f'<a class="reference external" href="{colab}/github/{org_repo}/blob/{branch}/'
+        f'{pagename}.ipynb">Open in Colab</a></p>'
+    )
+    body = context.get("body", "")
+    end_h1 = body.find("</h1>")
+    if end_h1 >= 0 and "dnncourse-homework-links" not in body:
+        cut = end_h1 + len("</h1>")
+        context["body"] = body[:cut] + links + body[cut:]
 
 
 def dedupe_scripts(app: Sphinx, pagename: str, templatename: str, context, doctree):
@@ -120,14 +228,19 @@ def _code_of(source: str) -> str:
     return ast.dump(tree)
 
 
-def _package_hash() -> str:
-    """SHA-256 of the installed dnncourse package's code (docstrings and comments aside)."""
-    spec = importlib.util.find_spec("dnncourse")
+def _package_hash(locations: list[str] | None = None) -> str:
+    """SHA-256 of the dnncourse package's code (docstrings and comments aside) and styles."""
+    if locations is None:
+        spec = importlib.util.find_spec("dnncourse")
+        locations = list(spec.submodule_search_locations or []) if spec else []
     digest = hashlib.sha256()
-    for location in (spec.submodule_search_locations or []) if spec else []:
+    for location in locations:
         for path in sorted(Path(location).rglob("*.py")):
             digest.update(path.relative_to(location).as_posix().encode())
             digest.update(_code_of(path.read_text(encoding="utf8")).encode())
+        for path in sorted(Path(location).rglob("*.mplstyle")):  # the figures' style
+            digest.update(path.relative_to(location).as_posix().encode())
+            digest.update(path.read_bytes())
     return digest.hexdigest()
 
 
@@ -166,4 +279,5 @@ def setup(app: Sphinx) -> dict:
     app.add_config_value("dnncourse_notebooks_branch", "notebooks", "html")
     app.connect("html-page-context", dedupe_scripts)
     app.connect("html-page-context", fix_notebook_links, priority=900)
+    app.connect("html-page-context", homework_links)
     return {"parallel_read_safe": True, "parallel_write_safe": True}
