@@ -8,6 +8,9 @@ solution or hidden-test line leaks); exit status 1 if any validation fails.
 [--timeout S] [--memory-limit MB] [--db URL]`` grades ``SUBMISSIONS/<student_id>/`` (or an
 LMS zip of such folders) into ``OUT/grades.csv`` and ``OUT/feedback/``; exit status 0 iff
 every student folder got a row.
+
+``dnncourse serve --data DATA [--port 8000] ...`` runs the submission service
+(:mod:`dnncourse.service`): students hand in and see the hidden tests' feedback at once.
 """
 
 import argparse
@@ -67,11 +70,18 @@ def parser() -> argparse.ArgumentParser:
         "--db", default=None, help="gradebook SQLAlchemy URL (default sqlite:///OUT/gradebook.db)"
     )
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    from .service.server import add_arguments as serve_arguments
+
+    serve_arguments(sub.add_parser("serve", help="the submission service (web)"))
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if args.command == "serve":
+        from .service.server import run as serve
+
+        return serve(args)
     if args.command == "release":
         try:
             results = release_and_validate(args.assignments or None)
