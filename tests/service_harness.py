@@ -133,11 +133,14 @@ class Client:
         assert self.get(path).status_code == 200
         r = self.post(path, {"password": password, "again": password})
         assert r.status_code == 303, r.text
-        self.get("/")
+        self.get("/assignments")  # the session was renewed: a fresh CSRF token
 
     def login(self, login: str, password: str) -> httpx.Response:
         self.get("/login")
-        return self.post("/login", {"login": login, "password": password})
+        response = self.post("/login", {"login": login, "password": password})
+        if response.status_code == 303:
+            self.get("/assignments")
+        return response
 
     def roster(self, rows: list[tuple[str, str]]) -> dict[str, str]:
         """Import students (id, name); returns id -> sign-in link."""

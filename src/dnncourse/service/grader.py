@@ -29,11 +29,12 @@ from dataclasses import asdict
 from pathlib import Path, PurePosixPath
 
 import nbformat
+import psutil
 from nbgrader import utils as nbutils
 
 from ..grading.course import Course, gradebook, prepare, register
 from ..grading.course import max_score as assignment_max
-from ..grading.pool import Worker
+from ..grading.pool import Worker, kill_tree
 from ..grading.protocol import Check, Result, Status, checksum
 from ..grading.worker import _zero
 from ..homework import hidden_lines
@@ -73,6 +74,25 @@ class Grader:
         self._idle: dict[str, list[Worker]] = defaultdict(list)
         self._secret: dict[str, set[str]] = {}
         self._closed = False
+        self._reap()
+
+    def _reap(self) -> None:
+        """Kill the workers a killed service left behind (their pids are in a file).
+
+        An orphan would go on grading a submission that the queue grades again.
+        """
+        pids = self.base / "worker.pids"
+        if pids.is_file():
+            for line in pids.read_text().split():
+                try:
+                    proc = psutil.Process(int(line))
+                    mine = "dnncourse.grading.worker" in " ".join(proc.cmdline())
+                    mine = mine and str(self.base) in " ".join(proc.cmdline())
+                except (ValueError, psutil.Error):
+                    continue
+                if mine:
+                    kill_tree(proc.pid)
+        pids.write_text("")
 
     # -- courses -----------------------------------------------------------------------------
     def notebooks(self, assignment: str) -> list[str]:
@@ -144,7 +164,10 @@ class Grader:
         logs = Path(course.out) / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         threads = max(1, (os.cpu_count() or 1) // max(1, self.config.jobs))
-        return Worker(course, logs / f"worker-{threading.get_ident()}.log", threads)
+        worker = Worker(course, logs / f"worker-{threading.get_ident()}.log", threads)
+        with self._cond, open(self.base / "worker.pids", "a") as pids:
+            pids.write(f"{worker.proc.pid}\n")
+        return worker
 
     def _done(self, course: Course, worker: Worker) -> None:
         with self._cond:
