@@ -11,13 +11,15 @@ prepared once (``nbgrader generate_assignment`` into ``DATA/grading/<assignment>
 gradebook at ``--gradebook``), and up to ``jobs`` warm worker processes grade one student
 each, with the class grader's per-student hard timeout. Grades land in nbgrader's gradebook
 as with ``dnncourse grade`` (the gradebook holds each student's latest graded submission),
-so formgrader and ``nbgrader export`` keep working. Preparing an assignment costs seconds;
+so formgrader and ``nbgrader export`` keep working. Preparing an assignment costs seconds
+(skipped at a restart if ``solutions/<assignment>`` and the gradebook URL did not change);
 a regrade after a test fix prepares it again (``version``) once no grading of it runs.
 
 The check messages are the test's own ``ename: evalue`` (what the feedback page shows);
 a message quoting a hidden-test or solution line is withheld.
 """
 
+import hashlib
 import json
 import os
 import shutil
@@ -108,12 +110,32 @@ class Grader:
             lock.unlink(missing_ok=True)
             (self.base / ".gradebook.lock").touch()
             lock.symlink_to(self.base / ".gradebook.lock")
-        course = prepare(self.config.root, assignment, out, self.config.gradebook)
+        stamp = out / ".prepared"
+        source = self._source_hash(assignment)
+        known = out / "course.json"
+        if stamp.is_file() and stamp.read_text() == source and known.is_file():
+            course = Course(**json.loads(known.read_text()))  # unchanged since the last start
+        else:
+            stamp.unlink(missing_ok=True)
+            course = prepare(self.config.root, assignment, out, self.config.gradebook)
+            known.write_text(course.to_json())
+            stamp.write_text(source)
         secret = set()
         for notebook in (self.config.root / "solutions" / assignment).glob("*.ipynb"):
             secret |= hidden_lines(notebook, min_length=12)
         self._secret[assignment] = secret
         return course
+
+    def _source_hash(self, assignment: str) -> str:
+        """What a prepared course depends on: the instructor's files and the gradebook URL."""
+        h = hashlib.sha256(self.config.gradebook.encode())
+        files = [self.config.root / "nbgrader_config.py"]
+        files += sorted((self.config.root / "solutions" / assignment).rglob("*"))
+        for path in files:
+            if path.is_file():
+                h.update(str(path.relative_to(self.config.root)).encode() + b"\0")
+                h.update(hashlib.sha256(path.read_bytes()).digest())
+        return h.hexdigest()
 
     def course(self, assignment: str, version: int = 1) -> Course:
         """The prepared course of ``assignment`` at ``version``, reserved for one grading.
