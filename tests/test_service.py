@@ -137,6 +137,8 @@ def people(server):
 
 def test_sign_in_links_work_once_and_passwords_are_argon2_hashes(server, people):
     again = Client(server.url)
+    cookie = again.get("/login").headers["set-cookie"].lower()
+    assert "httponly" in cookie and "samesite=lax" in cookie
     assert again.get(people["links"]["alice"][len(server.url) :]).status_code == 404
     assert again.login("alice", "wrong password").status_code == 401
     assert again.login("nobody", "alice password").status_code == 401
