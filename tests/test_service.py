@@ -97,6 +97,16 @@ def test_names_and_notebook_checks():
     assert "plain notebook file name" in _checked_notebook("../x.ipynb", ok, 100)
 
 
+def test_serve_arguments_and_a_clear_error_for_a_scheduler(tmp_path, capsys):
+    from dnncourse.cli import main, parser
+
+    args = parser().parse_args(["serve", "--data", str(tmp_path)])
+    assert (args.host, args.port, args.per_hour, args.policy) == ("127.0.0.1", 8000, 10, "last")
+    assert args.late_penalty is None and args.max_upload_mb == 5
+    assert main(["serve", "--data", str(tmp_path), "--scheduler", "tcp://127.0.0.1:1"]) == 2
+    assert "Dask grading engine" in capsys.readouterr().err
+
+
 # -- the server --------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
@@ -367,8 +377,11 @@ def _hand_in(driver, server, nb: dict, folder: Path) -> str:
     driver.find_element("id", f"file-{NAME}").send_keys(str(path))
     driver.find_element("id", "handin").click()
     _wait(driver, lambda: re.search(r"/submissions/\d+$", driver.current_url), 60)
+    driver.execute_script("window.notReloaded = true;")  # a reload would forget it
     seen = {driver.find_element("id", "state").text}
     _wait(driver, lambda: seen.add(driver.find_element("id", "state").text) or "graded" in seen)
+    assert seen & {"queued", "grading"}, f"the page showed only {seen}"
+    assert driver.execute_script("return window.notReloaded === true;"), "the page reloaded"
     return driver.find_element("id", "score").text
 
 

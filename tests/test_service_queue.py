@@ -38,12 +38,17 @@ class FakeGrader:
             self.active.add((student, assignment))
             self.calls.append((student, files[NB], version))
         self.gate.wait(30)
+        if files[NB] == b"crash" and sum(c[1] == b"crash" for c in self.calls) == 1:
+            return Result(student, assignment, Status.GRADER_ERROR, 0.0, 10.0, "worker died")
         time.sleep(self.seconds)
         with self.lock:
             self.active.discard((student, assignment))
         score = float(len(files[NB]) % 11)
         check = Check(NB[:-6], "test_a", score, 10.0, score == 10.0, "" if score == 10 else "no")
         return Result(student, assignment, Status.OK, score, 10.0, checks=(check,))
+
+    def warm(self, assignment, version=1):
+        pass
 
     def close(self):
         pass
@@ -130,6 +135,15 @@ def test_a_grading_interrupted_by_a_crash_is_redone_at_start(setup):
     sub = wait_graded(sessions, [first])[first]
     assert (sub.attempts, sub.finished, sub.score) == (2, 1, 10.0)
     assert len(grader.calls) == 1
+
+
+def test_a_grader_error_is_tried_once_more(setup):
+    sessions, jobs, grader = setup
+    sub_id = hand_in(sessions, jobs, "cal", b"crash")
+    jobs.start()
+    sub = wait_graded(sessions, [sub_id])[sub_id]
+    assert (sub.attempts, sub.finished, sub.status) == (2, 1, Status.OK)
+    assert len(grader.calls) == 2
 
 
 def test_a_regrade_asked_during_a_grading_runs_after_it(setup):

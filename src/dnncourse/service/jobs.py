@@ -7,7 +7,9 @@ so two threads never take the same one; never two of one student's submissions o
 assignment at once, as they share a row of the gradebook), check the stored bytes against
 the checksum, grade through :class:`~dnncourse.service.grader.Grader` and finish the row
 in one UPDATE that only a ``grading`` row accepts. On start, rows left ``grading`` by a
-crash are queued again: an interrupted grading is redone, a finished one never.
+crash are queued again: an interrupted grading is redone, a finished one never. A grading
+that ends in ``grader error`` (the worker died, a bug of ours) is queued once more before
+that status is final.
 """
 
 import hashlib
@@ -29,6 +31,7 @@ from .grader import Grader
 from .models import GRADED, GRADING, QUEUED, Assignment, Submission, User, utcnow
 
 log = logging.getLogger("dnncourse.service")
+MAX_ATTEMPTS = 2  # a grading that ends in "grader error" (a worker died) is tried once more
 
 
 class RateLimited(Exception):
@@ -146,8 +149,7 @@ class Jobs:
             if self._stop.is_set():
                 return
             try:
-                self.grader.course(name, versions.get(name, 1))
-                self.grader.release(name)
+                self.grader.warm(name, versions.get(name, 1))
             except Exception:
                 log.exception("queue: preparing %s failed", name)
 
@@ -177,6 +179,7 @@ class Jobs:
             for sub in queued:
                 if (sub.user_id, sub.assignment) in busy:
                     continue
+                attempt = sub.attempts + 1  # read before the UPDATE (it syncs the object)
                 taken = db.execute(
                     update(Submission)
                     .where(Submission.id == sub.id, Submission.state == QUEUED)
@@ -190,7 +193,8 @@ class Jobs:
                 db.commit()
                 if taken:
                     version = db.get(Assignment, sub.assignment).version
-                    return sub.id, sub.user.login, sub.assignment, version, sub.folder, sub.files
+                    job = (sub.id, sub.user.login, sub.assignment, version, sub.folder, sub.files)
+                    return job, attempt
         return None
 
     def _run(self) -> None:
@@ -205,7 +209,7 @@ class Jobs:
                 self._wake.clear()
                 continue
             self._wake.set()  # another thread may find more work
-            sub_id, login, assignment, version, key, listed = job
+            (sub_id, login, assignment, version, key, listed), attempt = job
             try:
                 result = self._grade(login, assignment, version, key, listed)
             except Exception as error:  # a bug of ours: this submission only, and say so
@@ -214,7 +218,22 @@ class Jobs:
                     login, assignment, Status.GRADER_ERROR, 0.0, 0.0, detail=repr(error)
                 )
                 traceback.print_exc()
-            self._finish(sub_id, result)
+            if result.status == Status.GRADER_ERROR and attempt < MAX_ATTEMPTS:
+                log.warning("queue: submission %s: %s; queued again", sub_id, result.detail)
+                self._requeue(sub_id)
+            else:
+                self._finish(sub_id, result)
+
+    def _requeue(self, sub_id: int) -> None:
+        """A grading that failed on our side (a worker died, a bug): try once more."""
+        with self.sessions() as db:
+            db.execute(
+                update(Submission)
+                .where(Submission.id == sub_id, Submission.state == GRADING)
+                .values(state=QUEUED, queued_at=utcnow())
+            )
+            db.commit()
+        self._wake.set()
 
     def _grade(self, login, assignment, version, key, listed) -> Result:
         files = {}
