@@ -75,6 +75,7 @@ class Grader:
         self._busy: dict[str, int] = defaultdict(int)
         self._idle: dict[str, list[Worker]] = defaultdict(list)
         self._secret: dict[str, set[str]] = {}
+        self._live: set[Worker] = set()
         self._closed = False
         self._reap()
 
@@ -156,7 +157,7 @@ class Grader:
             stale = self._idle.pop(assignment, [])
         try:
             for worker in stale:
-                worker.stop()
+                self._retire(worker)
             course = self._prepare(assignment)
         finally:
             with self._cond:
@@ -187,13 +188,14 @@ class Grader:
             spare = next((v for v in self._idle.values() if v), None)
             victim = spare.pop() if spare and total >= self.config.jobs else None
         if victim is not None:
-            victim.stop()
+            self._retire(victim)
         logs = Path(course.out) / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         threads = max(1, (os.cpu_count() or 1) // max(1, self.config.jobs))
         worker = Worker(course, logs / f"worker-{threading.get_ident()}.log", threads)
         with self._cond, open(self.base / "worker.pids", "a") as pids:
             pids.write(f"{worker.proc.pid}\n")
+            self._live.add(worker)
         return worker
 
     def _done(self, course: Course, worker: Worker) -> None:
@@ -201,15 +203,24 @@ class Grader:
             if not self._closed:
                 self._idle[course.assignment].append(worker)
                 return
-        worker.stop()
+        self._retire(worker)
+
+    def _retire(self, worker: Worker, kill: bool = False) -> None:
+        with self._cond:
+            self._live.discard(worker)
+        worker.stop(kill=kill)
 
     def close(self) -> None:
+        """Stop the idle workers and kill the busy ones (their gradings are redone)."""
         with self._cond:
             self._closed = True
-            workers = [w for v in self._idle.values() for w in v]
+            idle = [w for v in self._idle.values() for w in v]
+            busy = self._live.difference(idle)
             self._idle.clear()
-        for worker in workers:
-            worker.stop()
+        for worker in idle:
+            self._retire(worker)
+        for worker in busy:
+            self._retire(worker, kill=True)
 
     # -- grading -----------------------------------------------------------------------------
     def grade(
@@ -242,7 +253,7 @@ class Grader:
             row = worker.grade(task, self.config.timeout)
             if row is None:
                 alive = worker.proc.poll() is None
-                worker.stop(kill=True)
+                self._retire(worker, kill=True)
                 detail = (
                     f"grading took longer than {self.config.timeout:g} s: stopped"
                     if alive

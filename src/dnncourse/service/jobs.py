@@ -154,11 +154,12 @@ class Jobs:
                 log.exception("queue: preparing %s failed", name)
 
     def stop(self) -> None:
+        """Stop taking work; gradings under way are killed and redone at the next start."""
         self._stop.set()
         self._wake.set()
+        self.grader.close()
         for thread in self._threads:
             thread.join(timeout=5)
-        self.grader.close()
 
     def _claim(self):
         """Take the oldest queued submission whose student has none of it in grading."""
@@ -218,6 +219,8 @@ class Jobs:
                     login, assignment, Status.GRADER_ERROR, 0.0, 0.0, detail=repr(error)
                 )
                 traceback.print_exc()
+            if self._stop.is_set():  # shutting down: left "grading", redone at the next start
+                return
             if result.status == Status.GRADER_ERROR and attempt < MAX_ATTEMPTS:
                 log.warning("queue: submission %s: %s; queued again", sub_id, result.detail)
                 self._requeue(sub_id)
