@@ -13,6 +13,7 @@ test_fit_cubic 2.
 
 import csv
 import json
+import os
 import re
 import shutil
 import sqlite3
@@ -26,9 +27,10 @@ from service_harness import HW, NAME, ROOT, Client, free_port, instructor_link, 
 from test_grading_corpus import ALL, RELEASE, code, hidden_test_lines, insert_after, notebook
 
 from dnncourse.service import grades
-from dnncourse.service.app import ROUTES, _checked_notebook
+from dnncourse.service.app import ROUTES
 from dnncourse.service.grader import safe_name
 from dnncourse.service.models import Assignment, Submission
+from dnncourse.service.student import checked_notebook
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 # cubic_gradients in float32 whatever the input: the visible test (float32) passes, the
@@ -90,11 +92,11 @@ def test_names_and_notebook_checks():
         assert not safe_name(bad), bad
     assert safe_name("my homework (1).ipynb")
     ok = json.dumps({"cells": [], "nbformat": 4, "metadata": {}}).encode()
-    assert _checked_notebook("x.ipynb", ok, 100) is None
-    assert "not JSON" in _checked_notebook("x.ipynb", b"\x89PNG\r\n", 100)
-    assert "not a Jupyter notebook" in _checked_notebook("x.ipynb", b"[1, 2]", 100)
-    assert "larger than" in _checked_notebook("x.ipynb", ok, 10)
-    assert "plain notebook file name" in _checked_notebook("../x.ipynb", ok, 100)
+    assert checked_notebook("x.ipynb", ok, 100) is None
+    assert "not JSON" in checked_notebook("x.ipynb", b"\x89PNG\r\n", 100)
+    assert "not a Jupyter notebook" in checked_notebook("x.ipynb", b"[1, 2]", 100)
+    assert "larger than" in checked_notebook("x.ipynb", ok, 10)
+    assert "plain notebook file name" in checked_notebook("../x.ipynb", ok, 100)
 
 
 def test_serve_arguments_and_a_clear_error_for_a_scheduler(tmp_path, capsys):
@@ -321,6 +323,8 @@ def test_the_hourly_limit_says_when_to_come_back(server, people):
 @pytest.fixture(scope="module")
 def driver():
     if not (shutil.which(CHROMIUM) and shutil.which(CHROMEDRIVER)):
+        if os.environ.get("DNNCOURSE_REQUIRE_BROWSER") == "1":  # set by .ci/run
+            pytest.fail(f"DNNCOURSE_REQUIRE_BROWSER=1 but {CHROMIUM} is not installed")
         yield None
         return
     from selenium import webdriver

@@ -13,7 +13,11 @@ SQLite database, the stored submissions, nbgrader's gradebook).
 * :mod:`~dnncourse.service.jobs`: the background queue (stored before queued, redone after a
   crash, each submission finished once);
 * :mod:`~dnncourse.service.grades`: the grading policy, ``grades.csv``, the histogram;
-* :mod:`~dnncourse.service.app`: the Starlette application and its routes.
+* :mod:`~dnncourse.service.web`: what every route goes through (session, role, CSRF, the
+  upload cap, security headers, error pages);
+* :mod:`~dnncourse.service.student` and :mod:`~dnncourse.service.instructor`: the pages;
+* :mod:`~dnncourse.service.app`: the Starlette application (routes, middleware, lifespan);
+* :mod:`~dnncourse.service.server`: ``dnncourse serve``'s options and Uvicorn.
 
 Anchors: Gradescope and PrairieLearn give autograder feedback at submission time and limit
 resubmission (PrairieLearn/PrairieLearn#1195); nbgrader users ask for it (jupyter/nbgrader#869).
