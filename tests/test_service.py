@@ -107,6 +107,8 @@ def test_serve_arguments_and_a_clear_error_for_a_scheduler(tmp_path, capsys):
     assert args.late_penalty is None and args.max_upload_mb == 5
     assert main(["serve", "--data", str(tmp_path), "--scheduler", "tcp://127.0.0.1:1"]) == 2
     assert "Dask grading engine" in capsys.readouterr().err
+    assert main(["serve", "--data", str(tmp_path), "--assignments", "hw99"]) == 2
+    assert "unknown assignments ['hw99']" in capsys.readouterr().err
 
 
 # -- the server --------------------------------------------------------------------------------

@@ -96,9 +96,11 @@ class Service:
         self.grader = Grader(config)
         self.jobs = Jobs(config, self.sessions, self.grader)
         self.env = _env()
-        self.names = config.assignments or sorted(
-            p.name for p in (config.root / "solutions").iterdir() if p.is_dir()
-        )
+        known = sorted(p.name for p in (config.root / "solutions").iterdir() if p.is_dir())
+        unknown = sorted(set(config.assignments) - set(known))
+        if unknown:
+            raise ValueError(f"unknown assignments {unknown}; solutions/ holds {known}")
+        self.names = config.assignments or known
         config.assignments = self.names
         with self.sessions() as db:
             for name in self.names:
