@@ -19,7 +19,7 @@ import shutil
 import sqlite3
 import tempfile
 import time
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -319,6 +319,37 @@ def test_the_hourly_limit_says_when_to_come_back(server, people):
     count = query(server, "SELECT count(*) FROM submissions s JOIN users u ON s.user_id = u.id "
                   "WHERE u.login = 'mallory'")[0][0]  # fmt: skip
     assert count == 2
+
+
+def _grades(prof) -> dict[str, dict]:
+    response = prof.get(f"/instructor/assignments/{HW}/grades.csv")
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/csv")
+    return {r["student_id"]: r for r in csv.DictReader(response.text.splitlines())}
+
+
+def test_deadline_penalty_and_policy_reach_grades_csv(server, people):
+    prof, mallory = people["prof"], people["mallory"]
+    graded = [v for v in (mallory.http.get(f"/submissions/{i}.json").json() for (i,) in query(
+        server, "SELECT s.id FROM submissions s JOIN users u ON s.user_id = u.id "
+        "WHERE u.login = 'mallory'")) if v["state"] == "graded"]  # fmt: skip
+    best = max(v["score"] for v in graded)  # 5.0: the notebook with the <script>
+    assert best == 5.0
+    prof.get(f"/instructor/assignments/{HW}")
+    past = (datetime.now(UTC) - timedelta(minutes=30)).strftime("%Y-%m-%dT%H:%M")
+    settings = {"deadline": past, "per_hour": "2", "policy": "best", "late_penalty": "0.5"}
+    url = f"/instructor/assignments/{HW}/settings"
+    assert prof.post(url, settings).status_code == 303
+    row = _grades(prof)["mallory"]  # handed in under 30 min late: 1 started day, half off
+    assert (float(row["score"]), float(row["raw_score"]), row["late_days"]) == (2.5, 5.0, "1")
+    assert prof.post(url, {**settings, "late_penalty": ""}).status_code == 303
+    row = _grades(prof)["mallory"]  # no penalty set: late hand-ins do not count
+    assert (float(row["score"]), row["submission"], row["status"]) == (0.0, "", "missing notebook")
+    for bad in ({"per_hour": "-1"}, {"late_penalty": "2"}, {"deadline": "tomorrow"},
+                {"policy": "median"}):  # fmt: skip
+        assert prof.post(url, {**settings, **bad}).status_code == 400, bad
+    restore = {"deadline": "", "per_hour": "2", "policy": "last", "late_penalty": ""}
+    assert prof.post(url, restore).status_code == 303
+    assert float(_grades(prof)["mallory"]["score"]) in {v["score"] for v in graded}
 
 
 # -- the browser -------------------------------------------------------------------------------
