@@ -11,6 +11,9 @@ solution or hidden-test line leaks); exit status 1 if any validation fails.
 
 ``dnncourse doctor`` checks that this machine can sandbox the kernels (bwrap runs, user
 namespaces or root, network off inside, the process limit) and prints each check.
+
+``dnncourse serve --data DATA [--port 8000] ...`` runs the submission service
+(:mod:`dnncourse.service`): students hand in and see the hidden tests' feedback at once.
 """
 
 import argparse
@@ -77,6 +80,9 @@ def parser() -> argparse.ArgumentParser:
         "made; the summary and every row say so)",
     )
     sub.add_parser("doctor", help="check that this machine can sandbox the grading kernels")
+    from .service.server import add_arguments as serve_arguments
+
+    serve_arguments(sub.add_parser("serve", help="the submission service (web)"))
     return p
 
 
@@ -94,6 +100,10 @@ def doctor() -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if args.command == "serve":
+        from .service.server import run as serve
+
+        return serve(args)
     if args.command == "release":
         try:
             results = release_and_validate(args.assignments or None)

@@ -1,0 +1,85 @@
+"""The web application (Starlette): the routes, the middleware and the queue's lifespan.
+
+Every page needs a session except sign-in (:mod:`~dnncourse.service.student`); instructor
+pages (:mod:`~dnncourse.service.instructor`) the role; every POST the CSRF token
+(:mod:`~dnncourse.service.web`).
+"""
+
+from contextlib import asynccontextmanager
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.middleware import Middleware
+from starlette.middleware.sessions import SessionMiddleware
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from .config import ServiceConfig
+from .instructor import dashboard, grades_csv, instructor, new_link, regrade, roster, settings
+from .student import (
+    assignment_list,
+    assignment_page,
+    download_release,
+    feedback,
+    home,
+    login,
+    logout,
+    signin,
+    submission_json,
+    submission_page,
+    submit,
+)
+from .web import HERE, Headers, Service
+
+ROUTES = [
+    Route("/", home),
+    Route("/login", login, methods=["GET", "POST"]),
+    Route("/signin/{token}", signin, methods=["GET", "POST"]),
+    Route("/logout", logout, methods=["POST"]),
+    Route("/assignments", assignment_list),
+    Route("/assignments/{name}", assignment_page),
+    Route("/assignments/{name}/release/{notebook}.ipynb", download_release),
+    Route("/assignments/{name}/submit", submit, methods=["POST"]),
+    Route("/submissions/{id:int}", submission_page),
+    Route("/submissions/{id:int}.json", submission_json),
+    Route("/submissions/{id:int}/feedback/{notebook}", feedback),
+    Route("/instructor", instructor),
+    Route("/instructor/roster", roster, methods=["POST"]),
+    Route("/instructor/students/{uid:int}/link", new_link, methods=["POST"]),
+    Route("/instructor/assignments/{name}", dashboard),
+    Route("/instructor/assignments/{name}/settings", settings, methods=["POST"]),
+    Route("/instructor/assignments/{name}/regrade", regrade, methods=["POST"]),
+    Route("/instructor/assignments/{name}/grades.csv", grades_csv),
+]
+
+
+def create_app(config: ServiceConfig) -> Starlette:
+    """The ASGI application; the grading queue starts and stops with it."""
+    service = Service(config)
+
+    @asynccontextmanager
+    async def lifespan(app):
+        if service.start_jobs:
+            service.jobs.start()
+        try:
+            yield
+        finally:
+            await run_in_threadpool(service.jobs.stop)
+
+    app = Starlette(
+        routes=[*ROUTES, Mount("/static", StaticFiles(directory=HERE / "static"), name="static")],
+        middleware=[
+            Middleware(Headers),
+            Middleware(
+                SessionMiddleware,
+                secret_key=service.secret(),
+                session_cookie="dnncourse",
+                same_site="lax",
+                https_only=config.secure_cookies,
+                max_age=14 * 86400,
+            ),
+        ],
+        lifespan=lifespan,
+    )
+    app.state.service = service
+    return app

@@ -1,0 +1,40 @@
+"""The service's settings: one dataclass, filled from ``dnncourse serve``'s options."""
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..grading.execute import Limits
+
+
+@dataclass
+class ServiceConfig:
+    """Where the data lives, what is graded, and the defaults of every assignment.
+
+    Per-assignment settings (deadline, hourly limit, policy, late penalty) start from the
+    defaults here and are changed by the instructor on the assignment's dashboard.
+    """
+
+    data: Path  # the data folder: service.db, submissions/, feedback/, grading/, secret_key
+    root: Path  # the course: nbgrader_config.py, solutions/, exercises/
+    db_url: str | None = None  # the service's database (default sqlite:///DATA/service.db)
+    gradebook_url: str | None = None  # nbgrader's gradebook (default sqlite:///DATA/gradebook.db)
+    scheduler: str | None = None  # a dask.distributed scheduler (needs the Dask engine)
+    assignments: list[str] = field(default_factory=list)  # default: all of solutions/
+    jobs: int = 2  # notebooks graded at once
+    limits: Limits = field(default_factory=Limits)
+    timeout: float = 600.0  # seconds per submission, all notebooks
+    max_upload_bytes: int = 5 * 2**20
+    per_hour: int = 10  # graded submissions per student, assignment and hour
+    policy: str = "last"  # "last" or "best"
+    late_penalty: float | None = None  # fraction lost per started day late; None: late = 0
+    base_url: str | None = None  # how students reach the service (for sign-in links)
+    secure_cookies: bool = False  # cookies only over HTTPS (behind a TLS proxy)
+    poll_seconds: float = 1.0  # how often the queue looks for work it was not told about
+
+    @property
+    def database(self) -> str:
+        return self.db_url or f"sqlite:///{(self.data / 'service.db').resolve()}"
+
+    @property
+    def gradebook(self) -> str:
+        return self.gradebook_url or f"sqlite:///{(self.data / 'gradebook.db').resolve()}"

@@ -1,0 +1,43 @@
+// Watch a submission's state without reloading: poll its JSON until it is graded.
+// Everything from the server is inserted as text (textContent), never as HTML.
+"use strict";
+(function () {
+  const box = document.getElementById("submission");
+  if (!box) return;
+  const $ = (id) => document.getElementById(id);
+  const num = (x) => (x === null || x === undefined ? "" : String(+x));
+  function show(view) {
+    $("state").textContent = view.state;
+    $("ahead").textContent = view.state === "queued" && view.ahead ? `(${view.ahead} ahead)` : "";
+    if (view.state !== "graded") return false;
+    $("score").textContent = `${num(view.score)} / ${num(view.max_score)}`;
+    $("status").textContent = view.status;
+    $("detail").textContent = view.detail;
+    const body = $("checks").querySelector("tbody");
+    body.replaceChildren();
+    for (const c of view.checks) {
+      const row = document.createElement("tr");
+      row.className = c.passed ? "pass" : "fail";
+      for (const text of [c.name, `${num(c.points)} / ${num(c.max_points)}`,
+                          c.passed ? "passed" : "failed", c.message]) {
+        const cell = document.createElement("td");
+        cell.textContent = text;
+        row.appendChild(cell);
+      }
+      body.appendChild(row);
+    }
+    for (const frame of document.querySelectorAll("iframe.feedback")) {
+      frame.src = frame.dataset.src;
+    }
+    $("result").hidden = $("checks").hidden = $("feedback").hidden = false;
+    return true;
+  }
+  async function poll() {
+    try {
+      const response = await fetch(box.dataset.url, { credentials: "same-origin" });
+      if (response.ok && show(await response.json())) return;
+    } catch (e) { /* the server restarts: keep trying */ }
+    setTimeout(poll, 1000);
+  }
+  if (box.dataset.state !== "graded") poll();
+})();

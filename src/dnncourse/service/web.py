@@ -1,0 +1,224 @@
+"""The web layer under every route: security headers, sessions, CSRF, errors, templates.
+
+:func:`page` wraps a route: it checks the session (and the role), reads the form (an upload
+only up to the size cap), checks the CSRF token of every POST, then runs the handler in a
+thread with a database session. A :class:`Problem` becomes an error page (or JSON) with its
+status code. :class:`Headers` puts a strict Content-Security-Policy (no inline script) and
+friends on every response.
+"""
+
+import asyncio
+import re
+import secrets
+from functools import wraps
+from pathlib import Path
+
+import jinja2
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import (
+    HTMLResponse,
+    JSONResponse,
+    RedirectResponse,
+    Response,
+)
+
+from . import auth
+from .config import ServiceConfig
+from .grader import Grader
+from .jobs import Jobs
+from .models import Assignment, Submission, User, open_db
+
+HERE = Path(__file__).parent
+LOGIN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
+PAGE_CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data:; frame-src 'self'; form-action 'self'; base-uri 'none'; "
+    "object-src 'none'; frame-ancestors 'none'"
+)
+FEEDBACK_CSP = (
+    "sandbox; default-src 'none'; style-src 'unsafe-inline'; img-src data:; font-src data:; "
+    "form-action 'none'; base-uri 'none'; frame-ancestors 'self'"
+)
+MAX_ROSTER_BYTES = 2 * 2**20
+
+
+class Headers:
+    """Security headers on every response (a route may set its own CSP first)."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+
+        async def sending(message):
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                names = {k.lower() for k, _ in headers}
+                extra = {
+                    b"content-security-policy": PAGE_CSP.encode(),
+                    b"x-content-type-options": b"nosniff",
+                    b"referrer-policy": b"no-referrer",
+                    b"x-frame-options": b"DENY",
+                    b"cache-control": b"no-store",
+                }
+                headers += [(k, v) for k, v in extra.items() if k not in names]
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, sending)
+
+
+class Problem(Exception):
+    """A request we refuse, with the status code and a message for the person."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
+def _env() -> jinja2.Environment:
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True)
+    env.filters["when"] = lambda t: t.strftime("%Y-%m-%d %H:%M UTC") if t else "none"
+    env.filters["num"] = lambda x: f"{x:g}" if isinstance(x, float | int) else x
+    return env
+
+
+class Service:
+    """The application's state: settings, database, queue, templates."""
+
+    def __init__(self, config: ServiceConfig, start_jobs: bool = True):
+        config.data.mkdir(parents=True, exist_ok=True)
+        self.config = config
+        self.sessions = open_db(config.database)
+        self.grader = Grader(config)
+        self.jobs = Jobs(config, self.sessions, self.grader)
+        self.env = _env()
+        known = sorted(p.name for p in (config.root / "solutions").iterdir() if p.is_dir())
+        unknown = sorted(set(config.assignments) - set(known))
+        if unknown:
+            raise ValueError(f"unknown assignments {unknown}; solutions/ holds {known}")
+        self.names = config.assignments or known
+        config.assignments = self.names
+        with self.sessions() as db:
+            for name in self.names:
+                if db.get(Assignment, name) is None:
+                    db.add(
+                        Assignment(
+                            name=name,
+                            per_hour=config.per_hour,
+                            policy=config.policy,
+                            late_penalty=config.late_penalty,
+                        )
+                    )
+            db.commit()
+        self.start_jobs = start_jobs
+
+    def secret(self) -> str:
+        path = self.config.data / "secret_key"
+        if not path.exists():
+            path.touch(mode=0o600)
+            path.write_text(secrets.token_urlsafe(48))
+        return path.read_text().strip()
+
+    def render(self, request: Request, name: str, status: int = 200, **context) -> HTMLResponse:
+        context.setdefault("user", getattr(request.state, "user", None))
+        context["csrf"] = auth.csrf_token(request.session)
+        body = self.env.get_template(name).render(request=request, **context)
+        return HTMLResponse(body, status_code=status)
+
+
+# -- the route decorator -----------------------------------------------------------------------
+def page(role: str | None = "any", upload: bool = False, json_errors: bool = False):
+    """Wrap ``fn(service, request, db, user, form)``: session, role, CSRF, then the handler.
+
+    ``role``: None (anyone), "any" (signed in), "instructor". The handler runs in a thread
+    (it talks to the database); a :class:`Problem` becomes an error page (or JSON).
+    """
+
+    def wrap(fn):
+        @wraps(fn)
+        async def endpoint(request: Request):
+            service: Service = request.app.state.service
+            try:
+                if role and "uid" not in request.session:
+                    raise Problem(401, "Please sign in.")
+                form = None
+                if request.method == "POST":
+                    if upload:
+                        form = await _read_capped(request, service.config.max_upload_bytes)
+                    else:
+                        form = await request.form(max_files=1, max_fields=50)
+                    sent = form.get("csrf") or request.headers.get("x-csrf-token")
+                    if not auth.csrf_ok(request.session, sent):
+                        raise Problem(403, "The form was stale or forged (CSRF check failed).")
+                return await run_in_threadpool(_call, fn, service, request, form, role)
+            except Problem as problem:
+                return _problem(service, request, problem, json_errors)
+
+        return endpoint
+
+    return wrap
+
+
+def _call(fn, service: Service, request: Request, form, role):
+    with service.sessions() as db:
+        user = db.get(User, request.session.get("uid", -1))
+        request.state.user = user
+        try:
+            if role and user is None:
+                request.session.clear()
+                raise Problem(401, "Please sign in.")
+            if role == "instructor" and not user.is_instructor:
+                raise Problem(403, "This page is for instructors.")
+            return fn(service, request, db, user, form)
+        except Problem as problem:
+            return _problem(service, request, problem, False)
+
+
+def _problem(service: Service, request: Request, problem: Problem, as_json: bool) -> Response:
+    if as_json or request.url.path.endswith(".json"):
+        return JSONResponse({"error": problem.message}, status_code=problem.status)
+    if problem.status == 401 and request.method == "GET":
+        return RedirectResponse("/login", status_code=303)
+    return service.render(request, "message.html", status=problem.status, message=problem.message)
+
+
+async def _read_capped(request: Request, cap: int):
+    """The multipart form of an upload, read to at most ``cap`` bytes (and some headroom)."""
+    limit = cap + 64 * 1024
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise Problem(413, f"The upload is larger than {cap / 2**20:g} MiB.")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise Problem(413, f"The upload is larger than {cap / 2**20:g} MiB.")
+    sent = False
+
+    async def replay():
+        nonlocal sent
+        if sent:
+            await asyncio.sleep(3600)  # no more body; the parser never asks
+        sent = True
+        return {"type": "http.request", "body": bytes(body), "more_body": False}
+
+    return await Request(request.scope, replay).form(max_files=20, max_fields=20)
+
+
+# -- helpers -------------------------------------------------------------------------------
+def find_assignment(service: Service, db, name: str) -> Assignment:
+    found = db.get(Assignment, name) if name in service.names else None
+    if found is None:
+        raise Problem(404, f"There is no assignment {name!r}.")
+    return found
+
+
+def own_submission(db, user: User, sub_id: int) -> Submission:
+    sub = db.get(Submission, sub_id)
+    if sub is None or (sub.user_id != user.id and not user.is_instructor):
+        raise Problem(404, "There is no such submission of yours.")  # the same for others'
+    return sub
