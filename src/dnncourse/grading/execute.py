@@ -30,6 +30,9 @@ from nbclient.exceptions import CellTimeoutError, DeadKernelError
 from nbgrader import utils as nbutils
 
 from .kernel import digest
+from .protocol import Limits
+
+__all__ = ["Execution", "Limits", "execute"]  # Limits: re-exported from protocol
 
 KERNEL_NAME = "dnncourse-grader"
 
@@ -45,17 +48,6 @@ def kernel_spec_dir() -> Path:
         kernel = {"argv": argv, "display_name": "dnncourse grader", "language": "python"}
         (spec / "kernel.json").write_text(json.dumps(kernel))
     return root
-
-
-@dataclass
-class Limits:
-    """Per-student limits (seconds, MiB); ``None`` or 0 switches one off."""
-
-    cell_timeout: float = 60.0
-    memory_limit_mb: float | None = 4096
-    file_limit_mb: float | None = 256
-    cell_output_bytes: int = 100_000
-    notebook_output_bytes: int = 2_000_000
 
 
 @dataclass
