@@ -47,7 +47,7 @@ from .protocol import (
     result_to_json,
 )
 from .sanitize import MAX_NOTEBOOK_BYTES
-from .worker import failed, grade_task
+from .worker import failed, grade_task, stop_grader
 
 CONNECT_TIMEOUT = 15.0  # seconds to reach a scheduler before giving up
 RETRIES = 1  # a student whose worker died is graded once more, on another worker
@@ -88,7 +88,13 @@ def connect(jobs: int, scheduler: str | None = None):
         ) as cluster,
         Client(cluster, set_as_default=False) as client,
     ):
-        yield client
+        try:
+            yield client
+        finally:
+            try:
+                client.run(stop_grader)
+            except Exception:  # a worker gone already: its grader died with it
+                pass
 
 
 def read_files(folder: Path) -> dict[str, bytes]:

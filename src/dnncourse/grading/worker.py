@@ -353,6 +353,14 @@ def unpack(bundle: Bundle) -> Path:
     return _STATE["bundles"][key]
 
 
+def stop_grader() -> None:
+    """Stop this worker's grading process (before the worker closes: a fast shutdown)."""
+    with _LOCK:
+        if _STATE["grader"] is not None:
+            _STATE["grader"].stop()
+            _STATE["grader"] = None
+
+
 def grade_task(task: Task, bundle: Bundle) -> Result:
     """The Dask task: grade one student on this worker (the client stores the result)."""
     with _LOCK:  # one student at a time per worker process (threads_per_worker is 1)
