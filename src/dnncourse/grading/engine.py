@@ -6,8 +6,9 @@ student at a time per process, no set-up); with ``scheduler`` (``--scheduler
 tcp://HOST:8786`` or ``DNNCOURSE_SCHEDULER``) an existing cluster, for example ``dask
 worker`` on lab machines, dask-jobqueue on SLURM or a Dask cluster on Kubernetes.
 
-* The assignment's :class:`~.protocol.Bundle` is scattered once under a key named by its
-  content hash; each worker gets it once and unpacks it once (:func:`.worker.unpack`).
+* The assignment's :class:`~.protocol.Bundle` goes to the cluster once, under a key named
+  by its content hash; each worker gets it once and unpacks it once
+  (:func:`.worker.unpack`).
 * A task is one student (:class:`~.protocol.Task`: the notebook files as bytes, no path
   the worker could share with the client); it returns a :class:`~.protocol.Result`.
 * Only this process writes: each result, as it arrives, goes into the gradebook
@@ -151,6 +152,10 @@ def _tasks(course, submissions, limits, timeout, sandbox, bundle) -> list[Task]:
     ]
 
 
+def _same(bundle: Bundle) -> Bundle:
+    return bundle
+
+
 def run(client, tasks: list[Task], bundle: Bundle, on_result: Callable[[Result], None]) -> int:
     """Grade ``tasks`` on ``client``; ``on_result`` for each as it arrives; count missing."""
     from distributed import as_completed
@@ -158,8 +163,10 @@ def run(client, tasks: list[Task], bundle: Bundle, on_result: Callable[[Result],
 
     if not tasks:
         return 0
-    key = f"dnncourse-bundle-{bundle.hash}"
-    shared = client.scatter({key: bundle}, broadcast=True)[key]
+    # The bundle is a task of its own, named by its hash: the scheduler holds it once, each
+    # worker fetches it once from a peer, and if every worker holding it dies it is made
+    # again (scattered data would be lost with them).
+    shared = client.submit(_same, bundle, key=f"dnncourse-bundle-{bundle.hash}", pure=False)
     stamp = f"{time.time_ns():x}"
     futures = {
         client.submit(
