@@ -299,3 +299,95 @@ def test_a_worker_killed_mid_class_and_a_notebook_that_kills_workers(course, clu
     with Client(address, timeout=30) as client:  # the nannies replaced the dead workers
         client.wait_for_workers(2, timeout=120)
         assert not set(client.run(os.getpid).values()) & set(killed)
+
+
+def run_cli(*args, cwd, **kw):
+    return subprocess.Popen(
+        [sys.executable, "-m", "dnncourse.cli", "grade", *args, "--no-progress"],
+        cwd=cwd,
+        env=tool_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+        **kw,
+    )
+
+
+def test_resume_after_an_interrupted_run_regrades_only_what_is_missing_or_changed(
+    course, tmp_path
+):
+    root, _ = course
+    students = {s: (answer, None) for s, (answer, _) in ANSWERS.items()}
+    subs = make_class(root, tmp_path / "subs", students)
+    out = tmp_path / "out"
+    args = ["tiny", str(subs), "--out", str(out), "--jobs", "1"]
+    proc = run_cli(*args, cwd=root)
+    deadline = time.monotonic() + 300
+    while len(list((out / "results").glob("*.json"))) < 2:  # stop it after two students
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read()
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)  # the client, its local cluster and kernels
+    proc.wait()
+    kept = {p.stem: p.stat().st_mtime_ns for p in (out / "results").glob("*.json")}
+    assert 2 <= len(kept) < len(students), "the run was not interrupted mid-class"
+    changed, unchanged = sorted(kept)
+    wrong = "def double(x):\n    return 0\n"
+    nbformat.write(student_notebook(root, wrong), subs / changed / "tiny.ipynb")
+
+    proc = run_cli(*args, "--resume", cwd=root)
+    assert proc.wait(timeout=600) == 0, proc.stdout.read()
+    rows = read_csv(out / "grades.csv")
+    expected = {s: score for s, (_, score) in ANSWERS.items()}
+    assert {s: float(r["score"]) for s, r in rows.items()} == {**expected, changed: 0.0}
+    after = {p.stem: p.stat().st_mtime_ns for p in (out / "results").glob("*.json")}
+    assert after[unchanged] == kept[unchanged], "an unchanged student was graded again"
+    assert after[changed] != kept[changed], "a changed notebook was not graded again"
+    assert set(after) == set(students)
+
+
+def test_an_unreachable_scheduler_is_a_clear_error(course, tmp_path, monkeypatch, capsys):
+    from dnncourse.cli import main
+    from dnncourse.grading import engine
+
+    root, subs = course
+    monkeypatch.setattr(engine, "CONNECT_TIMEOUT", 3.0)
+    monkeypatch.chdir(root)
+    code = main(["grade", "tiny", str(subs), "--out", str(tmp_path / "out"),
+                 "--scheduler", "tcp://127.0.0.1:9", "--no-progress"])  # fmt: skip
+    assert code == 1
+    assert "cannot reach the Dask scheduler at tcp://127.0.0.1:9" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def postgres(tmp_path_factory):
+    """A real PostgreSQL server (pgserver bundles one), for the module."""
+    import pgserver
+
+    server = pgserver.get_server(tmp_path_factory.mktemp("pg"), cleanup_mode="stop")
+    yield server.get_uri()
+    server.cleanup()
+
+
+def test_two_classes_graded_into_one_postgresql_database_at_once(postgres, tmp_path):
+    from nbgrader.api import Gradebook
+
+    from dnncourse.grading.course import database_url
+
+    (tmp_path / "course").mkdir()
+    root = tiny_course(tiny_course(tmp_path / "course", "tiny"), "other")
+    two = {s: ANSWERS[s] for s in ("solution", "ints_only")}
+    procs = []
+    for name in ("tiny", "other"):
+        subs = make_class(
+            root, tmp_path / f"subs-{name}", {s: (a, None) for s, (a, _) in two.items()}, name=name
+        )
+        procs.append(run_cli(name, str(subs), "--out", str(tmp_path / f"out-{name}"),
+                             "--jobs", "1", "--db", postgres, cwd=root))  # fmt: skip
+    for proc in procs:
+        assert proc.wait(timeout=600) == 0, proc.stdout.read()
+    with Gradebook(database_url(postgres), COURSE_ID) as gb:
+        for name in ("tiny", "other"):
+            for student, (_, score) in two.items():
+                assert gb.find_submission(name, student).score == score, (name, student)
+        assert sorted(s.id for s in gb.students) == sorted(two)

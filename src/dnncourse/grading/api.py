@@ -8,7 +8,7 @@ from pathlib import Path, PurePosixPath
 
 from ..homework import ROOT_MARKERS, assignments, hidden_lines, release, repo_root
 from .course import prepare
-from .engine import grade_class, summary
+from .engine import check_scheduler, grade_class, summary
 from .protocol import Limits, Result, Status
 
 MAX_ZIP_BYTES = 2 * 2**30
@@ -68,6 +68,7 @@ def grade(
     whose files did not change.
     """
     root = repo_root() if root is None else root
+    check_scheduler(scheduler)  # before any work: a cluster that cannot be reached
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     submissions = Path(submissions)

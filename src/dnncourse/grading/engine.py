@@ -58,13 +58,26 @@ class EngineError(RuntimeError):
     """The cluster could not be reached or was lost (results so far are stored)."""
 
 
+def scheduler_address(scheduler: str | None = None) -> str | None:
+    """The scheduler to use: ``scheduler``, else ``DNNCOURSE_SCHEDULER``, else None (local)."""
+    return scheduler or os.environ.get("DNNCOURSE_SCHEDULER") or None
+
+
+def check_scheduler(scheduler: str | None = None) -> None:
+    """Raise :class:`EngineError` now if the scheduler to use cannot be reached."""
+    address = scheduler_address(scheduler)
+    if address:
+        with connect(1, address):
+            pass
+
+
 @contextmanager
 def connect(jobs: int, scheduler: str | None = None):
     """A Dask client: of ``scheduler`` if given, else of an embedded LocalCluster."""
     import dask
     from distributed import Client, LocalCluster
 
-    address = scheduler or os.environ.get("DNNCOURSE_SCHEDULER") or None
+    address = scheduler_address(scheduler)
     if address:
         try:
             client = Client(address, timeout=CONNECT_TIMEOUT, set_as_default=False)
