@@ -36,7 +36,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from .course import Course, make_bundle, register, save_result
-from .feedback import write_page
+from .feedback import notice_page, write_page
 from .protocol import (
     COLUMNS,
     Bundle,
@@ -140,7 +140,10 @@ def store(course: Course, result: Result) -> Result:
     score, max_score = save_result(course, result)  # nbgrader's (manual grades count)
     result = dataclasses.replace(result, score=score, max_score=max_score)
     out = Path(course.out)
-    for name, page in result.feedback.items():
+    for name in course.notebooks:  # a notice where the worker sent no page (timeout, ...)
+        page = result.feedback.get(name) or notice_page(
+            f"{course.assignment}: {name}", result.status, result.detail
+        )
         write_page(out / "feedback" / result.student / f"{name}.html", page)
     path = out / "results" / f"{result.student}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
