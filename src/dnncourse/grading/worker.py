@@ -141,8 +141,9 @@ def grade_notebook(bundle: Path, task: dict, folder: Path, name: str) -> dict:
     }
     for pp in (ClearOutput, DeduplicateIds):
         nb, resources = pp().preprocess(nb, resources)
-    if cells["kernelspec"]:  # nbgrader's OverwriteKernelspec, from the bundle
-        nb.metadata["kernelspec"] = json.loads(cells["kernelspec"])
+    kernelspec = json.loads(cells["kernelspec"] or "null")
+    if kernelspec:  # nbgrader's OverwriteKernelspec, from the bundle
+        nb.metadata["kernelspec"] = kernelspec
     nb, resources = BundleCells(cells=cells).preprocess(nb, resources)
     nb, resources = CheckCellMetadata().preprocess(nb, resources)
     work = Path(tempfile.mkdtemp(prefix="dnncourse-student-"))
