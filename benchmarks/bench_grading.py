@@ -1,37 +1,33 @@
-"""Grading speed: a synthetic class of correct notebooks, graded with 1 and with 2 jobs.
+"""Grading speed: the Dask engine against itself (1 and 2 workers) and against plain nbgrader.
 
-For each assignment (default: all of solutions/), the class is ``--copies`` copies of the
-instructor's notebook (full marks each). It is graded twice with ``dnncourse.grading.grade``,
-``--jobs 1`` then ``--jobs 2``, into fresh output folders; the one-time preparation
-(nbgrader generate_assignment) is timed apart from the grading of the students. Prints seconds
-per notebook, the speed-up, and the CPU seconds per notebook (workers and kernels: on a
-machine shared with other work the wall-clock speed-up understates what 2 free cores give,
-the CPU time does not depend on the load).
+Three measurements, in one run:
 
-Goal (issue 6): speed-up >= 1.7x from 1 to 2 jobs on a 2-core machine, < 5 s per notebook.
+1. **Engine overhead per student** on a trivial assignment (one answer, one test cell):
+   the class is graded with one worker, so students follow each other; the overhead is the
+   time between two consecutive results arriving at the client minus the grading time the
+   worker measured for the second (task dispatch, the bundle, result transfer, storing it
+   in the gradebook and writing the files). Goal (issue 12): at most 50 ms.
+2. **hw1 with 1 and 2 workers** (``--jobs``), ``--copies`` copies of the instructor's
+   notebook (full marks each); one-time costs (``nbgrader generate_assignment``) are timed
+   apart; the local cluster's start is part of the grading time. Goal: speed-up >= 1.8x.
+3. **Plain ``nbgrader autograde``** on the same class of hw1 notebooks, in a scratch nbgrader
+   course (``generate_assignment`` timed apart, as above). Goals: ``--jobs 1`` at least as
+   fast as plain nbgrader, ``--jobs 2`` at least 1.8x faster than it.
 
-The sandbox's cost (issue 10): every class is graded sandboxed and with ``--no-sandbox`` in
-the same run, the two modes interleaved (``--rounds``) so that a change in the machine's load
-hits both alike; the table gives seconds per notebook for each and the sandbox's extra in
-percent (goal: at most 5 %). Two more lines time what the sandbox adds to one process alone
-(``python -S -c pass`` in a fresh sandbox, its cgroup included, and without) and to one
-kernel (a one-cell notebook executed ``--starts`` times in each mode, interleaved; median). The
-CPU column counts the kernels' time only without a sandbox (a sandboxed kernel is reaped by
-the sandbox's pid 1, whose time the worker never collects), so compare wall-clock here.
+Also printed: CPU seconds per notebook (all processes) and the load average, since on a
+machine shared with other work wall-clock ratios understate what free cores give.
 
 Usage::
 
-    python benchmarks/bench_grading.py [--copies 40] [--assignments hw1 hw3] [--jobs 1 2]
-                                       [--rounds 1] [--starts 10]
+    python benchmarks/bench_grading.py [--copies 20] [--trivial 30] [--assignments hw1]
 """
 
 import argparse
+import itertools
 import os
 import resource
 import shutil
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -39,130 +35,148 @@ from pathlib import Path
 import nbformat
 
 from dnncourse.grading.course import prepare
-from dnncourse.grading.execute import Limits, execute
-from dnncourse.grading.pool import grade_class
-from dnncourse.grading.sandbox import KernelBox, Options, problem
-from dnncourse.homework import assignments
+from dnncourse.grading.engine import grade_class
+from dnncourse.grading.protocol import Limits, Status
+from dnncourse.homework import nbgrader
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def synthetic_class(assignment: str, copies: int, folder: Path) -> dict[str, Path]:
-    """``copies`` students, each handing in the instructor's (correct) notebooks."""
+def cpu_children() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def synthetic_class(source: Path, copies: int, folder: Path) -> dict[str, Path]:
+    """``copies`` students, each handing in the notebooks of ``source``."""
     students = {}
     for i in range(copies):
         student = folder / f"student{i:03d}"
-        shutil.copytree(ROOT / "solutions" / assignment, student)
+        shutil.copytree(source, student)
         students[student.name] = student
     return students
 
 
-def bench(assignment: str, copies: int, jobs: int, tmp: Path, sandbox: bool = True) -> dict:
-    tag = f"{assignment}-{jobs}-{'sandbox' if sandbox else 'plain'}-{time.monotonic_ns()}"
-    students = synthetic_class(assignment, copies, tmp / f"{tag}-subs")
+def trivial_course(root: Path) -> Path:
+    """A course with the assignment ``trivial``: one answer cell, one test cell (1 point)."""
+    root.mkdir(parents=True)
+    shutil.copy2(ROOT / "nbgrader_config.py", root / "nbgrader_config.py")
+    nb = nbformat.v4.new_notebook()
+    meta = {"grade": False, "solution": True, "locked": False, "task": False}
+    answer = "def one():\n    ### BEGIN SOLUTION\n    return 1\n    ### END SOLUTION\n"
+    nb.cells.append(nbformat.v4.new_code_cell(answer))
+    nb.cells[-1].metadata["nbgrader"] = {**meta, "grade_id": "one", "schema_version": 3}
+    nb.cells.append(nbformat.v4.new_code_cell("assert one() == 1"))
+    meta = {"grade": True, "solution": False, "locked": True, "task": False, "points": 1}
+    nb.cells[-1].metadata["nbgrader"] = {**meta, "grade_id": "test_one", "schema_version": 3}
+    (root / "solutions" / "trivial").mkdir(parents=True)
+    nbformat.write(nb, root / "solutions" / "trivial" / "trivial.ipynb")
+    return root
+
+
+def overhead(copies: int, tmp: Path) -> dict:
+    root = trivial_course(tmp / "trivial-course")
+    students = synthetic_class(root / "solutions" / "trivial", copies, tmp / "trivial-subs")
+    course = prepare(root, "trivial", tmp / "trivial-out")
     start = time.perf_counter()
-    course = prepare(ROOT, assignment, tmp / f"{tag}-out")
-    prepared = time.perf_counter()
-    cpu = resource.getrusage(resource.RUSAGE_CHILDREN)
-    rows = grade_class(
-        course, students, jobs=jobs, limits=Limits(), progress=False, sandbox=sandbox
+    results = grade_class(course, students, jobs=1, limits=Limits(), progress=False)
+    total = time.perf_counter() - start
+    arrived = sorted(
+        (p.stat().st_mtime, p.stem) for p in (tmp / "trivial-out" / "results").glob("*.json")
     )
+    seconds = {r.student: r.seconds for r in results}
+    gaps = [(t1 - t0) - seconds[s1] for (t0, _), (t1, s1) in itertools.pairwise(arrived)]
+    return {
+        "overhead_ms": 1000 * statistics.median(gaps),
+        "overhead_mean_ms": 1000 * statistics.mean(gaps),
+        "grading_s": statistics.median(seconds.values()),
+        "total_s": total,
+        "ok": sum(r.status == Status.OK and r.score == r.max_score for r in results),
+    }
+
+
+def bench_engine(assignment: str, copies: int, jobs: int, tmp: Path) -> dict:
+    students = synthetic_class(
+        ROOT / "solutions" / assignment, copies, tmp / f"{assignment}-{jobs}-subs"
+    )
+    start = time.perf_counter()
+    course = prepare(ROOT, assignment, tmp / f"{assignment}-{jobs}-out")
+    prepared = time.perf_counter()
+    cpu = cpu_children()
+    results = grade_class(course, students, jobs=jobs, limits=Limits(), progress=False)
     graded = time.perf_counter()
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu_s = (after.ru_utime + after.ru_stime) - (cpu.ru_utime + cpu.ru_stime)
-    full = sum(r["score"] == r["max_score"] and r["status"] == "ok" for r in rows)
     return {
         "prepare_s": prepared - start,
         "grade_s": graded - prepared,
-        "per_notebook_s": (graded - prepared) / copies,
-        "cpu_per_notebook_s": cpu_s / copies,
+        "cpu_per_notebook_s": (cpu_children() - cpu) / copies,
+        "full_marks": sum(r.score == r.max_score and r.status == Status.OK for r in results),
+    }
+
+
+def bench_nbgrader(assignment: str, copies: int, tmp: Path) -> dict:
+    """Plain ``nbgrader autograde`` of the same class in a scratch nbgrader course."""
+    course = tmp / f"{assignment}-nbgrader"
+    (course / "solutions").mkdir(parents=True)
+    shutil.copy2(ROOT / "nbgrader_config.py", course / "nbgrader_config.py")
+    shutil.copytree(ROOT / "solutions" / assignment, course / "solutions" / assignment)
+    start = time.perf_counter()
+    nbgrader(course, "generate_assignment", assignment, "--force")
+    prepared = time.perf_counter()
+    for i in range(copies):
+        shutil.copytree(
+            ROOT / "solutions" / assignment, course / "submitted" / f"student{i:03d}" / assignment
+        )
+    cpu = cpu_children()
+    t0 = time.perf_counter()
+    nbgrader(course, "autograde", assignment, "--create", "--force", timeout=3600)
+    graded = time.perf_counter()
+    from nbgrader.api import Gradebook
+
+    with Gradebook(f"sqlite:///{course / 'gradebook.db'}", "dnncourse") as gb:
+        full = sum(s.score == s.max_score for s in gb.find_assignment(assignment).submissions)
+    return {
+        "prepare_s": prepared - start,
+        "grade_s": graded - t0,
+        "cpu_per_notebook_s": (cpu_children() - cpu) / copies,
         "full_marks": full,
     }
 
 
-def sandbox_setup(starts: int) -> dict[bool, float]:
-    """Median seconds of ``python -S -c pass`` in a fresh sandbox (cgroup included) and not."""
-    times = {True: [], False: []}
-    inner = [sys.executable, "-S", "-c", "pass"]
-    for _ in range(3 * starts):
-        folder = Path(tempfile.mkdtemp())
-        start = time.perf_counter()
-        box = KernelBox(Options(folder=folder))
-        subprocess.run(box.command(inner), check=True)
-        box.close()
-        times[True].append(time.perf_counter() - start)
-        shutil.rmtree(folder)
-        start = time.perf_counter()
-        subprocess.run(inner, check=True)
-        times[False].append(time.perf_counter() - start)
-    return {mode: statistics.median(values) for mode, values in times.items()}
-
-
-def kernel_starts(starts: int, tmp: Path) -> dict[bool, float]:
-    """Median seconds to start a kernel, run one cell and stop it, per mode (interleaved)."""
-    times = {True: [], False: []}
-    for _ in range(starts):
-        for sandbox in (True, False):
-            nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("x = 1")])
-            start = time.perf_counter()
-            run = execute(nb, tmp, Limits(), sandbox=sandbox)
-            times[sandbox].append(time.perf_counter() - start)
-            assert run.status == "ok", run
-    return {mode: statistics.median(values) for mode, values in times.items()}
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--copies", type=int, default=40, help="students per class (default 40)")
-    p.add_argument("--assignments", nargs="*", default=None, help="default: all")
-    p.add_argument("--jobs", type=int, nargs="*", default=[1, 2])
-    p.add_argument("--rounds", type=int, default=1, help="sandbox/plain pairs per class")
-    p.add_argument("--starts", type=int, default=10, help="kernel starts per mode")
+    p.add_argument("--copies", type=int, default=20, help="hw students (default 20)")
+    p.add_argument("--trivial", type=int, default=30, help="trivial students (default 30)")
+    p.add_argument("--assignments", nargs="*", default=["hw1"])
     args = p.parse_args()
-    if problem():
-        raise SystemExit(f"no sandbox on this machine: {problem()}")
-    names = args.assignments or assignments(ROOT)
-    print(f"{os.cpu_count()} CPUs, {args.copies} copies per assignment, load {os.getloadavg()}")
-    print(
-        f"{'assignment':<12}{'jobs':>5}{'prepare s':>11}{'grade s':>10}{'s/notebook':>12}"
-        f"{'full marks':>12}{'speed-up':>10}{'CPU s/nb':>10}{'no sandbox s/nb':>17}"
-        f"{'sandbox +%':>12}"
-    )
+    print(f"{os.cpu_count()} CPUs; load average at start {os.getloadavg()}")
     with tempfile.TemporaryDirectory() as tmp:
-        for name in names:
-            base = None
-            for jobs in args.jobs:
-                boxed, plain = [], []
-                for i in range(args.rounds):  # alternate which mode goes first
-                    for sandbox in (True, False) if i % 2 == 0 else (False, True):
-                        r = bench(name, args.copies, jobs, Path(tmp), sandbox=sandbox)
-                        (boxed if sandbox else plain).append(r)
-                r = min(boxed, key=lambda x: x["grade_s"])
-                q = min(plain, key=lambda x: x["grade_s"])
-                base = base or r["grade_s"]
-                extra = 100 * (r["per_notebook_s"] / q["per_notebook_s"] - 1)
+        tmp = Path(tmp)
+        r = overhead(args.trivial, tmp)
+        print(
+            f"engine overhead per student (trivial assignment, {args.trivial} students, "
+            f"1 worker): median {r['overhead_ms']:.0f} ms, mean {r['overhead_mean_ms']:.0f} ms "
+            f"(grading itself {r['grading_s']:.2f} s each; {r['ok']} full marks; "
+            f"{r['total_s']:.1f} s in all)",
+            flush=True,
+        )
+        print(
+            f"{'assignment':<11}{'grader':<14}{'prepare s':>10}{'grade s':>9}{'s/nb':>7}"
+            f"{'full':>9}{'vs 1 job':>10}{'vs nbgrader':>13}{'CPU s/nb':>10}"
+        )
+        for name in args.assignments:
+            runs = {"nbgrader": bench_nbgrader(name, args.copies, tmp)}
+            for jobs in (1, 2):
+                runs[f"dnncourse -j{jobs}"] = bench_engine(name, args.copies, jobs, tmp)
+            base, one = runs["nbgrader"]["grade_s"], runs["dnncourse -j1"]["grade_s"]
+            for label, r in runs.items():
                 print(
-                    f"{name:<12}{jobs:>5}{r['prepare_s']:>11.1f}{r['grade_s']:>10.1f}"
-                    f"{r['per_notebook_s']:>12.2f}{r['full_marks']:>8}/{args.copies:<3}"
-                    f"{base / r['grade_s']:>9.2f}x{q['cpu_per_notebook_s']:>10.2f}"
-                    f"{q['per_notebook_s']:>17.2f}{extra:>+11.1f}%",
+                    f"{name:<11}{label:<14}{r['prepare_s']:>10.1f}{r['grade_s']:>9.1f}"
+                    f"{r['grade_s'] / args.copies:>7.2f}{r['full_marks']:>5}/{args.copies:<3}"
+                    f"{one / r['grade_s']:>9.2f}x{base / r['grade_s']:>12.2f}x"
+                    f"{r['cpu_per_notebook_s']:>10.2f}",
                     flush=True,
                 )
-        if args.starts:
-            times = sandbox_setup(args.starts)
-            print(
-                f"the sandbox alone (python -S -c pass), median of {3 * args.starts}: "
-                f"sandbox {1000 * times[True]:.0f} ms, no sandbox {1000 * times[False]:.0f} ms, "
-                f"sandbox +{1000 * (times[True] - times[False]):.0f} ms",
-                flush=True,
-            )
-            times = kernel_starts(args.starts, Path(tmp))
-            print(
-                f"one kernel (start, one cell, stop), median of {args.starts}: "
-                f"sandbox {1000 * times[True]:.0f} ms, no sandbox {1000 * times[False]:.0f} ms, "
-                f"sandbox +{1000 * (times[True] - times[False]):.0f} ms",
-                flush=True,
-            )
+    print(f"load average at the end {os.getloadavg()}")
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ def test_grade_arguments_and_defaults():
     assert (args.assignment, args.submissions, args.out) == ("hw1", Path("subs"), Path("graded"))
     assert args.jobs >= 1 and args.cell_timeout == 60 and args.timeout == 600
     assert args.memory_limit == 4096 and args.db is None
+    assert args.scheduler is None and not args.resume
     args = parser().parse_args(
         [
             "grade",
@@ -41,10 +42,14 @@ def test_grade_arguments_and_defaults():
             "0",
             "--db",
             "postgresql://grader@db/course",
+            "--scheduler",
+            "tcp://head:8786",
+            "--resume",
         ]
     )
     assert (args.jobs, args.cell_timeout, args.timeout, args.memory_limit) == (3, 5, 30, 0)
     assert args.db == "postgresql://grader@db/course"
+    assert args.scheduler == "tcp://head:8786" and args.resume
 
 
 def test_out_is_required_and_numbers_must_be_positive(capsys):
@@ -100,11 +105,11 @@ def course_copy(tmp_path):
     return tmp_path
 
 
-def run_cli(*args, cwd):
+def run_cli(*args, cwd, env=None):
     return subprocess.run(
         [sys.executable, "-m", "dnncourse.cli", *args],
         cwd=cwd,
-        env=tool_env(),
+        env={**tool_env(), **(env or {})},
         capture_output=True,
         text=True,
         timeout=600,
@@ -180,7 +185,8 @@ def test_the_hard_timeout_kills_the_student_kernel(course_copy, tmp_path):
     subs = tmp_path / "subs"
     (subs / "looper").mkdir(parents=True)
     (subs / "looper" / "hw1_polynomial_gradients.ipynb").write_text(json.dumps(nb))
-    out = tmp_path / "out"
+    out, tmp = tmp_path / "out", tmp_path / "tmp"
+    tmp.mkdir()
     proc = run_cli(
         "grade",
         "hw1",
@@ -195,6 +201,7 @@ def test_the_hard_timeout_kills_the_student_kernel(course_copy, tmp_path):
         "10",
         "--no-progress",
         cwd=course_copy,
+        env={"TMPDIR": str(tmp)},  # the workers' folders, and the kernels' working folders
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     with open(out / "grades.csv") as f:
@@ -203,6 +210,7 @@ def test_the_hard_timeout_kills_the_student_kernel(course_copy, tmp_path):
     assert "longer than 10 s" in row["detail"]
     left = []
     for p in psutil.process_iter(["cwd", "cmdline"]):
-        if (p.info["cwd"] or "").startswith(str(out)) or token in (p.info["cmdline"] or []):
+        cwd = p.info["cwd"] or ""
+        if cwd.startswith((str(out), str(tmp))) or token in (p.info["cmdline"] or []):
             left.append(p)
-    assert not left, f"processes left running: {left}"
+    assert not left, f"processes left running in {out} or {tmp}: {left}"

@@ -16,9 +16,9 @@ import pytest
 
 from dnncourse.grading import sanitize
 from dnncourse.grading.api import students_in, unpack_zip
+from dnncourse.grading.engine import summary, write_csv
 from dnncourse.grading.feedback import RedactTests
-from dnncourse.grading.pool import summary, write_csv
-from dnncourse.grading.worker import worst
+from dnncourse.grading.protocol import Result, Status, result_from_json, result_to_json
 from dnncourse.homework import tool_env
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -199,7 +199,7 @@ def test_feedback_shows_released_tests_and_short_tracebacks():
 def test_feedback_page_runs_no_script_of_the_student():
     from html.parser import HTMLParser
 
-    from dnncourse.grading.feedback import exporter
+    from dnncourse.grading.feedback import feedback_page
 
     cell = nbformat.v4.new_code_cell("print(1)")
     mark = "XSS_MARK"
@@ -222,7 +222,7 @@ def test_feedback_page_runs_no_script_of_the_student():
     markdown = nbformat.v4.new_markdown_cell(f"<script>{mark}7()</script><img onerror='{mark}8'>")
     nb = nbformat.v4.new_notebook(cells=[cell, markdown])
     resources = {"nbgrader": {"notebook": "nb", "score": 0, "max_score": 1, "late_penalty": 0}}
-    page, _ = exporter({}, grades=False).from_notebook_node(nb, resources=resources)
+    page = feedback_page(nb, {}, [], resources)
 
     class Active(HTMLParser):
         active, script = [], False
@@ -242,19 +242,40 @@ def test_feedback_page_runs_no_script_of_the_student():
 
 
 def test_worst_status_and_summary(tmp_path):
-    assert worst(["ok", "output limit", "timeout"]) == "timeout"
-    assert worst([]) == "ok"
+    assert Status.worst(["ok", "output limit", "timeout"]) == "timeout"
+    assert Status.worst([]) == "ok"
     rows = [
-        dict(student_id="a", assignment="hw1", score=10.0, max_score=10.0, status="ok"),
-        dict(student_id="b", assignment="hw1", score=0.0, max_score=10.0, status="timeout"),
+        Result("a", "hw1", Status.OK, 10.0, 10.0),
+        Result("b", "hw1", Status.TIMEOUT, 0.0, 10.0, detail="took, too long"),
     ]
     table = summary(rows)
     assert "timeout" in table and "5.00" in table and "sandbox" not in table
     assert "sandbox: active" in summary(rows, sandbox=True)
     assert "sandbox: OFF (--no-sandbox)" in summary(rows, sandbox=False)
     write_csv(rows, tmp_path / "grades.csv")
-    header = (tmp_path / "grades.csv").read_text().splitlines()[0]
-    assert header.startswith("student_id,assignment,score,max_score,status,detail")
+    lines = (tmp_path / "grades.csv").read_text().splitlines()
+    assert lines[0] == "student_id,assignment,score,max_score,status,detail,seconds"
+    assert lines[2] == 'b,hw1,0.0,10.0,timeout,"took, too long",0.0'
+
+
+def test_a_result_survives_json_with_its_pages_and_notebooks():
+    from dnncourse.grading.protocol import Check
+
+    result = Result(
+        "a",
+        "hw1",
+        Status.RENAMED,
+        3.0,
+        10.0,
+        checksum="c",
+        bundle="b",
+        checks=(Check("nb", "t1", 3.0, 3.0, True), Check("nb", "t2", 0.0, 7.0, False, "no")),
+        feedback={"nb": "<html>é</html>"},
+        graded={"nb": b'{"cells": []}\xff'},
+    )
+    assert result_from_json(result_to_json(result)) == result
+    short = result_from_json(result_to_json(result, pages=False))
+    assert short.feedback == {} and short.graded == {} and short.checks == result.checks
 
 
 def test_students_and_a_safe_zip(tmp_path):

@@ -5,9 +5,12 @@ nbgrader and validates each assignment (the solution earns full marks, the stub 
 solution or hidden-test line leaks); exit status 1 if any validation fails.
 
 ``dnncourse grade ASSIGNMENT SUBMISSIONS --out OUT [--jobs N] [--cell-timeout S]
-[--timeout S] [--memory-limit MB] [--db URL] [--no-sandbox]`` grades
-``SUBMISSIONS/<student_id>/`` (or an LMS zip of such folders) into ``OUT/grades.csv`` and
-``OUT/feedback/``, every kernel in a sandbox; exit status 0 iff every student folder got a row.
+[--timeout S] [--memory-limit MB] [--db URL] [--scheduler ADDRESS] [--resume]
+[--no-sandbox]`` grades ``SUBMISSIONS/<student_id>/`` (or an LMS zip of such folders) into
+``OUT/grades.csv`` and ``OUT/feedback/`` on Dask (a local cluster of ``--jobs`` workers, or
+the cluster of ``--scheduler``/``DNNCOURSE_SCHEDULER``), every kernel in a sandbox; exit
+status 0 iff every student folder got a row, 1 on an error (a cluster that cannot be reached
+or was lost: rerun with ``--resume``).
 
 ``dnncourse doctor`` checks that this machine can sandbox the kernels (bwrap runs, user
 namespaces or root, network off inside, the process limit) and prints each check.
@@ -22,8 +25,8 @@ import sys
 from pathlib import Path
 
 from .grading import grade, release_and_validate
-from .grading.execute import Limits
-from .grading.pool import summary
+from .grading.engine import summary
+from .grading.protocol import Limits
 
 
 def _positive(text: str) -> float:
@@ -71,6 +74,18 @@ def parser() -> argparse.ArgumentParser:
     )
     g.add_argument(
         "--db", default=None, help="gradebook SQLAlchemy URL (default sqlite:///OUT/gradebook.db)"
+    )
+    g.add_argument(
+        "--scheduler",
+        default=None,
+        metavar="ADDRESS",
+        help="grade on the Dask cluster of this scheduler, e.g. tcp://HOST:8786 (default: "
+        "$DNNCOURSE_SCHEDULER, else a local cluster of --jobs workers)",
+    )
+    g.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep the results in OUT of students whose notebooks did not change",
     )
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
     g.add_argument(
@@ -143,8 +158,10 @@ def main(argv: list[str] | None = None) -> int:
             db_url=args.db,
             progress=not args.no_progress,
             sandbox=not args.no_sandbox,
+            scheduler=args.scheduler,
+            resume=args.resume,
         )
-    except (ValueError, FileNotFoundError, RuntimeError) as error:
+    except (ValueError, FileNotFoundError, RuntimeError, TimeoutError) as error:
         print(f"dnncourse grade: {error}", file=sys.stderr)
         return 1
     print(summary(rows, sandbox=not args.no_sandbox))
@@ -152,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     from .grading.api import students_in
 
     folders = set(students_in(args.submissions)) if args.submissions.is_dir() else None
-    got = {r["student_id"] for r in rows}
+    got = {r.student for r in rows}
     if folders is not None and folders != got:
         print(f"dnncourse grade: no row for {sorted(folders - got)}", file=sys.stderr)
         return 1

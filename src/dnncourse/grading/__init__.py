@@ -3,7 +3,9 @@
 nbgrader does the bookkeeping (gradebook, checksums, restoring hidden tests, feedback
 template); this package adds what grading a class needs around it:
 
-* :mod:`~dnncourse.grading.course`: one ``generate_assignment`` into the class gradebook;
+* :mod:`~dnncourse.grading.protocol`: the types that cross the boundary (Task, Result, ...);
+* :mod:`~dnncourse.grading.course`: one ``generate_assignment`` into the class gradebook
+  (SQLite or PostgreSQL), the bundle the workers grade against, results stored;
 * :mod:`~dnncourse.grading.sanitize`: broken notebooks rejected with a reason, the rest
   rebuilt on the released notebook before nbgrader's own sanitizers;
 * :mod:`~dnncourse.grading.kernel`: the kernel, with memory/file limits and a guard that
@@ -11,15 +13,16 @@ template); this package adds what grading a class needs around it:
 * :mod:`~dnncourse.grading.sandbox`: the bubblewrap sandbox every kernel runs in (own
   namespaces, no network, read-only system, nothing of the course; ``dnncourse doctor``);
 * :mod:`~dnncourse.grading.execute`: per-cell timeouts, output caps, verdicts;
-* :mod:`~dnncourse.grading.worker` and :mod:`~dnncourse.grading.pool`: N worker processes,
-  a hard per-student timeout, one row of ``grades.csv`` per student;
+* :mod:`~dnncourse.grading.engine`: dask.distributed, a task per student, results stored
+  as they arrive; :mod:`~dnncourse.grading.worker`: one student graded on a worker, with
+  a hard timeout;
 * :mod:`~dnncourse.grading.feedback`: nbgrader's feedback pages without the hidden tests.
 
 The package imports nothing heavy itself (the kernel launcher lives here too).
 
 Example:
     >>> from dnncourse.grading import grade  # doctest: +SKIP
-    >>> rows = grade("hw1", Path("submissions"), Path("graded"), jobs=2)  # doctest: +SKIP
+    >>> results = grade("hw1", Path("submissions"), Path("graded"), jobs=2)  # doctest: +SKIP
 """
 
 __all__ = ["grade", "release_and_validate"]

@@ -9,15 +9,14 @@ from pathlib import Path, PurePosixPath
 from ..homework import ROOT_MARKERS, assignments, hidden_lines, release, repo_root
 from . import sandbox as sandboxes
 from .course import prepare
-from .execute import Limits
-from .pool import grade_class, summary, write_csv
+from .engine import check_scheduler, grade_class, summary
+from .protocol import Limits, Result, Status
+
+MAX_ZIP_BYTES = 2 * 2**30
 
 
 class SandboxUnavailable(RuntimeError):
     """No sandbox can be made on this host; the message says what is missing."""
-
-
-MAX_ZIP_BYTES = 2 * 2**30
 
 
 def students_in(submissions: Path) -> dict[str, Path]:
@@ -63,12 +62,17 @@ def grade(
     db_url: str | None = None,
     root: Path | None = None,
     progress: bool = True,
+    scheduler: str | None = None,
+    resume: bool = False,
     sandbox: bool = True,
-) -> list[dict]:
-    """Grade a class; writes ``out/grades.csv`` and ``out/feedback/``; returns the rows.
+) -> list[Result]:
+    """Grade a class; writes ``out/grades.csv`` and ``out/feedback/``; a result per student.
 
-    Every kernel runs sandboxed; where no sandbox can be made this raises
-    :class:`SandboxUnavailable` before anything is graded, unless ``sandbox=False``.
+    ``scheduler``: a Dask scheduler's address (default: ``DNNCOURSE_SCHEDULER``, else a
+    local cluster of ``jobs`` workers); ``resume``: keep the stored results of students
+    whose files did not change. Every kernel runs sandboxed; where no sandbox can be made
+    this raises :class:`SandboxUnavailable` before anything is graded, unless
+    ``sandbox=False``.
     """
     if sandbox and (why := sandboxes.problem()):
         raise SandboxUnavailable(
@@ -76,6 +80,7 @@ def grade(
             "anyway (student code then runs as you), pass --no-sandbox."
         )
     root = repo_root() if root is None else root
+    check_scheduler(scheduler)  # before any work: a cluster that cannot be reached
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     submissions = Path(submissions)
@@ -86,18 +91,19 @@ def grade(
         submissions = unpack_zip(submissions, unpacked)
     students = students_in(submissions)
     course = prepare(root, assignment, out, db_url)
-    rows = grade_class(
+    results = grade_class(
         course,
         students,
         jobs=jobs,
         limits=limits,
         timeout=timeout,
-        progress=progress,
+        scheduler=scheduler,
+        resume=resume,
         sandbox=sandbox,
+        progress=progress,
     )
-    write_csv(rows, out / "grades.csv")
-    (out / "summary.txt").write_text(summary(rows, sandbox) + "\n")
-    return rows
+    (out / "summary.txt").write_text(summary(results, sandbox) + "\n")
+    return results
 
 
 def _validate(root: Path, name: str, limits: Limits) -> list[str]:
@@ -120,22 +126,22 @@ def _validate(root: Path, name: str, limits: Limits) -> list[str]:
         subs = Path(tmp) / "submissions"
         shutil.copytree(root / "solutions" / name, subs / "solution")
         shutil.copytree(root / "exercises" / name, subs / "stub")
-        rows = {
-            r["student_id"]: r
+        results = {
+            r.student: r
             for r in grade(
                 name, subs, Path(tmp) / "out", jobs=2, limits=limits, root=root, progress=False
             )
         }
-    solution, stub = rows["solution"], rows["stub"]
-    if not solution["max_score"]:
+    solution, stub = results["solution"], results["stub"]
+    if not solution.max_score:
         problems.append(f"{name} has no points")
-    if solution["status"] != "ok" or solution["score"] != solution["max_score"]:
+    if solution.status != Status.OK or solution.score != solution.max_score:
         problems.append(
-            f"the solution scored {solution['score']:g}/{solution['max_score']:g} "
-            f"({solution['status']}: {solution['detail']})"
+            f"the solution scored {solution.score:g}/{solution.max_score:g} "
+            f"({solution.status}: {solution.detail})"
         )
-    if stub["score"] != 0:
-        problems.append(f"the untouched stub scored {stub['score']:g} (every test must fail)")
+    if stub.score != 0:
+        problems.append(f"the untouched stub scored {stub.score:g} (every test must fail)")
     return problems
 
 

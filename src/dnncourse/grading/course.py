@@ -1,14 +1,14 @@
-"""The grading course: a scratch nbgrader course whose gradebook is the class's gradebook.
+"""The grading course: nbgrader's gradebook for the class, and the bundle the workers get.
 
 ``prepare`` copies ``nbgrader_config.py`` and ``solutions/<assignment>/`` into
 ``OUT/course/`` and runs ``nbgrader generate_assignment`` there once, with the gradebook at
-``--db`` (default ``sqlite:///OUT/gradebook.db``): nbgrader stores every cell of the
-instructor notebook, hidden tests and checksums included, which is what ``OverwriteCells``
-restores from. Workers share the gradebook; every access goes through :func:`gradebook`,
-which holds a file lock so that SQLite sees one writer at a time. The lock is waited for at
-most :data:`LOCK_TIMEOUT` seconds (then :class:`GradebookBusy`): a process that holds it
-forever costs the students being graded a ``grader error``, never a hung class. Only the
-workers open the gradebook; student kernels run sandboxed and never see ``OUT``.
+``--db`` (default ``sqlite:///OUT/gradebook.db``; ``postgresql://...`` uses psycopg 3):
+nbgrader stores every cell of the instructor notebook, hidden tests and checksums included.
+:func:`make_bundle` packs what the workers need out of it (the released notebooks, the
+instructor's cells and points, the data files) into a :class:`~.protocol.Bundle`; workers
+never open the gradebook. Only the client writes it (:func:`save_result`, the scores per
+grade cell as nbgrader's ``SaveAutoGrades`` stores them), always under :func:`db_lock`: a
+file lock beside a SQLite file, an advisory lock in PostgreSQL, both with a timeout.
 """
 
 import fcntl
@@ -21,38 +21,38 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import nbformat
+from nbgrader import utils as nbutils
 from nbgrader.api import Gradebook
+from sqlalchemy import create_engine, make_url, text
+from sqlalchemy.pool import NullPool
 
 from ..homework import nbgrader
+from .protocol import Bundle, Result
 
 COURSE_ID = "dnncourse"
-LOCK_TIMEOUT = 120.0  # seconds; a student's SaveAutoGrades takes well under one
+LOCK_TIMEOUT = 300.0  # seconds to wait for another grading's hold on the gradebook
+PG_LOCK_KEY = 0x646E6E63  # "dnnc": the advisory lock all dnncourse gradings share
 
 
 class GradebookBusy(TimeoutError):
-    """The gradebook lock was not free within :data:`LOCK_TIMEOUT` seconds."""
-
-
-def _lock(lock, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return
-        except BlockingIOError:
-            if time.monotonic() > deadline:
-                busy = f"the gradebook lock {lock.name} was busy for {timeout:g} s"
-                raise GradebookBusy(busy) from None
-            time.sleep(0.01)
+    """The gradebook's writer lock was not free within the timeout."""
 
 
 # nbgrader's update_or_create_submission triggers SQLAlchemy autoflush warnings: harmless.
 warnings.filterwarnings("ignore", message=".*not in session.*")
 
 
+def database_url(url: str) -> str:
+    """A SQLAlchemy URL; plain ``postgresql://`` gets the installed driver (psycopg 3)."""
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url
+
+
 @dataclass
 class Course:
-    """Where the grading happens; JSON-serializable, handed to every worker."""
+    """Where the grading happens (on the client); JSON-serializable."""
 
     root: str  # the scratch course (nbgrader's root)
     out: str
@@ -60,28 +60,69 @@ class Course:
     db_url: str
     notebooks: list[str]  # notebook names (no .ipynb)
 
-    @property
-    def lock(self) -> Path:
-        return Path(self.out) / ".gradebook.lock"
-
     def release_notebook(self, name: str) -> nbformat.NotebookNode:
         path = Path(self.root) / "exercises" / self.assignment / f"{name}.ipynb"
         return nbformat.read(path, as_version=4)
+
+    @property
+    def lock(self) -> Path:
+        """The lock file of a SQLite gradebook."""
+        return sqlite_lock(self.db_url)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
 
 
+def sqlite_lock(db_url) -> Path:
+    """The lock file beside a SQLite gradebook."""
+    path = Path(make_url(db_url).database or "gradebook.db").resolve()
+    return path.with_name(path.name + ".lock")
+
+
 @contextmanager
-def gradebook(course: Course, timeout: float | None = None):
-    """nbgrader's Gradebook, with an exclusive lock on ``OUT/.gradebook.lock``."""
-    with open(course.lock, "a") as lock:
-        _lock(lock, LOCK_TIMEOUT if timeout is None else timeout)
+def db_lock(db_url: str, timeout: float = LOCK_TIMEOUT):
+    """Hold the gradebook's writer lock (at most ``timeout`` s of waiting, then TimeoutError)."""
+    url = make_url(db_url)
+    deadline = time.monotonic() + timeout
+    busy = GradebookBusy(f"the gradebook {url.render_as_string()} was busy for {timeout:g} s")
+    if url.get_backend_name() == "sqlite":
+        with open(sqlite_lock(url), "a") as lock:
+            while True:
+                try:
+                    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise busy from None
+                    time.sleep(0.05)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+    elif url.get_backend_name() == "postgresql":
+        engine = create_engine(url, poolclass=NullPool)
         try:
-            with Gradebook(course.db_url, COURSE_ID) as gb:
-                yield gb
+            with engine.connect() as conn:
+                take = text("SELECT pg_try_advisory_lock(:key)")
+                while not conn.execute(take, {"key": PG_LOCK_KEY}).scalar():
+                    if time.monotonic() > deadline:
+                        raise busy
+                    time.sleep(0.05)
+                try:
+                    yield
+                finally:
+                    conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": PG_LOCK_KEY})
         finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+            engine.dispose()
+    else:  # another database: its own transactions only
+        yield
+
+
+@contextmanager
+def gradebook(course: Course, timeout: float = LOCK_TIMEOUT):
+    """nbgrader's Gradebook, under the writer lock."""
+    with db_lock(course.db_url, timeout), Gradebook(course.db_url, COURSE_ID) as gb:
+        yield gb
 
 
 def prepare(root: Path, assignment: str, out: Path, db_url: str | None = None) -> Course:
@@ -96,7 +137,7 @@ def prepare(root: Path, assignment: str, out: Path, db_url: str | None = None) -
     (course_dir / "solutions").mkdir(parents=True, exist_ok=True)
     shutil.copy2(root / "nbgrader_config.py", course_dir / "nbgrader_config.py")
     shutil.copytree(source, course_dir / "solutions" / assignment)
-    db_url = db_url or f"sqlite:///{(out / 'gradebook.db').resolve()}"
+    db_url = database_url(db_url or f"sqlite:///{(out / 'gradebook.db').resolve()}")
     course = Course(
         root=str(course_dir.resolve()),
         out=str(out.resolve()),
@@ -104,8 +145,7 @@ def prepare(root: Path, assignment: str, out: Path, db_url: str | None = None) -
         db_url=db_url,
         notebooks=sorted(p.stem for p in source.glob("*.ipynb")),
     )
-    with open(course.lock, "a") as lock:
-        _lock(lock, LOCK_TIMEOUT)
+    with db_lock(db_url):
         nbgrader(
             course_dir,
             "generate_assignment",
@@ -116,6 +156,35 @@ def prepare(root: Path, assignment: str, out: Path, db_url: str | None = None) -
     return course
 
 
+def make_bundle(course: Course) -> Bundle:
+    """The released notebooks, the instructor's cells from the gradebook, the data files."""
+    files, cells = {}, {}
+    for name in course.notebooks:
+        files[f"release/{name}.ipynb"] = nbformat.writes(course.release_notebook(name)).encode()
+    with gradebook(course) as gb:
+        for name in course.notebooks:
+            notebook = gb.find_notebook(name, course.assignment)
+            cells[name] = {
+                "kernelspec": notebook.kernelspec,
+                "source_cells": {
+                    c.name: {
+                        "cell_type": c.cell_type,
+                        "locked": c.locked,
+                        "checksum": c.checksum,
+                        "source": c.source,
+                    }
+                    for c in notebook.source_cells
+                },
+                "grade_cells": {c.name: float(c.max_score) for c in notebook.grade_cells},
+            }
+    files["gradebook.json"] = json.dumps(cells, sort_keys=True).encode()
+    source = Path(course.root) / "solutions" / course.assignment
+    for extra in sorted(source.rglob("*")):  # data files, as nbgrader autograde copies them
+        if extra.is_file() and extra.suffix != ".ipynb":
+            files[f"data/{extra.relative_to(source).as_posix()}"] = extra.read_bytes()
+    return Bundle(course.assignment, files)
+
+
 def register(course: Course, students: list[str]) -> None:
     """Create the students and their (empty) submissions in the gradebook."""
     with gradebook(course) as gb:
@@ -124,6 +193,37 @@ def register(course: Course, students: list[str]) -> None:
             gb.update_or_create_submission(course.assignment, student)
 
 
+def save_result(course: Course, result: Result) -> tuple[float, float]:
+    """Store the scores of ``result`` as ``SaveAutoGrades`` would; (score, max_score) back.
+
+    Each grade cell gets its ``auto_score`` (the check's points; zero for a cell without a
+    check, as for a notebook that could not be graded); a manual grade an instructor entered
+    stays and the cell is flagged for review, as nbgrader does. The graded notebooks go to
+    ``course/autograded/<student>/<assignment>/``, where the formgrader looks.
+    """
+    points = {(c.notebook, c.grade_id): c.points for c in result.checks}
+    with gradebook(course) as gb:
+        gb.update_or_create_student(result.student)
+        submission = gb.update_or_create_submission(course.assignment, result.student)
+        for notebook in submission.notebooks:
+            for grade in notebook.grades:
+                grade.auto_score = points.get((notebook.name, grade.name), 0.0)
+                grade.needs_manual_grade = grade.manual_score is not None
+        gb.db.commit()
+        submission = gb.find_submission(course.assignment, result.student)
+        score, max_score = float(submission.score), float(submission.max_score)
+    graded = Path(course.root) / "autograded" / result.student / course.assignment
+    for name, data in result.graded.items():
+        graded.mkdir(parents=True, exist_ok=True)
+        (graded / f"{name}.ipynb").write_bytes(data)
+    return score, max_score
+
+
 def max_score(course: Course) -> float:
     with gradebook(course) as gb:
         return float(gb.find_assignment(course.assignment).max_score)
+
+
+def is_test(cell) -> bool:
+    """A graded test cell (a grade cell that is not an answer)."""
+    return cell.cell_type == "code" and nbutils.is_grade(cell) and not nbutils.is_solution(cell)

@@ -4,8 +4,9 @@ nbgrader's ``generate_feedback`` renders the *autograded* notebook, whose test c
 the hidden tests again (``OverwriteCells`` put them back), and a failing hidden assert shows
 its source lines in the traceback. :class:`RedactTests` therefore replaces each test cell's
 source with its released (visible) version and each of its tracebacks with the one line
-``ename: evalue`` (the test's own message), before nbgrader's ``GetGrades`` and the
-``feedback`` HTML template run.
+``ename: evalue`` (the test's own message). :class:`Scores` then does what nbgrader's
+``GetGrades`` does, from the checks instead of the gradebook (a worker has none), and the
+``feedback`` HTML template runs. Pages are returned as text: only the client writes them.
 
 Everything a student's notebook puts into the page is student data, and the page is opened
 by the student's browser (and the instructor's): :class:`SafeOutputs` keeps only plain text
@@ -15,16 +16,16 @@ a ``<script>`` in a notebook never runs in its feedback page.
 """
 
 import html
-import os
 from pathlib import Path
 
 from nbconvert.exporters import HTMLExporter
 from nbconvert.preprocessors import CSSHTMLHeaderPreprocessor, Preprocessor
 from nbconvert.preprocessors.sanitize import SanitizeHTML
 from nbgrader import utils as nbutils
-from nbgrader.preprocessors import GetGrades
 from traitlets import Dict
 from traitlets.config import Config
+
+from .protocol import Check
 
 SAFE_MIME = ("text/plain", "image/png", "image/jpeg")
 
@@ -61,11 +62,33 @@ class RedactTests(Preprocessor):
         return cell, resources
 
 
-def exporter(released: dict[str, str], grades: bool = True) -> HTMLExporter:
-    """nbconvert's HTML exporter set up like ``nbgrader generate_feedback``.
+class Scores(Preprocessor):
+    """nbgrader's ``GetGrades`` without a gradebook: score and points of each grade cell."""
 
-    ``grades=False`` leaves out nbgrader's ``GetGrades`` (which reads the gradebook).
-    """
+    points = Dict(help="grade_id -> [score, max_score]")
+
+    def preprocess(self, nb, resources):
+        nb, resources = super().preprocess(nb, resources)
+        scores = list(self.points.values())
+        resources["nbgrader"]["score"] = sum(s for s, _ in scores)
+        resources["nbgrader"]["max_score"] = sum(m for _, m in scores)
+        resources["nbgrader"]["late_penalty"] = 0
+        return nb, resources
+
+    def preprocess_cell(self, cell, resources, index):
+        if nbutils.is_solution(cell) or nbutils.is_task(cell):
+            cell.metadata.nbgrader["comment"] = None
+        if nbutils.is_grade(cell) or nbutils.is_task(cell):
+            gid = cell.metadata.nbgrader["grade_id"]
+            score, points = self.points.get(gid, (0.0, cell.metadata.nbgrader.get("points", 0)))
+            cell.metadata.nbgrader["score"] = score
+            cell.metadata.nbgrader["points"] = points
+        return cell, resources
+
+
+def exporter() -> tuple[HTMLExporter, RedactTests, Scores]:
+    """nbconvert's HTML exporter set up like ``nbgrader generate_feedback``; its two
+    preprocessors of ours, to be given each notebook's released tests and points."""
     import nbgrader
 
     base = Path(nbgrader.__file__).parent / "server_extensions" / "formgrader"
@@ -79,27 +102,39 @@ def exporter(released: dict[str, str], grades: bool = True) -> HTMLExporter:
     html_exporter = HTMLExporter(config=config)
     html_exporter.register_preprocessor(SafeOutputs(), enabled=True)
     html_exporter.register_preprocessor(SanitizeHTML(), enabled=True)  # Markdown, raw cells
-    html_exporter.register_preprocessor(RedactTests(released=released), enabled=True)
-    if grades:
-        html_exporter.register_preprocessor(GetGrades(), enabled=True)
+    redact, scores = RedactTests(), Scores()
+    html_exporter.register_preprocessor(redact, enabled=True)
+    html_exporter.register_preprocessor(scores, enabled=True)
     html_exporter.register_preprocessor(CSSHTMLHeaderPreprocessor(), enabled=True)
-    return html_exporter
+    return html_exporter, redact, scores
 
 
-def write_feedback(nb, released: dict[str, str], resources: dict, path: Path) -> None:
-    """Render the feedback page of one graded notebook to ``path``."""
-    body, _ = exporter(released).from_notebook_node(nb, resources=resources)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(body)
-    os.chmod(path, 0o644)
+_EXPORTER = []  # one per process: its templates are compiled once (about 0.15 s a page)
 
 
-def write_notice(path: Path, title: str, status: str, detail: str) -> None:
+def feedback_page(nb, released: dict[str, str], checks: list[Check], resources: dict) -> str:
+    """The feedback page of one graded notebook."""
+    if not _EXPORTER:
+        _EXPORTER.append(exporter())
+    html_exporter, redact, scores = _EXPORTER[0]
+    redact.released = released
+    scores.points = {c.grade_id: [c.points, c.max_points] for c in checks}
+    body, _ = html_exporter.from_notebook_node(nb, resources=resources)
+    return body
+
+
+def notice_page(title: str, status: str, detail: str) -> str:
     """A short page for a notebook that could not be graded (missing, invalid, ...)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(
+    return (
         "<!DOCTYPE html>\n<html><head><meta charset='utf-8'>"
         f"<title>{html.escape(title)}</title></head><body>"
         f"<h1>{html.escape(title)}</h1><p><strong>Not graded: {html.escape(status)}.</strong></p>"
         f"<p>{html.escape(detail)}</p><p>Score: 0</p></body></html>\n"
     )
+
+
+def write_page(path: Path, page: str) -> None:
+    """Write a page (the client does, never a worker), readable by the web server."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(page)
+    path.chmod(0o644)

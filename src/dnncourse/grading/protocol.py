@@ -7,10 +7,14 @@ graded test cell with points and a message written by the trusted side, the feed
 and the graded notebooks. Nothing here carries code, so a result can cross a process, a
 Dask worker or a network without trusting the side that made it.
 
-The columns of ``grades.csv`` are :data:`COLUMNS`, derived from :class:`Result`.
+The columns of ``grades.csv`` are :data:`COLUMNS`, derived from :class:`Result`;
+:func:`result_to_json` and :func:`result_from_json` carry a result through a pipe or a file.
 """
 
+import base64
+import dataclasses
 import hashlib
+import json
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -75,6 +79,7 @@ class Task:
     bundle: str  # content hash of the assignment bundle the worker grades against
     limits: Limits = field(default_factory=Limits)
     sandbox: bool = True
+    timeout: float | None = 600.0  # seconds for the whole student; then everything is killed
 
     @property
     def checksum(self) -> str:
@@ -90,6 +95,24 @@ def checksum(files: dict[str, bytes]) -> str:
 
 
 @dataclass(frozen=True)
+class Bundle:
+    """What a worker grades against, the same for every student of an assignment.
+
+    ``files``: path -> bytes: ``release/<notebook>.ipynb`` (the released notebooks),
+    ``gradebook.json`` (the instructor's cells and points, as nbgrader stores them),
+    ``data/...`` (the assignment's data files) and, later, the trusted reference data.
+    It travels to each worker once and is cached there under :attr:`hash`.
+    """
+
+    assignment: str
+    files: dict[str, bytes]
+
+    @property
+    def hash(self) -> str:
+        return checksum({"assignment": self.assignment.encode(), **self.files})
+
+
+@dataclass(frozen=True)
 class Result:
     """What grading one student produced; only the client writes it anywhere."""
 
@@ -100,7 +123,8 @@ class Result:
     max_score: float
     detail: str = ""
     seconds: float = 0.0
-    checksum: str = ""
+    checksum: str = ""  # of the submitted files (Task.checksum): what --resume compares
+    bundle: str = ""  # hash of the bundle it was graded against
     checks: tuple[Check, ...] = ()
     feedback: dict[str, str] = field(default_factory=dict)  # notebook -> HTML page
     graded: dict[str, bytes] = field(default_factory=dict)  # notebook -> graded .ipynb
@@ -120,3 +144,25 @@ _CSV = {
     "seconds": "seconds",
 }
 COLUMNS = list(_CSV)
+
+
+def result_to_json(result: Result, pages: bool = True) -> str:
+    """``result`` as one line of JSON (``pages=False``: without feedback and notebooks)."""
+    data = dataclasses.asdict(result)
+    data["checks"] = [dataclasses.asdict(c) for c in result.checks]
+    if pages:
+        data["graded"] = {k: base64.b64encode(v).decode() for k, v in result.graded.items()}
+    else:
+        data["feedback"], data["graded"] = {}, {}
+    return json.dumps(data)
+
+
+def result_from_json(text: str) -> Result:
+    """The :class:`Result` of :func:`result_to_json` (raises ValueError/TypeError if not one)."""
+    data = json.loads(text)
+    if not isinstance(data, dict):
+        raise ValueError("not a result")
+    data["status"] = Status(data["status"])
+    data["checks"] = tuple(Check(**c) for c in data.get("checks", ()))
+    data["graded"] = {k: base64.b64decode(v) for k, v in data.get("graded", {}).items()}
+    return Result(**data)

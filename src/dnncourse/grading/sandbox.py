@@ -482,3 +482,18 @@ def checks() -> list[CheckResult]:
     )
     results.append(CheckResult("filesystem", True, "/ holds " + " ".join(seen["visible"])))
     return results
+
+
+def summary_line(sandbox: bool) -> str:
+    """The grading summary's line that says whether student code ran sandboxed."""
+    if not sandbox:
+        return (
+            "sandbox: OFF (--no-sandbox): student code ran as the grader, with its files "
+            "and network"
+        )
+    who = "uid 65534, no capabilities" if privileged() else "uid 65534 in a user namespace"
+    procs = "cgroup pids" if pids_cgroup_root() else "RLIMIT_NPROC"
+    return (
+        f"sandbox: active (bubblewrap; {who}; no network; read-only system; "
+        f"process limit: {procs})"
+    )

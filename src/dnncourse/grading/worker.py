@@ -1,188 +1,216 @@
-"""Grade one student: sanitize, run nbgrader's sanitizers, execute guarded, save, feedback.
+"""Grade one student on a worker machine: bytes and a bundle in, a :class:`Result` out.
 
-A worker is a process of its own (``python -m dnncourse.grading.worker COURSE_JSON``) that
-reads one task per line on stdin (``{"student": ..., "folder": ..., "limits": {...}}``) and
-answers with one line ``@@dnncourse-result {...}`` on stdout; the pool kills it (and its
-kernel) when a student takes longer than the per-student timeout. Student code never runs
-in the worker: it runs in the kernel, a child process in its own sandbox
-(:mod:`dnncourse.grading.sandbox`) unless the task says ``"sandbox": false``.
+Two halves, in two processes:
+
+* :func:`grade_task` runs inside a Dask worker (the task of :mod:`~.engine`). It unpacks the
+  assignment's :class:`~.protocol.Bundle` once per worker into a temporary folder named by
+  its hash, writes the student's files into a fresh temporary folder, and hands the student
+  to a *grading process* it keeps warm (``python -m dnncourse.grading.worker``). If that
+  process does not answer within the task's hard timeout it is killed with everything it
+  started (kernel and sandbox) and replaced; the Dask worker lives on.
+* The grading process (:func:`serve`) reads one task per line on a private pipe and
+  answers with one line on another: find and read the notebook, rebuild it on the released
+  notebook, nbgrader's sanitizers with the instructor's cells from the bundle (never the
+  gradebook), execute, checks, feedback page. Student code never runs in either process: it
+  runs in the kernel, a child of the grading process with its own limits.
+
+Nothing here writes outside its temporary folders; the client stores the result.
 """
 
-import functools
+import dataclasses
 import json
 import os
+import queue
+import secrets
 import shutil
+import subprocess
 import sys
 import tempfile
+import threading
 import time
 import traceback
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+from types import SimpleNamespace
 
 import nbformat
-from nbgrader import utils as nbutils
+import psutil
+from nbgrader.api import MissingEntry
 from nbgrader.preprocessors import (
     CheckCellMetadata,
     ClearOutput,
     DeduplicateIds,
     LimitOutput,
     OverwriteCells,
-    OverwriteKernelspec,
-    SaveAutoGrades,
 )
-from sqlalchemy.exc import OperationalError
+from nbgrader.preprocessors.base import NbGraderPreprocessor
+from traitlets import Dict
 
 from . import sanitize
-from .course import Course, gradebook
-from .execute import Limits, execute
-from .feedback import write_feedback, write_notice
+from .course import is_test
+from .execute import execute
+from .feedback import feedback_page, notice_page
+from .protocol import Bundle, Check, Limits, Result, Status, Task
 
 RESULT_PREFIX = "@@dnncourse-result "
 NO_SANDBOX = "graded without a sandbox (--no-sandbox)"
-STATUS_ORDER = (
-    "grader error",
-    "invalid notebook",
-    "missing notebook",
-    "timeout",
-    "kernel died",
-    "memory limit",
-    "output limit",
-    "renamed notebook",
-    "ok",
-)
 
 
-def worst(statuses: list[str]) -> str:
-    return min(statuses, key=STATUS_ORDER.index) if statuses else "ok"
+# -- in the grading process ---------------------------------------------------------------------
+class BundleCells(OverwriteCells):
+    """nbgrader's ``OverwriteCells`` reading the instructor's cells from the bundle.
+
+    Restores cell types, ``locked`` and ``points``, and the source of every locked cell (the
+    test cells with their hidden tests), exactly as nbgrader does from the gradebook.
+    """
+
+    cells = Dict(help="the bundle's gradebook.json entry of this notebook")
+
+    def preprocess(self, nb, resources):
+        self.notebook_id = resources["nbgrader"]["notebook"]
+        self.assignment_id = resources["nbgrader"]["assignment"]
+        self.gradebook = self  # the find_* methods below
+        return NbGraderPreprocessor.preprocess(self, nb, resources)
+
+    def find_source_cell(self, grade_id, notebook, assignment):
+        if grade_id not in self.cells["source_cells"]:
+            raise MissingEntry()
+        return SimpleNamespace(name=grade_id, **self.cells["source_cells"][grade_id])
+
+    def find_graded_cell(self, grade_id, notebook, assignment):
+        if grade_id not in self.cells["grade_cells"]:
+            raise MissingEntry()
+        return SimpleNamespace(name=grade_id, max_score=self.cells["grade_cells"][grade_id])
+
+
+def checks_of(notebook: str, nb, verdicts: dict[str, bool]) -> list[Check]:
+    """One check per test cell: its points if its verdict passed (swap for the probes')."""
+    checks = []
+    for cell in nb.cells:
+        if is_test(cell):
+            gid = cell.metadata.nbgrader["grade_id"]
+            points = float(cell.metadata.nbgrader.get("points", 0))
+            passed = bool(verdicts.get(gid, False))
+            message = "" if passed else "the test failed"
+            checks.append(Check(notebook, gid, points if passed else 0.0, points, passed, message))
+    return checks
+
+
+def zero_checks(notebook: str, cells: dict) -> list[Check]:
+    """Every test of a notebook that could not be graded, at zero."""
+    return [
+        Check(notebook, gid, 0.0, points, False, "not graded")
+        for gid, points in sorted(cells["grade_cells"].items())
+    ]
 
 
 def _released_tests(release) -> dict[str, str]:
-    return {
-        c.metadata.nbgrader["grade_id"]: c.source
-        for c in release.cells
-        if nbutils.is_grade(c) and c.cell_type == "code"
-    }
+    return {c.metadata.nbgrader["grade_id"]: c.source for c in release.cells if is_test(c)}
 
 
-def _zero(course: Course, student: str, notebook: str) -> None:
-    with gradebook(course) as gb:
-        submission = gb.find_submission_notebook(notebook, course.assignment, student)
-        for grade in submission.grades:
-            grade.auto_score = 0
-            grade.needs_manual_grade = False
-        gb.db.commit()
-
-
-def data_files(course: Course) -> Path | None:
-    """A private copy of what the assignment ships next to its notebooks (never a notebook).
-
-    This folder is what the sandbox copies into the kernel's working folder; the solutions
-    folder itself is never shown to a kernel.
-    """
-    return _data_files(course.root, course.assignment)
-
-
-@functools.cache
-def _data_files(root: str, assignment: str) -> Path | None:
-    source = Path(root) / "solutions" / assignment
-    files = [p for p in source.rglob("*") if p.is_file() and p.suffix != ".ipynb"]
-    if not files:
-        return None
-    folder = Path(tempfile.mkdtemp(prefix="dnncourse-data-"))
-    for extra in files:
-        target = folder / extra.relative_to(source)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(extra, target)
-    for path in [folder, *folder.rglob("*")]:
-        path.chmod(0o755 if path.is_dir() else 0o644)
-    return folder
-
-
-def grade_notebook(
-    course: Course, student: str, folder: Path, name: str, limits: Limits, sandbox: bool = True
-):
-    """Grade notebook ``name`` of one student; returns (status, details)."""
-    resources = {
-        "nbgrader": {
-            "student": student,
-            "assignment": course.assignment,
-            "notebook": name,
-            "db_url": course.db_url,
-        },
-        "metadata": {},
-    }
-    feedback = Path(course.out) / "feedback" / student / f"{name}.html"
-    release = course.release_notebook(name)
+def grade_notebook(bundle: Path, task: dict, folder: Path, name: str) -> dict:
+    """Grade notebook ``name`` of one student: status, notes, checks, page, graded bytes."""
+    assignment, limits = task["assignment"], Limits(**task["limits"])
+    cells = json.loads((bundle / "gradebook.json").read_text())[name]
+    release = nbformat.read(bundle / "release" / f"{name}.ipynb", as_version=4)
+    title = f"{assignment}: {name}"
+    expected = {p.stem for p in (bundle / "release").glob("*.ipynb")}
     try:
-        path, renamed = sanitize.find_notebook(folder, name, set(course.notebooks))
+        path, renamed = sanitize.find_notebook(folder, name, expected)
         student_nb = sanitize.read_notebook(path)
     except sanitize.Rejected as rejected:
-        _zero(course, student, name)
-        write_notice(feedback, f"{course.assignment}: {name}", rejected.status, rejected.detail)
-        return rejected.status, [rejected.detail]
-    nb, details = sanitize.rebuild(student_nb, release)
+        return {
+            "status": rejected.status,
+            "notes": [rejected.detail],
+            "checks": zero_checks(name, cells),
+            "page": notice_page(title, rejected.status, rejected.detail),
+            "graded": None,
+        }
+    nb, notes = sanitize.rebuild(student_nb, release)
     if renamed:
-        details.insert(0, renamed)
-    with gradebook(course):  # nbgrader's sanitizers read the gradebook
-        for pp in (ClearOutput, DeduplicateIds, OverwriteKernelspec, OverwriteCells):
-            nb, resources = pp().preprocess(nb, resources)
-        nb, resources = CheckCellMetadata().preprocess(nb, resources)
-    work = Path(course.root) / "autograded" / student / course.assignment
-    work.mkdir(parents=True, exist_ok=True)
-    data = data_files(course)
-    if not sandbox and data is not None:  # the kernel runs in this folder, as the grader
-        shutil.copytree(data, work, dirs_exist_ok=True)
-    run = execute(nb, work, limits, sandbox=sandbox, data=data)
-    nb, resources = LimitOutput().preprocess(nb, resources)
-    with gradebook(course):
-        nb, resources = SaveAutoGrades().preprocess(nb, resources)
-    nbformat.write(nb, work / f"{name}.ipynb")
-    try:  # nbgrader's GetGrades only reads: no need to hold the writers' lock
-        write_feedback(nb, _released_tests(release), resources, feedback)
-    except OperationalError:  # SQLite busy past its timeout: once more, alone
-        with gradebook(course):
-            write_feedback(nb, _released_tests(release), resources, feedback)
-    status = "renamed notebook" if renamed and run.status == "ok" else run.status
-    return status, details + run.details
-
-
-def grade_student(course: Course, task: dict) -> dict:
-    """The row of grades.csv for one student."""
-    student, folder = task["student"], Path(task["folder"])
-    limits = Limits(**task.get("limits", {}))
+        notes.insert(0, renamed)
+    resources = {
+        "nbgrader": {"student": task["student"], "assignment": assignment, "notebook": name},
+        "metadata": {},
+    }
+    for pp in (ClearOutput, DeduplicateIds):
+        nb, resources = pp().preprocess(nb, resources)
+    kernelspec = json.loads(cells["kernelspec"] or "null")
+    if kernelspec:  # nbgrader's OverwriteKernelspec, from the bundle
+        nb.metadata["kernelspec"] = kernelspec
+    nb, resources = BundleCells(cells=cells).preprocess(nb, resources)
+    nb, resources = CheckCellMetadata().preprocess(nb, resources)
+    work = Path(tempfile.mkdtemp(prefix="dnncourse-student-"))
     sandbox = task.get("sandbox", True)
-    start = time.perf_counter()
-    statuses, details = [], []
-    for name in course.notebooks:
-        try:
-            status, notes = grade_notebook(course, student, folder, name, limits, sandbox)
-        except Exception as error:  # a bug of ours or nbgrader's: this student only
-            status, notes = "grader error", [f"{name}: {error!r}"]
-            traceback.print_exc(file=sys.stderr)
-            try:
-                _zero(course, student, name)
-            except Exception:
-                pass
-        statuses.append(status)
-        details += notes
-    if not sandbox:
-        details.append(NO_SANDBOX)
-    with gradebook(course) as gb:
-        submission = gb.find_submission(course.assignment, student)
-        score, max_score = float(submission.score), float(submission.max_score)
+    try:
+        data = bundle / "data" if (bundle / "data").is_dir() else None
+        if not sandbox and data is not None:  # the kernel runs in this folder, as the grader
+            shutil.copytree(data, work, dirs_exist_ok=True)
+        # sandboxed, the data files are copied into the kernel's own capped work folder
+        run = execute(nb, work, limits, sandbox=sandbox, data=data)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    nb, resources = LimitOutput().preprocess(nb, resources)
+    checks = checks_of(name, nb, run.verdicts)
+    page = feedback_page(nb, _released_tests(release), checks, resources)
+    status = Status.RENAMED if renamed and run.status == Status.OK else Status(run.status)
     return {
-        "student_id": student,
-        "assignment": course.assignment,
-        "score": score,
-        "max_score": max_score,
-        "status": worst(statuses),
-        "detail": "; ".join(details),
-        "seconds": round(time.perf_counter() - start, 2),
+        "status": status,
+        "notes": notes + run.details,
+        "checks": checks,
+        "page": page,
+        "graded": nbformat.writes(nb).encode(),
     }
 
 
-def main() -> None:
+def grade_student(bundle: Path, task: dict, folder: Path) -> Result:
+    """The result of one student, every notebook of the assignment."""
+    start = time.perf_counter()
+    statuses, details, checks, pages, graded = [], [], [], {}, {}
+    names = sorted(p.stem for p in (bundle / "release").glob("*.ipynb"))
+    for name in names:
+        try:
+            one = grade_notebook(bundle, task, folder, name)
+        except Exception as error:  # a bug of ours or nbgrader's: this notebook only
+            traceback.print_exc(file=sys.stderr)
+            cells = json.loads((bundle / "gradebook.json").read_text())[name]
+            one = {
+                "status": Status.GRADER_ERROR,
+                "notes": [f"{name}: {error!r}"],
+                "checks": zero_checks(name, cells),
+                "page": notice_page(name, Status.GRADER_ERROR, "the grader failed"),
+                "graded": None,
+            }
+        statuses.append(one["status"])
+        details += one["notes"]
+        checks += one["checks"]
+        pages[name] = one["page"]
+        if one["graded"] is not None:
+            graded[name] = one["graded"]
+    if not task.get("sandbox", True):
+        details.append(NO_SANDBOX)
+    return Result(
+        student=task["student"],
+        assignment=task["assignment"],
+        status=Status.worst(statuses),
+        score=sum(c.points for c in checks),
+        max_score=sum(c.max_points for c in checks),
+        detail="; ".join(details),
+        seconds=round(time.perf_counter() - start, 2),
+        checksum=task["checksum"],
+        bundle=task["bundle"],
+        checks=tuple(checks),
+        feedback=pages,
+        graded=graded,
+    )
+
+
+def serve() -> None:
     """Serve tasks; the protocol pipes get private descriptors the kernels do not inherit."""
-    course = Course(**json.loads(sys.argv[1]))
+    from .kernel import set_limits
+
+    set_limits(None, None)  # only: die with the Dask worker that started us
+    from .protocol import result_to_json
+
     tasks = os.fdopen(os.dup(0), "r")
     results = os.fdopen(os.dup(1), "w")
     null = os.open(os.devnull, os.O_RDONLY)
@@ -192,14 +220,188 @@ def main() -> None:
     for line in tasks:
         task = json.loads(line)
         try:
-            row = grade_student(course, task)
+            result = grade_student(Path(task["bundle_dir"]), task, Path(task["folder"]))
         except Exception as error:
             traceback.print_exc(file=sys.stderr)
-            row = {"student_id": task["student"], "status": "grader error", "detail": repr(error)}
-        row["nonce"] = task.get("nonce")
-        results.write(RESULT_PREFIX + json.dumps(row) + "\n")
+            result = failed(task["student"], task["assignment"], repr(error))
+        results.write(f"{RESULT_PREFIX}{task['nonce']} {result_to_json(result)}\n")
         results.flush()
 
 
+def failed(student: str, assignment: str, detail: str, status=Status.GRADER_ERROR) -> Result:
+    """A result without grades: zero (the client stores zero for every test)."""
+    return Result(student, assignment, Status(status), 0.0, 0.0, detail)
+
+
+# -- in the Dask worker ---------------------------------------------------------------------------
+def kill_tree(pid: int) -> None:
+    """SIGKILL a process and all its descendants (children first collected, then killed)."""
+    try:
+        parent = psutil.Process(pid)
+        family = [*parent.children(recursive=True), parent]
+    except psutil.NoSuchProcess:
+        return
+    for proc in family:
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(family, timeout=5)
+
+
+class Grader:
+    """The warm grading process of this Dask worker, and the lines it answers."""
+
+    def __init__(self, home: Path):
+        from ..homework import tool_env
+
+        self.log_path = home / "grader.log"
+        self.log = open(self.log_path, "a")
+        env = tool_env()
+        threads = os.environ.get("DNNCOURSE_KERNEL_THREADS")
+        if threads:  # the kernels' share of this machine's cores (set by the engine)
+            env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = threads
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "dnncourse.grading.worker"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self.log,
+            text=True,
+            env=env,
+            cwd=home,
+            start_new_session=True,
+        )
+        self.lines = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self):
+        for line in self.proc.stdout:
+            if line.startswith(RESULT_PREFIX):
+                self.lines.put(line[len(RESULT_PREFIX) :])
+        self.lines.put(None)  # the process is gone
+
+    def grade(self, payload: dict, timeout: float | None) -> Result | None:
+        """The result, or None if the process did not answer in time or died.
+
+        An answer counts only with the task's nonce and student: nothing a kernel might
+        write to the grading process's pipes can pass for a result.
+        """
+        from .protocol import result_from_json
+
+        nonce = secrets.token_hex(16)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        self.proc.stdin.write(json.dumps({**payload, "nonce": nonce}) + "\n")
+        self.proc.stdin.flush()
+        while True:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                line = self.lines.get(timeout=left)
+            except queue.Empty:
+                return None
+            if line is None:
+                return None
+            got, _, text = line.partition(" ")
+            if got != nonce:
+                continue
+            try:
+                result = result_from_json(text)
+            except (ValueError, TypeError, KeyError):
+                continue
+            if result.student == payload["student"]:
+                return result
+
+    def stop(self):
+        kill_tree(self.proc.pid)
+        self.log.close()
+
+
+_STATE = {"grader": None, "bundles": {}, "home": None}
+_LOCK = threading.Lock()
+
+
+def _home() -> Path:
+    """This process's own temporary folder (removed when it exits)."""
+    if _STATE["home"] is None:
+        import atexit
+
+        home = Path(tempfile.mkdtemp(prefix=f"dnncourse-worker-{os.getpid()}-"))
+        atexit.register(shutil.rmtree, home, ignore_errors=True)
+        _STATE["home"] = home
+    return _STATE["home"]
+
+
+def _safe_path(root: Path, name: str) -> Path:
+    parts = PurePosixPath(name).parts
+    if not parts or PurePosixPath(name).is_absolute() or ".." in parts:
+        raise ValueError(f"unsafe path {name!r}")
+    return root.joinpath(*parts)
+
+
+def unpack(bundle: Bundle) -> Path:
+    """The bundle's files in a folder of this worker, written once per bundle hash."""
+    key = bundle.hash
+    if key not in _STATE["bundles"]:
+        folder = _home() / f"bundle-{key[:16]}"
+        shutil.rmtree(folder, ignore_errors=True)
+        for name, data in bundle.files.items():
+            path = _safe_path(folder, name)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+        _STATE["bundles"][key] = folder
+    return _STATE["bundles"][key]
+
+
+def stop_grader() -> None:
+    """Stop this worker's grading process (before the worker closes: a fast shutdown)."""
+    with _LOCK:
+        if _STATE["grader"] is not None:
+            _STATE["grader"].stop()
+            _STATE["grader"] = None
+
+
+def grade_task(task: Task, bundle: Bundle) -> Result:
+    """The Dask task: grade one student on this worker (the client stores the result)."""
+    with _LOCK:  # one student at a time per worker process (threads_per_worker is 1)
+        start = time.perf_counter()
+        folder = Path(tempfile.mkdtemp(prefix="submitted-", dir=_home()))
+        try:
+            for name, data in task.files.items():
+                path = _safe_path(folder, name)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(data)
+            payload = {
+                "student": task.student,
+                "assignment": task.assignment,
+                "folder": str(folder),
+                "bundle_dir": str(unpack(bundle)),
+                "bundle": bundle.hash,
+                "checksum": task.checksum,
+                "limits": dataclasses.asdict(task.limits),
+                "sandbox": task.sandbox,
+            }
+            if _STATE["grader"] is None:
+                _STATE["grader"] = Grader(_home())
+            grader = _STATE["grader"]
+            result = grader.grade(payload, task.timeout)
+            if result is None:
+                alive = grader.proc.poll() is None
+                grader.stop()
+                _STATE["grader"] = None
+                if alive:
+                    detail = f"grading took longer than {task.timeout:g} s: stopped"
+                    result = failed(task.student, task.assignment, detail, Status.TIMEOUT)
+                else:
+                    detail = f"the grading process died (see {grader.log_path})"
+                    result = failed(task.student, task.assignment, detail)
+                seconds = round(time.perf_counter() - start, 2)
+                if not task.sandbox:  # the rows made here say so too
+                    detail = "; ".join([result.detail, NO_SANDBOX])
+                    result = dataclasses.replace(result, detail=detail)
+                result = dataclasses.replace(result, seconds=seconds)
+            return dataclasses.replace(result, checksum=task.checksum, bundle=bundle.hash)
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
 if __name__ == "__main__":
-    main()
+    serve()

@@ -1,0 +1,297 @@
+"""Grade a class on ``dask.distributed``: one task per student, results stored as they come.
+
+The engine is Dask's (https://distributed.dask.org): by default an embedded ``LocalCluster``
+that the command starts and stops (``jobs`` worker processes with one thread each: one
+student at a time per process, no set-up); with ``scheduler`` (``--scheduler
+tcp://HOST:8786`` or ``DNNCOURSE_SCHEDULER``) an existing cluster, for example ``dask
+worker`` on lab machines, dask-jobqueue on SLURM or a Dask cluster on Kubernetes.
+
+* The assignment's :class:`~.protocol.Bundle` goes to the cluster once, under a key named
+  by its content hash; each worker gets it once and unpacks it once
+  (:func:`.worker.unpack`).
+* A task is one student (:class:`~.protocol.Task`: the notebook files as bytes, no path
+  the worker could share with the client); it returns a :class:`~.protocol.Result`.
+* Only this process writes: each result, as it arrives, goes into the gradebook
+  (:func:`.course.save_result`), ``feedback/`` and ``results/<student>.json`` (with the
+  checksum of what was graded), so a class stopped half-way keeps every result received,
+  and ``resume`` regrades only students without a result or with other files.
+* Faults: the hard timeout per student is the worker's (:func:`.worker.grade_task`); a
+  worker that dies is replaced by its nanny and the student is retried once (the
+  scheduler's ``allowed-failures``, set to 1 on the embedded cluster); a student whose
+  notebook takes two workers down gets ``grader error``; a scheduler that cannot be reached
+  is an :class:`EngineError` at once; a scheduler lost mid-class is one after the results
+  received so far are stored.
+"""
+
+import csv
+import dataclasses
+import logging
+import os
+import time
+from collections.abc import Callable
+from concurrent.futures import CancelledError
+from contextlib import contextmanager
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from .course import Course, make_bundle, register, save_result
+from .feedback import notice_page, write_page
+from .protocol import (
+    COLUMNS,
+    Bundle,
+    Limits,
+    Result,
+    Status,
+    Task,
+    result_from_json,
+    result_to_json,
+)
+from .sanitize import MAX_NOTEBOOK_BYTES
+from .worker import failed, grade_task, stop_grader
+
+CONNECT_TIMEOUT = 15.0  # seconds to reach a scheduler before giving up
+RETRIES = 1  # a student whose worker died is graded once more, on another worker
+
+
+class EngineError(RuntimeError):
+    """The cluster could not be reached or was lost (results so far are stored)."""
+
+
+def scheduler_address(scheduler: str | None = None) -> str | None:
+    """The scheduler to use: ``scheduler``, else ``DNNCOURSE_SCHEDULER``, else None (local)."""
+    return scheduler or os.environ.get("DNNCOURSE_SCHEDULER") or None
+
+
+def check_scheduler(scheduler: str | None = None) -> None:
+    """Raise :class:`EngineError` now if the scheduler to use cannot be reached."""
+    address = scheduler_address(scheduler)
+    if address:
+        with connect(1, address):
+            pass
+
+
+@contextmanager
+def connect(jobs: int, scheduler: str | None = None):
+    """A Dask client: of ``scheduler`` if given, else of an embedded LocalCluster."""
+    import dask
+    from distributed import Client, LocalCluster
+
+    address = scheduler_address(scheduler)
+    if address:
+        try:
+            client = Client(address, timeout=CONNECT_TIMEOUT, set_as_default=False)
+        except (OSError, TimeoutError) as error:
+            raise EngineError(f"cannot reach the Dask scheduler at {address}: {error}") from None
+        try:
+            yield client
+        finally:
+            client.close()
+        return
+    # each kernel gets its share of the cores (no oversubscription by torch's threads)
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    with (
+        dask.config.set({"distributed.scheduler.allowed-failures": RETRIES}),
+        LocalCluster(
+            n_workers=jobs,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=None,
+            silence_logs=logging.ERROR,
+            env={"DNNCOURSE_KERNEL_THREADS": str(threads)},
+        ) as cluster,
+        Client(cluster, set_as_default=False) as client,
+    ):
+        try:
+            yield client
+        finally:
+            try:
+                client.run(stop_grader)
+            except Exception:  # a worker gone already: its grader died with it
+                pass
+
+
+def read_files(folder: Path) -> dict[str, bytes]:
+    """The notebooks a student handed in, as bytes (a file past the size cap stays over it)."""
+    files = {}
+    for path in sorted(folder.rglob("*.ipynb")):
+        rel = path.relative_to(folder)
+        if ".ipynb_checkpoints" in rel.parts or path.is_symlink() or not path.is_file():
+            continue
+        with open(path, "rb") as f:
+            files[rel.as_posix()] = f.read(MAX_NOTEBOOK_BYTES + 1)
+    return files
+
+
+def stored_results(out: Path) -> dict[str, Result]:
+    """The results stored in ``out/results/`` (unreadable ones are ignored: regraded)."""
+    results = {}
+    for path in sorted((out / "results").glob("*.json")):
+        try:
+            result = result_from_json(path.read_text())
+        except (ValueError, TypeError, KeyError):
+            continue
+        results[result.student] = result
+    return results
+
+
+def store(course: Course, result: Result) -> Result:
+    """Write one result: gradebook, feedback pages, ``results/<student>.json``."""
+    score, max_score = save_result(course, result)  # nbgrader's (manual grades count)
+    result = dataclasses.replace(result, score=score, max_score=max_score)
+    out = Path(course.out)
+    for name in course.notebooks:  # a notice where the worker sent no page (timeout, ...)
+        page = result.feedback.get(name) or notice_page(
+            f"{course.assignment}: {name}", result.status, result.detail
+        )
+        write_page(out / "feedback" / result.student / f"{name}.html", page)
+    path = out / "results" / f"{result.student}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(result_to_json(result, pages=False))
+    tmp.replace(path)  # atomic: a run stopped mid-write leaves the old result or none
+    return result
+
+
+def _tasks(course, submissions, limits, timeout, sandbox, bundle) -> list[Task]:
+    return [
+        Task(
+            student=student,
+            assignment=course.assignment,
+            files=read_files(folder),
+            bundle=bundle.hash,
+            limits=limits,
+            sandbox=sandbox,
+            timeout=timeout,
+        )
+        for student, folder in sorted(submissions.items())
+    ]
+
+
+def _same(bundle: Bundle) -> Bundle:
+    return bundle
+
+
+def run(client, tasks: list[Task], bundle: Bundle, on_result: Callable[[Result], None]) -> int:
+    """Grade ``tasks`` on ``client``; ``on_result`` for each as it arrives; count missing."""
+    from distributed import as_completed
+    from distributed.scheduler import KilledWorker
+
+    if not tasks:
+        return 0
+    # The bundle is a task of its own, named by its hash: the scheduler holds it once, each
+    # worker fetches it once from a peer, and if every worker holding it dies it is made
+    # again (scattered data would be lost with them).
+    shared = client.submit(_same, bundle, key=f"dnncourse-bundle-{bundle.hash}", pure=False)
+    stamp = f"{time.time_ns():x}"
+    futures = {
+        client.submit(
+            grade_task, task, shared, key=f"dnncourse-{task.student}-{stamp}", pure=False
+        ): task
+        for task in tasks
+    }
+    done = 0
+    try:
+        for future in as_completed(futures, loop=client.loop):
+            task = futures[future]
+            try:
+                result = future.result()
+            except KilledWorker:
+                result = failed(
+                    task.student,
+                    task.assignment,
+                    "the notebook took down two grading workers (see the workers' logs)",
+                )
+            except CancelledError:
+                break  # the scheduler is gone
+            except Exception as error:  # the task itself failed: that student only
+                result = failed(task.student, task.assignment, f"grading failed: {error!r}")
+            if not isinstance(result, Result) or result.student != task.student:
+                result = failed(task.student, task.assignment, "the worker answered nonsense")
+            if not result.checksum:  # what was tried, so that --resume does not retry it
+                result = dataclasses.replace(result, checksum=task.checksum, bundle=task.bundle)
+            on_result(result)
+            done += 1
+    finally:
+        client.cancel(list(futures), force=True)
+    return len(tasks) - done
+
+
+def grade_class(
+    course: Course,
+    submissions: dict[str, Path],
+    jobs: int | None = None,
+    limits: Limits | None = None,
+    timeout: float | None = 600.0,
+    scheduler: str | None = None,
+    resume: bool = False,
+    sandbox: bool = True,
+    progress: bool = True,
+) -> list[Result]:
+    """Grade every student of ``submissions`` (student id -> folder); one result each."""
+    limits = limits or Limits()
+    out = Path(course.out)
+    bundle = make_bundle(course)
+    register(course, sorted(submissions))
+    tasks = _tasks(course, submissions, limits, timeout, sandbox, bundle)
+    previous = stored_results(out) if resume else {}
+    results = {}
+    for task in tasks:
+        kept = previous.get(task.student)
+        if kept and kept.checksum == task.checksum and kept.bundle == bundle.hash:
+            results[task.student] = kept
+    todo = [t for t in tasks if t.student not in results]
+    jobs = max(1, min(jobs or os.cpu_count() or 1, len(todo) or 1))
+    bar = tqdm(
+        total=len(tasks),
+        initial=len(results),
+        desc=f"grading {course.assignment}",
+        disable=not progress,
+        unit="student",
+    )
+
+    def on_result(result: Result) -> None:
+        results[result.student] = store(course, result)
+        bar.update(1)
+        bar.set_postfix_str(f"{result.student}: {result.status}", refresh=False)
+
+    try:
+        if todo:
+            with connect(jobs, scheduler) as client:
+                missing = run(client, todo, bundle, on_result)
+            if missing:
+                raise EngineError(
+                    f"lost the Dask cluster with {missing} of {len(tasks)} students not "
+                    f"graded; the {len(results)} results received are stored: run again "
+                    "with --resume"
+                )
+    finally:
+        bar.close()
+        rows = [results[t.student] for t in tasks if t.student in results]
+        write_csv(rows, out / "grades.csv")
+    return rows
+
+
+def write_csv(results: list[Result], path: Path) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows(r.row() for r in results)
+
+
+def summary(results: list[Result], sandbox: bool | None = None) -> str:
+    """A table of the students by status, the mean score, and (if given) the sandbox line."""
+    lines = [f"{'status':<18}{'students':>9}{'mean score':>12}"]
+    for status in sorted({r.status for r in results}, key=list(Status).index):
+        group = [r for r in results if r.status == status]
+        mean = sum(r.score for r in group) / len(group)
+        lines.append(f"{status:<18}{len(group):>9}{mean:>12.2f}")
+    if results:
+        total = sum(r.score for r in results) / len(results)
+        top = max(r.max_score for r in results)
+        lines.append(f"{'all':<18}{len(results):>9}{total:>12.2f}  (of {top:g})")
+    if sandbox is not None:
+        from .sandbox import summary_line
+
+        lines.append(summary_line(sandbox))
+    return "\n".join(lines)

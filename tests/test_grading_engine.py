@@ -1,0 +1,393 @@
+"""The grading engine on dask.distributed: local and multi-machine runs agree, faults, resume,
+the gradebook on a real PostgreSQL server.
+
+A tiny assignment (two test cells, 2 + 1 points, no PyTorch in the notebook) keeps each
+student to one kernel start. The "cluster" is a real ``dask scheduler`` and two ``dask
+worker`` processes on 127.0.0.1, each started in a folder of its own with its own TMPDIR
+(a multi-machine simulation: the workers share no folder with the client).
+"""
+
+import csv
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import nbformat
+import psutil
+import pytest
+
+from dnncourse.grading import grade
+from dnncourse.grading.course import COURSE_ID
+from dnncourse.grading.protocol import Status
+from dnncourse.homework import tool_env
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[1]
+ANSWER = "def double(x):\n    ### BEGIN SOLUTION\n    return 2 * x\n    ### END SOLUTION\n"
+HIDDEN = "assert double(-3) == -6, 'wrong for a negative number'"
+TESTS = {  # grade_id -> (source, points)
+    "test_ints": (
+        "assert double(2) == 4, 'double(2) should be 4'\n"
+        f"### BEGIN HIDDEN TESTS\n{HIDDEN}\n### END HIDDEN TESTS",
+        2,
+    ),
+    "test_floats": ("assert double(0.25) == 0.5, 'double(0.25) should be 0.5'", 1),
+}
+ANSWERS = {  # student -> (answer, expected score)
+    "solution": ("def double(x):\n    return 2 * x\n", 3.0),
+    "ints_only": ("def double(x):\n    return x + x if isinstance(x, int) else 0\n", 2.0),
+    "visible_only": ("def double(x):\n    return 4 if x == 2 else x\n", 0.0),  # hidden fails
+}
+
+
+def tiny_course(root: Path, assignment: str = "tiny") -> Path:
+    """A course folder with one tiny assignment (nbgrader's cell pattern)."""
+    shutil.copy2(ROOT / "nbgrader_config.py", root / "nbgrader_config.py")
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3"}
+
+    def meta(gid, **kw):
+        return {"nbgrader": {"grade_id": gid, "schema_version": 3, "task": False, **kw}}
+
+    nb.cells.append(nbformat.v4.new_markdown_cell("Write `double`.", metadata=meta("q")))
+    nb.cells[-1].metadata["nbgrader"].update(grade=False, solution=False, locked=True)
+    nb.cells.append(
+        nbformat.v4.new_code_cell(
+            ANSWER, metadata=meta("double", grade=False, solution=True, locked=False)
+        )
+    )
+    for gid, (source, points) in TESTS.items():
+        nb.cells.append(
+            nbformat.v4.new_code_cell(
+                source, metadata=meta(gid, grade=True, solution=False, locked=True, points=points)
+            )
+        )
+    folder = root / "solutions" / assignment
+    folder.mkdir(parents=True, exist_ok=True)
+    nbformat.write(nb, folder / f"{assignment}.ipynb")
+    return root
+
+
+def student_notebook(root: Path, answer: str | None, extra: str | None = None, name="tiny"):
+    """The instructor's notebook with the hidden tests out and ``answer`` in the answer cell."""
+    nb = nbformat.read(root / "solutions" / name / f"{name}.ipynb", as_version=4)
+    for cell in nb.cells:
+        gid = cell.metadata.get("nbgrader", {}).get("grade_id")
+        if gid == "double":
+            cell.source = answer or "# YOUR CODE HERE\nraise NotImplementedError()"
+        if gid in TESTS:
+            cell.source = cell.source.split("### BEGIN HIDDEN TESTS")[0]
+    if extra:
+        nb.cells.insert(2, nbformat.v4.new_code_cell(extra))
+    return nb
+
+
+def make_class(root: Path, folder: Path, students: dict, name="tiny") -> Path:
+    """``students``: id -> (answer, extra cell or None); a student without a notebook: None."""
+    for student, spec in students.items():
+        (folder / student).mkdir(parents=True)
+        if spec is not None:
+            nb = student_notebook(root, *spec, name=name)
+            nbformat.write(nb, folder / student / f"{name}.ipynb")
+    return folder
+
+
+def read_csv(path: Path) -> dict[str, dict]:
+    with open(path) as f:
+        return {r["student_id"]: r for r in csv.DictReader(f)}
+
+
+def without_seconds(rows: dict[str, dict]) -> dict[str, dict]:
+    return {s: {k: v for k, v in r.items() if k != "seconds"} for s, r in rows.items()}
+
+
+@pytest.fixture(scope="module")
+def course(tmp_path_factory):
+    root = tiny_course(tmp_path_factory.mktemp("course"))
+    students = {s: (answer, None) for s, (answer, _) in ANSWERS.items()}
+    students["missing"] = None
+    subs = make_class(root, root / "submissions", students)
+    return root, subs
+
+
+@pytest.fixture(scope="module")
+def local(course):
+    root, subs = course
+    out = root / "out-local"
+    results = grade("tiny", subs, out, jobs=2, root=root, progress=False)
+    return out, results
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    """A scheduler and two workers (with nannies), each in a folder of its own."""
+    base = tmp_path_factory.mktemp("cluster")
+    env = {**tool_env(), "DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES": "1"}
+    bindir = Path(sys.executable).parent
+    procs = []
+
+    def start(name, *args):
+        home = base / name
+        (home / "tmp").mkdir(parents=True)
+        log = open(home / "log", "w")
+        procs.append(
+            subprocess.Popen(
+                [str(bindir / "dask"), *args],
+                cwd=home,
+                env={**env, "TMPDIR": str(home / "tmp")},
+                stdout=log,
+                stderr=log,
+                start_new_session=True,
+            )
+        )
+        return home
+
+    sched = start(
+        "scheduler",
+        "scheduler",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--no-dashboard",
+        "--scheduler-file",
+        str(base / "scheduler.json"),
+    )
+    deadline = time.monotonic() + 60
+    while not (base / "scheduler.json").is_file():
+        assert time.monotonic() < deadline, (sched / "log").read_text()
+        time.sleep(0.2)
+    import json
+
+    address = json.loads((base / "scheduler.json").read_text())["address"]
+    homes = [
+        start(
+            f"machine{i}",
+            "worker",
+            address,
+            "--nthreads",
+            "1",
+            "--nworkers",
+            "1",
+            "--no-dashboard",
+            "--local-directory",
+            str(base / f"machine{i}" / "dask"),
+            "--host",
+            "127.0.0.1",
+            "--name",
+            f"machine{i}",
+        )
+        for i in (1, 2)
+    ]
+    from distributed import Client
+
+    with Client(address, timeout=60) as client:
+        client.wait_for_workers(2, timeout=120)
+    yield address, homes
+    for proc in reversed(procs):
+        os.killpg(proc.pid, signal.SIGTERM)
+    for proc in procs:
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def test_local_run_grades_stores_and_hides(local):
+    from nbgrader.api import Gradebook
+
+    out, _ = local
+    rows = read_csv(out / "grades.csv")
+    expected = {s: score for s, (_, score) in ANSWERS.items()}
+    assert {s: float(r["score"]) for s, r in rows.items()} == {**expected, "missing": 0.0}
+    assert rows["missing"]["status"] == Status.MISSING
+    assert all(rows[s]["status"] == Status.OK for s in ANSWERS)
+    assert all(float(r["max_score"]) == 3 for r in rows.values())
+    # nbgrader's gradebook has the scores per test, as SaveAutoGrades stores them
+    with Gradebook(f"sqlite:///{out / 'gradebook.db'}", COURSE_ID) as gb:
+        ints = gb.find_grade("test_ints", "tiny", "tiny", "ints_only")
+        floats = gb.find_grade("test_floats", "tiny", "tiny", "ints_only")
+        assert (ints.auto_score, floats.auto_score) == (2, 0)
+        assert gb.find_submission("tiny", "solution").score == 3
+    graded = out / "course" / "autograded" / "solution" / "tiny" / "tiny.ipynb"
+    assert HIDDEN in graded.read_text(), "the graded notebook ran the hidden test"
+    for student in rows:
+        page = (out / "feedback" / student / "tiny.html").read_text()
+        assert HIDDEN not in page and "double(-3)" not in page
+
+
+def test_a_cluster_of_two_machines_gives_the_same_grades(local, course, cluster):
+    root, subs = course
+    address, homes = cluster
+    out = root / "out-cluster"
+    grade("tiny", subs, out, root=root, scheduler=address, progress=False)
+    assert without_seconds(read_csv(out / "grades.csv")) == without_seconds(
+        read_csv(local[0] / "grades.csv")
+    )
+    for student in read_csv(out / "grades.csv"):
+        assert (out / "feedback" / student / "tiny.html").is_file()
+    # the workers unpacked the bundle in their own temporary folders, nowhere else
+    unpacked = [list((home / "tmp").glob("dnncourse-worker-*/bundle-*")) for home in homes]
+    assert any(unpacked), "no worker unpacked the bundle in its own TMPDIR"
+
+
+def _worker_pids(address) -> dict[str, int]:
+    from distributed import Client
+
+    with Client(address, timeout=30) as client:
+        return client.run(os.getpid)
+
+
+def _grading(pid: int, homes: list[Path], marker: str) -> bool:
+    """Is the Dask worker ``pid`` grading a notebook holding ``marker``, its kernel up?"""
+    try:
+        family = psutil.Process(pid).children(recursive=True)
+        kernel = any("dnncourse.grading.kernel" in p.cmdline() for p in family)
+    except psutil.Error:
+        return False
+    files = [f for h in homes for f in h.glob(f"tmp/dnncourse-worker-{pid}-*/submitted-*/*")]
+    return kernel and any(marker in f.read_text(errors="replace") for f in files)
+
+
+def test_a_worker_killed_mid_class_and_a_notebook_that_kills_workers(course, cluster, tmp_path):
+    root, _ = course
+    address, homes = cluster
+    slow = "import time\ntime.sleep(4)"
+    killer = (  # the notebook's kernel -> grading process -> Dask worker: killed (no sandbox)
+        "import os, signal, psutil\n"
+        "os.kill(psutil.Process().parent().parent().pid, signal.SIGKILL)"
+    )
+    good = ANSWERS["solution"][0]
+    subs = make_class(root, tmp_path / "subs", {"slow": (good, slow), "killer": (good, killer)})
+    before = _worker_pids(address)
+    killed = []
+
+    def kill_the_slow_one():  # SIGKILL the worker grading "slow": a machine lost mid-class
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            for pid in before.values():
+                if _grading(pid, homes, "time.sleep(4)"):
+                    os.kill(pid, signal.SIGKILL)
+                    killed.append(pid)
+                    return
+            time.sleep(0.05)
+
+    thread = threading.Thread(target=kill_the_slow_one)
+    thread.start()
+    results = grade(
+        "tiny",
+        subs,
+        tmp_path / "out",
+        root=root,
+        scheduler=address,
+        progress=False,
+        sandbox=False,
+    )
+    thread.join()
+    rows = {r.student: r for r in results}
+    assert killed, "the test did not manage to kill a worker"
+    assert rows["slow"].status == Status.OK and rows["slow"].score == 3, rows["slow"]
+    assert rows["killer"].status == Status.GRADER_ERROR and rows["killer"].score == 0
+    assert "two grading workers" in rows["killer"].detail
+    from distributed import Client
+
+    with Client(address, timeout=30) as client:  # the nannies replaced the dead workers
+        client.wait_for_workers(2, timeout=120)
+        assert not set(client.run(os.getpid).values()) & set(killed)
+
+
+def run_cli(*args, cwd, **kw):
+    return subprocess.Popen(
+        [sys.executable, "-m", "dnncourse.cli", "grade", *args, "--no-progress"],
+        cwd=cwd,
+        env=tool_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+        **kw,
+    )
+
+
+def test_resume_after_an_interrupted_run_regrades_only_what_is_missing_or_changed(
+    course, tmp_path
+):
+    root, _ = course
+    students = {s: (answer, None) for s, (answer, _) in ANSWERS.items()}
+    subs = make_class(root, tmp_path / "subs", students)
+    out = tmp_path / "out"
+    args = ["tiny", str(subs), "--out", str(out), "--jobs", "1"]
+    proc = run_cli(*args, cwd=root)
+    deadline = time.monotonic() + 300
+    while len(list((out / "results").glob("*.json"))) < 2:  # stop it after two students
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read()
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)  # the client, its local cluster and kernels
+    proc.wait()
+    kept = {p.stem: p.stat().st_mtime_ns for p in (out / "results").glob("*.json")}
+    assert 2 <= len(kept) < len(students), "the run was not interrupted mid-class"
+    changed, unchanged = sorted(kept)
+    wrong = "def double(x):\n    return 0\n"
+    nbformat.write(student_notebook(root, wrong), subs / changed / "tiny.ipynb")
+
+    proc = run_cli(*args, "--resume", cwd=root)
+    assert proc.wait(timeout=600) == 0, proc.stdout.read()
+    rows = read_csv(out / "grades.csv")
+    expected = {s: score for s, (_, score) in ANSWERS.items()}
+    assert {s: float(r["score"]) for s, r in rows.items()} == {**expected, changed: 0.0}
+    after = {p.stem: p.stat().st_mtime_ns for p in (out / "results").glob("*.json")}
+    assert after[unchanged] == kept[unchanged], "an unchanged student was graded again"
+    assert after[changed] != kept[changed], "a changed notebook was not graded again"
+    assert set(after) == set(students)
+
+
+def test_an_unreachable_scheduler_is_a_clear_error(course, tmp_path, monkeypatch, capsys):
+    from dnncourse.cli import main
+    from dnncourse.grading import engine
+
+    root, subs = course
+    monkeypatch.setattr(engine, "CONNECT_TIMEOUT", 3.0)
+    monkeypatch.chdir(root)
+    code = main(["grade", "tiny", str(subs), "--out", str(tmp_path / "out"),
+                 "--scheduler", "tcp://127.0.0.1:9", "--no-progress"])  # fmt: skip
+    assert code == 1
+    assert "cannot reach the Dask scheduler at tcp://127.0.0.1:9" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def postgres(tmp_path_factory):
+    """A real PostgreSQL server (pgserver bundles one), for the module."""
+    import pgserver
+
+    server = pgserver.get_server(tmp_path_factory.mktemp("pg"), cleanup_mode="stop")
+    yield server.get_uri()
+    server.cleanup()
+
+
+def test_two_classes_graded_into_one_postgresql_database_at_once(postgres, tmp_path):
+    from nbgrader.api import Gradebook
+
+    from dnncourse.grading.course import database_url
+
+    (tmp_path / "course").mkdir()
+    root = tiny_course(tiny_course(tmp_path / "course", "tiny"), "other")
+    two = {s: ANSWERS[s] for s in ("solution", "ints_only")}
+    procs = []
+    for name in ("tiny", "other"):
+        subs = make_class(
+            root, tmp_path / f"subs-{name}", {s: (a, None) for s, (a, _) in two.items()}, name=name
+        )
+        procs.append(run_cli(name, str(subs), "--out", str(tmp_path / f"out-{name}"),
+                             "--jobs", "1", "--db", postgres, cwd=root))  # fmt: skip
+    for proc in procs:
+        assert proc.wait(timeout=600) == 0, proc.stdout.read()
+    with Gradebook(database_url(postgres), COURSE_ID) as gb:
+        for name in ("tiny", "other"):
+            for student, (_, score) in two.items():
+                assert gb.find_submission(name, student).score == score, (name, student)
+        assert sorted(s.id for s in gb.students) == sorted(two)
