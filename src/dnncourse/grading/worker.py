@@ -1,10 +1,12 @@
-"""Grade one student: sanitize, run nbgrader's sanitizers, execute guarded, save, feedback.
+"""Grade one student: sanitize, run nbgrader's sanitizers, execute, decide, save, feedback.
 
 A worker is a process of its own (``python -m dnncourse.grading.worker COURSE_JSON``) that
 reads one task per line on stdin (``{"student": ..., "folder": ..., "limits": {...}}``) and
 answers with one line ``@@dnncourse-result {...}`` on stdout; the pool kills it (and its
 kernel) when a student takes longer than the per-student timeout. Student code never runs
-in the worker: it runs in the kernel, a child process with its own limits.
+in the worker: it runs in the kernel, a child process with its own limits. The verdict is
+made here, from the probe records of the kernel's run against the reference run of the
+instructor's solution (:func:`decide`).
 """
 
 import json
@@ -28,7 +30,7 @@ from nbgrader.preprocessors import (
 )
 from sqlalchemy.exc import OperationalError
 
-from . import sanitize
+from . import reference, sanitize, verdict
 from .course import Course, gradebook
 from .execute import Limits, execute
 from .feedback import write_feedback, write_notice
@@ -68,6 +70,21 @@ def _zero(course: Course, student: str, notebook: str) -> None:
         gb.db.commit()
 
 
+def decide(course: Course, name: str, nb, run, limits: Limits) -> list:
+    """The trusted verdict on an executed notebook: one protocol.Check per graded cell.
+
+    Compares the probe records of ``nb`` with the reference run of the instructor's
+    solution (computed once, cached under ``OUT/reference/``), then marks the test cells'
+    outputs so that nbgrader's SaveAutoGrades stores the same scores.
+    """
+    solution = Path(course.root) / "solutions" / course.assignment / f"{name}.ipynb"
+    expected = reference.records(solution, Path(course.out) / "reference", limits)
+    stopped = run.status if run.stopped_at is not None else ""
+    checks = verdict.decide(nb, expected, name, stopped)
+    verdict.mark(nb, checks)
+    return checks
+
+
 def grade_notebook(course: Course, student: str, folder: Path, name: str, limits: Limits):
     """Grade notebook ``name`` of one student; returns (status, details)."""
     resources = {
@@ -104,15 +121,16 @@ def grade_notebook(course: Course, student: str, folder: Path, name: str, limits
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(extra, target)
     run = execute(nb, work, limits)
+    checks = decide(course, name, nb, run, limits)
     nb, resources = LimitOutput().preprocess(nb, resources)
     with gradebook(course):
         nb, resources = SaveAutoGrades().preprocess(nb, resources)
     nbformat.write(nb, work / f"{name}.ipynb")
     try:  # nbgrader's GetGrades only reads: no need to hold the writers' lock
-        write_feedback(nb, _released_tests(release), resources, feedback)
+        write_feedback(nb, _released_tests(release), resources, feedback, checks)
     except OperationalError:  # SQLite busy past its timeout: once more, alone
         with gradebook(course):
-            write_feedback(nb, _released_tests(release), resources, feedback)
+            write_feedback(nb, _released_tests(release), resources, feedback, checks)
     status = "renamed notebook" if renamed and run.status == "ok" else run.status
     return status, details + run.details
 
