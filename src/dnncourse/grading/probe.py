@@ -93,7 +93,7 @@ def encode(value, depth: int = 0, budget: list | None = None):
             return _tensor(torch.from_numpy(np.ascontiguousarray(value)), budget)
         if isinstance(value, np.generic) and not isinstance(value, np.object_):
             return encode(value.item(), depth + 1, budget)
-        if type(value) in (list, tuple):
+        if isinstance(value, (list, tuple)):
             return {"seq": [encode(v, depth + 1, budget) for v in value[:10_000]]}
         if type(value) is dict:
             items = list(value.items())[:10_000]
