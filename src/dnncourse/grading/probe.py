@@ -150,7 +150,7 @@ class Recorders(TorchFunctionMode):
 
     def __init__(self, names):
         super().__init__()
-        self.counts = {}
+        self.seen = {}, {}  # calls seen by the torch function mode, by the profile hook
         self.by_id, self.by_code = {}, {}
         for name in names:
             try:
@@ -164,17 +164,24 @@ class Recorders(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         hit = self.by_id.get(id(func))
         if hit is not None and hit[0] is func:
-            self._count(hit[1])
+            self._count(self.seen[0], hit[1])
         return func(*args, **(kwargs or {}))
 
-    def _count(self, name):
-        self.counts[name] = self.counts.get(name, 0) + 1
+    @staticmethod
+    def _count(counts, name):
+        counts[name] = counts.get(name, 0) + 1
 
     def _profile(self, frame, event, arg):
         if event == "call":
             name = self.by_code.get(frame.f_code)
             if name is not None:
-                self._count(name)
+                self._count(self.seen[1], name)
+
+    @property
+    def counts(self) -> dict:
+        """Calls per entry point (a call both mechanisms saw counts once)."""
+        mode, profile = self.seen
+        return {n: max(mode.get(n, 0), profile.get(n, 0)) for n in {*mode, *profile}}
 
     def __enter__(self):
         self._old_profile = sys.getprofile()
