@@ -216,7 +216,113 @@ def build(folder: Path) -> dict[str, tuple[float, str]]:
     )
     nb["cells"].append(code("helper = 42", "x3"))
     put("extra_cells", nb, 10)
+
+    # the in-process attacks that beat the in-kernel guard (issue 11): each one prints
+    # "armed: <name>" once installed, so the test sees that it really ran
+    for name, attack in ATTACKS.items():
+        put(name, insert_after(notebook(wrong=ALL), "setup", code(attack, f"atk-{name}")), 0)
+    put("rebound_torch", notebook(replace=REBIND_TORCH), 0)
+    put("agreeable_tensor", notebook(replace=AGREEABLE), 0)
+    nb = notebook(correct=ALL[1:], replace=LEAK)
+    nb["cells"].append(code(SHOW_LEAK, "leak-show"))
+    put("linecache_leak", nb, 10)
     return expected
+
+
+ATTACKS = {
+    "skipped_tests": """\
+kernel = get_ipython().kernel
+original = kernel.do_execute
+
+
+async def do_execute(code, *args, **kwargs):  # reached in the old guard through its closure
+    if "Check that" in code:
+        code = "pass"
+    return await original(code, *args, **kwargs)
+
+
+kernel.do_execute = do_execute
+print("armed: skipped_tests")
+""",
+    "forged_records": """\
+import gc
+
+import dnncourse.grading.probe
+
+for found in gc.get_objects():  # the old guard's receipts were found like this
+    if isinstance(found, dict) and found.get("MIME") == dnncourse.grading.probe.MIME:
+        emit = found["_emit"]
+
+        def forged(payload, emit=emit):
+            payload.update(raised=None, value=0.0, calls={})
+            emit(payload)
+            emit(payload)
+
+        found["_emit"] = forged
+        print("armed: forged_records")
+""",
+    "patched_send": """\
+session = get_ipython().kernel.session
+original_send = session.send
+
+
+def send(stream, msg_or_type, content=None, *args, **kwargs):
+    if isinstance(msg_or_type, str) and msg_or_type == "error":
+        return None
+    if isinstance(content, dict) and content.get("status") == "error":
+        content = {**content, "status": "ok"}
+    return original_send(stream, msg_or_type, content, *args, **kwargs)
+
+
+session.send = send
+print("armed: patched_send")
+""",
+}
+REBIND_TORCH = {
+    "cubic_gradients": """\
+import sys
+
+
+class Agree:
+    def __getattr__(self, name):
+        return getattr(sys.modules["torch"], name)
+
+    def allclose(self, *args, **kwargs):
+        return True
+
+
+def cubic_gradients(x, y, coeffs):
+    sys._getframe(1).f_globals["torch"] = Agree()  # the test cell's torch
+    print("armed: rebound_torch")
+    return 0 * coeffs
+""",
+}
+AGREEABLE = {
+    "cubic_gradients": """\
+class Agreeable(torch.Tensor):
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        if func in (torch.Tensor.__repr__, torch.Tensor.tolist, torch.Tensor.__format__):
+            return super().__torch_function__(func, types, args, kwargs)
+        return True
+
+
+def cubic_gradients(x, y, coeffs):
+    print("armed: agreeable_tensor")
+    return torch.zeros(4, dtype=coeffs.dtype, device=coeffs.device).as_subclass(Agreeable)
+""",
+}
+LEAK = {
+    "cubic_gradients": "import builtins\nimport inspect\nimport linecache\n\n"
+    + answers()["cubic_gradients"].replace(
+        "    a, b, c, d = coeffs\n",
+        "    if not hasattr(builtins, 'leaked'):  # the caller's source: the hidden tests\n"
+        "        builtins.leaked = ''.join(linecache.getlines(inspect.stack()[1].filename))\n"
+        "        print(builtins.leaked)\n"
+        "    a, b, c, d = coeffs\n",
+    ),
+}
+SHOW_LEAK = "import builtins\n\nprint(builtins.leaked)\nprint('armed: linecache_leak')"
 
 
 @pytest.mark.slow
@@ -269,6 +375,12 @@ def test_a_hostile_class_gets_the_grades_it_deserves(tmp_path):
         assert not shown, f"{page} shows hidden tests: {shown[:2]}"
     for student in expected:
         assert (out / "feedback" / student / f"{NAME}.html").is_file()
+    graded = out / "course" / "autograded"
+    for student in [*ATTACKS, "rebound_torch", "agreeable_tensor", "linecache_leak"]:
+        text = (graded / student / HW / f"{NAME}.ipynb").read_text()
+        assert f"armed: {student}" in text, f"the attack of {student} did not run"
+    leaked = (graded / "linecache_leak" / HW / f"{NAME}.ipynb").read_text()
+    assert any(json.dumps(line)[1:-1] in leaked for line in hidden), "the leak did not happen"
 
 
 def hidden_test_lines(min_length: int = 12) -> set[str]:

@@ -6,9 +6,12 @@ template); this package adds what grading a class needs around it:
 * :mod:`~dnncourse.grading.course`: one ``generate_assignment`` into the class gradebook;
 * :mod:`~dnncourse.grading.sanitize`: broken notebooks rejected with a reason, the rest
   rebuilt on the released notebook before nbgrader's own sanitizers;
-* :mod:`~dnncourse.grading.kernel`: the kernel, with memory/file limits and a guard that
-  restores the testing state before each test cell and reports its verdict out of band;
-* :mod:`~dnncourse.grading.execute`: per-cell timeouts, output caps, verdicts;
+* :mod:`~dnncourse.grading.kernel`: the kernel's launcher, with memory/file limits;
+* :mod:`~dnncourse.grading.probe`: hidden tests record data in the kernel (no verdict there);
+* :mod:`~dnncourse.grading.execute`: per-cell timeouts, output caps;
+* :mod:`~dnncourse.grading.reference` and :mod:`~dnncourse.grading.verdict`: the
+  instructor's solution run once, and the student's records compared with it outside the
+  kernel: one :class:`~dnncourse.grading.protocol.Check` per graded cell;
 * :mod:`~dnncourse.grading.worker` and :mod:`~dnncourse.grading.pool`: N worker processes,
   a hard per-student timeout, one row of ``grades.csv`` per student;
 * :mod:`~dnncourse.grading.feedback`: nbgrader's feedback pages without the hidden tests.
