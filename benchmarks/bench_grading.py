@@ -3,7 +3,8 @@
 For each assignment (default: all of solutions/), the class is ``--copies`` copies of the
 instructor's notebook (full marks each). It is graded twice with ``dnncourse.grading.grade``,
 ``--jobs 1`` then ``--jobs 2``, into fresh output folders; the one-time preparation
-(nbgrader generate_assignment) is timed apart from the grading of the students. Prints seconds
+(nbgrader generate_assignment, and the reference run of the instructor's solution) is timed
+apart from the grading of the students. Prints seconds
 per notebook, the speed-up, and the CPU seconds per notebook (workers and kernels: on a
 machine shared with other work the wall-clock speed-up understates what 2 free cores give,
 the CPU time does not depend on the load).
@@ -23,6 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from dnncourse.grading import reference
 from dnncourse.grading.course import prepare
 from dnncourse.grading.execute import Limits
 from dnncourse.grading.pool import grade_class
@@ -45,6 +47,7 @@ def bench(assignment: str, copies: int, jobs: int, tmp: Path) -> dict:
     students = synthetic_class(assignment, copies, tmp / f"{assignment}-{jobs}-subs")
     start = time.perf_counter()
     course = prepare(ROOT, assignment, tmp / f"{assignment}-{jobs}-out")
+    reference.prepare(course, Limits())  # the reference run of the solution, once
     prepared = time.perf_counter()
     cpu = resource.getrusage(resource.RUSAGE_CHILDREN)
     rows = grade_class(course, students, jobs=jobs, limits=Limits(), progress=False)

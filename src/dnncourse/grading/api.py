@@ -7,6 +7,7 @@ import zipfile
 from pathlib import Path, PurePosixPath
 
 from ..homework import ROOT_MARKERS, assignments, hidden_lines, release, repo_root
+from . import reference
 from .course import prepare
 from .execute import Limits
 from .pool import grade_class, summary, write_csv
@@ -70,6 +71,7 @@ def grade(
         submissions = unpack_zip(submissions, unpacked)
     students = students_in(submissions)
     course = prepare(root, assignment, out, db_url)
+    reference.prepare(course, limits or Limits())  # the solution's run, once, before the class
     rows = grade_class(
         course, students, jobs=jobs, limits=limits, timeout=timeout, progress=progress
     )

@@ -115,3 +115,18 @@ def records(solution: Path, cache: Path, limits: Limits) -> dict[str, list[dict]
             return data
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def solution_of(course, name: str) -> Path:
+    """The instructor's notebook ``name`` in the grading course."""
+    return Path(course.root) / "solutions" / course.assignment / f"{name}.ipynb"
+
+
+def cache_of(course) -> Path:
+    return Path(course.out) / "reference"
+
+
+def prepare(course, limits: Limits) -> None:
+    """Compute (or find cached) the reference of every notebook of ``course`` up front."""
+    for name in course.notebooks:
+        records(solution_of(course, name), cache_of(course), limits)

@@ -77,8 +77,9 @@ def decide(course: Course, name: str, nb, run, limits: Limits) -> list:
     solution (computed once, cached under ``OUT/reference/``), then marks the test cells'
     outputs so that nbgrader's SaveAutoGrades stores the same scores.
     """
-    solution = Path(course.root) / "solutions" / course.assignment / f"{name}.ipynb"
-    expected = reference.records(solution, Path(course.out) / "reference", limits)
+    expected = reference.records(
+        reference.solution_of(course, name), reference.cache_of(course), limits
+    )
     stopped = run.status if run.stopped_at is not None else ""
     checks = verdict.decide(nb, expected, name, stopped)
     verdict.mark(nb, checks)
