@@ -5,7 +5,8 @@ notebook runs through exactly the path a student's does (:func:`~dnncourse.gradi
 execute`, the same kernel and limits). The records (:mod:`dnncourse.grading.probe`) are
 grouped by graded cell, checked (every graded cell records at least one probe, no name
 twice, nothing unreadable), and cached as JSON under ``OUT/reference/`` by the checksum of
-the solution notebook, of the probe module, and of whether a GPU is present: a class is
+the solution notebook, of the probe module, of the torch version and of whether a GPU is
+present: a class is
 graded against one reference run, and regrading into the same ``OUT`` reuses it. Workers
 that need it at the same time wait on a file lock, so it is computed once.
 """
@@ -16,6 +17,7 @@ import json
 import os
 import shutil
 import tempfile
+from importlib import metadata
 from pathlib import Path
 
 import nbformat
@@ -31,6 +33,7 @@ class ReferenceError(RuntimeError):
 def checksum(solution: Path) -> str:
     h = hashlib.sha256(solution.read_bytes())
     h.update(Path(probe.__file__).read_bytes())
+    h.update(metadata.version("torch").encode())
     h.update(b"gpu" if Path("/dev/nvidia0").exists() else b"cpu")
     return h.hexdigest()[:32]
 
