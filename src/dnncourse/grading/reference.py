@@ -6,9 +6,8 @@ execute`, the same kernel and limits). The records (:mod:`dnncourse.grading.prob
 grouped by graded cell, checked (every graded cell records at least one probe, no name
 twice, nothing unreadable), and cached as JSON under ``OUT/reference/`` by the checksum of
 the solution notebook, of the probe module, of the torch version and of whether a GPU is
-present: a class is
-graded against one reference run, and regrading into the same ``OUT`` reuses it. Workers
-that need it at the same time wait on a file lock, so it is computed once.
+present: a class is graded against one reference run, and regrading into the same ``OUT``
+reuses it. Workers that need it at the same time wait on a file lock, so it is computed once.
 """
 
 import fcntl
