@@ -15,11 +15,14 @@ A record goes out as a ``display_data`` output of the test cell with the MIME ty
 :data:`MIME`, whose payload is JSON: numbers, strings, lists, dicts, exception type names,
 and tensors as dtype, shape, device and their raw bytes in base64 (``meta`` tensors without
 bytes). No pickle, no code. While the probe runs, what the student's code prints is
-swallowed, and the entry points named in ``forbid`` are watched by recorders: a :class:`torch.overrides.TorchFunctionMode` sees every torch function, tensor
-method and ``torch.nn.functional`` / ``torch.nn.init`` function by identity (so a reference
-captured earlier is caught too), and a profile hook sees calls of the pure-Python ones
+swallowed, and the entry points named in ``forbid`` are watched by recorders: a
+:class:`torch.overrides.TorchFunctionMode` sees every torch function, tensor method and
+``torch.nn.functional`` / ``torch.nn.init`` function by identity (so a reference captured
+earlier is caught too), and a profile hook sees calls of the pure-Python ones
 (``torch.optim.Adam.step``, ``torch.autograd.grad``, schedules). Their counts go into the
-record; the grader allows no more calls than the reference made.
+record; the grader allows no more calls than the reference made. After a ``MemoryError`` the
+other probes of the same cell are recorded as ``MemoryError`` without calling the code again
+(a memory bomb costs the limit once, not once per probe).
 
 Standalone on purpose: this module imports only the standard library, numpy and torch (inside
 the grading sandbox the only ``dnncourse`` there is holds this file and the kernel launcher).
