@@ -97,7 +97,7 @@ def encode(value, depth: int = 0, budget: list | None = None):
             return encode(value.item(), depth + 1, budget)
         if isinstance(value, (list, tuple)):
             return {"seq": [encode(v, depth + 1, budget) for v in value[:10_000]]}
-        if type(value) is dict:
+        if isinstance(value, dict):  # an OrderedDict (a state_dict) too
             items = list(value.items())[:10_000]
             return {"dict": [[str(k)[:MAX_STR], encode(v, depth + 1, budget)] for k, v in items]}
         return {"object": _type_name(value)}
