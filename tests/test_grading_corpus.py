@@ -5,6 +5,13 @@ Every submission is built here from the real homework: the released notebook
 made hostile. Each student must get exactly one row with the score it deserves and the
 status saying what happened. hw1's points: test_cubic_gradients 3, test_central_difference 3,
 test_gradient_descent_step 2, test_fit_cubic 2 (10 in all).
+
+The in-process attacks that beat the old in-kernel guard (skipping the test cells through a
+wrapped ``do_execute``, forging records found with ``gc``, a patched ``session.send``, ``torch``
+rebound in the test's globals, a tensor that agrees with every comparison) score zero, and a
+function that reads the hidden tests with ``linecache`` gets its points but shows nothing of
+them in the feedback. Each attack prints ``armed: <name>`` into the graded notebook, so the
+test sees that it really ran.
 """
 
 import csv
