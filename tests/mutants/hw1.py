@@ -17,10 +17,6 @@ WRONG = {
         "test_cubic_gradients",
         {"cubic_gradients": SOLUTION_GRADIENT.format(r="1.0", red="sum")},
     ),
-    "gradient of the mean": (
-        "test_cubic_gradients",
-        {"cubic_gradients": SOLUTION_GRADIENT.format(r="2.0", red="mean")},
-    ),
     "gradient with the wrong sign": (
         "test_cubic_gradients",
         {"cubic_gradients": SOLUTION_GRADIENT.format(r="-2.0", red="sum")},
@@ -85,26 +81,6 @@ def central_difference(f, w, h=1e-5):
         f_minus = float(f(w))
         flat[j] += h
         out[j] = (f_plus - f_minus) / (2 * h)
-    return grad
-"""
-        },
-    ),
-    "divided by h": (
-        "test_central_difference",
-        {
-            "central_difference": """
-def central_difference(f, w, h=1e-5):
-    w = w.detach().clone()
-    grad = torch.zeros_like(w)
-    flat, out = w.view(-1), grad.view(-1)
-    for j in range(flat.numel()):
-        original = flat[j].item()
-        flat[j] = original + h
-        f_plus = float(f(w))
-        flat[j] = original - h
-        f_minus = float(f(w))
-        flat[j] = original
-        out[j] = (f_plus - f_minus) / h
     return grad
 """
         },
@@ -179,21 +155,6 @@ def fit_cubic(x, y, coeffs, lr, num_steps):
     for _ in range(num_steps):
         a, b, c, d = coeffs
         losses.append((a + b * x + c * x**2 + d * x**3 - y).pow(2).sum())
-        gradient_descent_step([coeffs], [cubic_gradients(x, y, coeffs)], lr)
-    return coeffs, losses
-"""
-        },
-    ),
-    "mean loss": (
-        "test_fit_cubic",
-        {
-            "fit_cubic": """
-def fit_cubic(x, y, coeffs, lr, num_steps):
-    coeffs = coeffs.detach().clone()
-    losses = []
-    for _ in range(num_steps):
-        a, b, c, d = coeffs
-        losses.append(float((a + b * x + c * x**2 + d * x**3 - y).pow(2).mean()))
         gradient_descent_step([coeffs], [cubic_gradients(x, y, coeffs)], lr)
     return coeffs, losses
 """
