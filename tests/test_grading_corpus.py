@@ -350,7 +350,7 @@ def test_a_hostile_class_gets_the_grades_it_deserves(tmp_path):
             "--jobs",
             "2",
             "--cell-timeout",
-            "15",
+            "30",
             "--timeout",
             "120",
             "--memory-limit",
