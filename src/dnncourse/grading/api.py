@@ -100,12 +100,13 @@ def _validate(root: Path, name: str, limits: Limits) -> list[str]:
         subs = Path(tmp) / "submissions"
         shutil.copytree(root / "solutions" / name, subs / "solution")
         shutil.copytree(root / "exercises" / name, subs / "stub")
-        rows = {
-            r["student_id"]: r
-            for r in grade(
+        try:
+            graded = grade(
                 name, subs, Path(tmp) / "out", jobs=2, limits=limits, root=root, progress=False
             )
-        }
+        except reference.ReferenceError as error:  # the solution fails its own tests
+            return [*problems, f"the solution cannot be the reference: {error}"]
+        rows = {r["student_id"]: r for r in graded}
     solution, stub = rows["solution"], rows["stub"]
     if not solution["max_score"]:
         problems.append(f"{name} has no points")
