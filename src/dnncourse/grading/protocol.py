@@ -53,6 +53,7 @@ class Limits:
     file_limit_mb: float | None = 256
     cell_output_bytes: int = 100_000
     notebook_output_bytes: int = 2_000_000
+    probe_output_bytes: int = 32 * 2**20  # the hidden tests' probe records, per notebook
     processes: int = 256
     workdir_mb: float = 512
 
