@@ -426,8 +426,8 @@ def build(folder: Path, target: dict | None = None) -> dict[str, tuple[float, st
     put("extra_cells", nb, 10)
     # the in-process attacks that beat the in-kernel guard (issue 11): each one prints
     # "armed: <name>" once installed, so the test sees that it really ran
-    for name, attack in ATTACKS.items():
-        put(name, insert_after(notebook(wrong=ALL), "setup", code(attack, f"atk-{name}")), 0)
+    for name, snippet in ATTACKS.items():
+        put(name, insert_after(notebook(wrong=ALL), "setup", code(snippet, f"atk-{name}")), 0)
     put("rebound_torch", notebook(replace=REBIND_TORCH), 0)
     put("agreeable_tensor", notebook(replace=AGREEABLE), 0)
     nb = notebook(correct=ALL[1:], replace=LEAK)
