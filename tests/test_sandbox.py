@@ -129,6 +129,7 @@ def test_course_repo_and_home_are_not_visible(tmp_path):
         import glob, importlib.util
         for path in {[str(ROOT), str(ROOT / "solutions"), str(ROOT / "src"), str(secret)]!r}:
             seen[path] = os.path.exists(path)
+        seen["repo"] = sorted(os.listdir({str(ROOT)!r})) if seen[{str(ROOT)!r}] else []
         seen["home"] = [os.path.expanduser("~"), sorted(os.listdir(os.path.expanduser("~")))]
         seen["grader home"] = sorted(os.listdir({str(Path.home())!r})) if os.path.isdir(
             {str(Path.home())!r}) else None
@@ -140,7 +141,9 @@ def test_course_repo_and_home_are_not_visible(tmp_path):
         seen["cwd"] = [os.getcwd(), os.listdir(".")]
         """
     )
-    assert not any(seen[p] for p in (str(ROOT), str(ROOT / "solutions"), str(secret)))
+    assert not any(seen[p] for p in (str(ROOT / "solutions"), str(ROOT / "src"), str(secret)))
+    # a virtualenv inside the repository is mounted alone: its folder shows nothing else
+    assert set(seen["repo"]) <= {".venv"}, seen["repo"]
     assert seen["home"] == ["/home/student", ["work"]]
     # only what the interpreter needs of the grader's home (here: pyenv), nothing else
     assert seen["grader home"] is None or set(seen["grader home"]) <= {".pyenv", ".venv"}
@@ -299,6 +302,6 @@ def test_no_sandbox_grades_anyway_and_says_so(tmp_path):
     subs = tmp_path / "subs"
     (subs / "forgot").mkdir(parents=True)  # no notebook: no kernel needed to get a row
     rows = api.grade("hw1", subs, tmp_path / "out", progress=False, sandbox=False)
-    assert [r["status"] for r in rows] == ["missing notebook"]
-    assert "graded without a sandbox (--no-sandbox)" in rows[0]["detail"]
+    assert [r.status for r in rows] == ["missing notebook"]
+    assert "graded without a sandbox (--no-sandbox)" in rows[0].detail
     assert "sandbox: OFF (--no-sandbox)" in (tmp_path / "out" / "summary.txt").read_text()
