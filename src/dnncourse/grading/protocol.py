@@ -66,7 +66,10 @@ class Check:
     points: float
     max_points: float
     passed: bool
-    message: str = ""  # written outside the sandbox; never student output or hidden source
+    # written by the grader, outside the sandbox: why the test failed, the error's
+    # ``ename: evalue`` (it may quote the student's exception: escape it when shown) or the
+    # grader's reason; never a line of hidden test source
+    message: str = ""
 
 
 @dataclass(frozen=True)

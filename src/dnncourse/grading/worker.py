@@ -82,15 +82,45 @@ class BundleCells(OverwriteCells):
         return SimpleNamespace(name=grade_id, max_score=self.cells["grade_cells"][grade_id])
 
 
-def checks_of(notebook: str, nb, verdicts: dict[str, bool]) -> list[Check]:
-    """One check per test cell: its points if its verdict passed (swap for the probes')."""
+MESSAGE_CHARS = 500  # a check's message is cut to this many characters
+WITHHELD = "(the message quoted the hidden test and is not shown)"
+
+
+def hidden_test_lines(release, cells: dict, min_length: int = 12) -> set[str]:
+    """Stripped lines of the instructor's test cells that the released notebook lacks."""
+    shown = {line.strip() for cell in release.cells for line in cell.source.splitlines()}
+    hidden = set()
+    for gid in cells["grade_cells"]:
+        source = cells["source_cells"].get(gid, {}).get("source") or ""
+        hidden |= {s.strip() for s in source.splitlines() if len(s.strip()) >= min_length}
+    return hidden - shown
+
+
+def check_message(cell, hidden: set[str]) -> str:
+    """Why a test cell failed: its error's ``ename: evalue`` (the test's own message, or the
+    grader's reason that :func:`.execute.execute` put there), cut to :data:`MESSAGE_CHARS`;
+    withheld if it quotes a line of the hidden test. It may quote the student's exception:
+    whoever shows it escapes it."""
+    errors = [o for o in cell.get("outputs", []) if o.get("output_type") == "error"]
+    if not errors:
+        return "the test failed"
+    text = f"{errors[-1].get('ename', 'Error')}: {errors[-1].get('evalue', '')}"
+    if any(line in text for line in hidden):
+        return WITHHELD
+    return text if len(text) <= MESSAGE_CHARS else text[: MESSAGE_CHARS - 1] + "…"
+
+
+def checks_of(
+    notebook: str, nb, verdicts: dict[str, bool], hidden: set[str] = frozenset()
+) -> list[Check]:
+    """One check per test cell: its points if its verdict passed, else why it failed."""
     checks = []
     for cell in nb.cells:
         if is_test(cell):
             gid = cell.metadata.nbgrader["grade_id"]
             points = float(cell.metadata.nbgrader.get("points", 0))
             passed = bool(verdicts.get(gid, False))
-            message = "" if passed else "the test failed"
+            message = "" if passed else check_message(cell, hidden)
             checks.append(Check(notebook, gid, points if passed else 0.0, points, passed, message))
     return checks
 
@@ -150,7 +180,7 @@ def grade_notebook(bundle: Path, task: dict, folder: Path, name: str) -> dict:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     nb, resources = LimitOutput().preprocess(nb, resources)
-    checks = checks_of(name, nb, run.verdicts)
+    checks = checks_of(name, nb, run.verdicts, hidden_test_lines(release, cells))
     page = feedback_page(nb, _released_tests(release), checks, resources)
     status = Status.RENAMED if renamed and run.status == Status.OK else Status(run.status)
     return {
