@@ -282,7 +282,10 @@ class Grader:
                 limits=self.config.limits,
                 timeout=self.config.timeout,
             )
-            client = self.client()
+            try:
+                client = self.client()
+            except EngineError as error:  # stopping: the queue grades it at the next start
+                return failed(student, assignment, str(error))
             future = submit_task(client, task, self._bundle_future(client, prepared))
             with self._connect:
                 self._futures.add(future)
