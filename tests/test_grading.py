@@ -196,6 +196,45 @@ def test_feedback_shows_released_tests_and_short_tracebacks():
     assert redacted.outputs[0].traceback == ["AssertionError: expected 1"]
 
 
+def test_a_failed_check_says_why_but_never_quotes_the_hidden_test():
+    from dnncourse.grading.worker import MESSAGE_CHARS, WITHHELD, checks_of, hidden_test_lines
+
+    hidden = "assert out.dtype == coeffs.dtype, 'secret'"
+    release = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("visible_line()")])
+    cells = {
+        "grade_cells": dict.fromkeys("abcde", 1.0),
+        "source_cells": {g: {"source": f"visible_line()\n{hidden}\n"} for g in "abcde"},
+    }
+    secret = hidden_test_lines(release, cells)
+    assert secret == {hidden}  # the released line is no secret
+
+    def test_cell(gid, *errors):
+        cell = nbformat.v4.new_code_cell(f"visible_line()\n{hidden}")
+        cell.metadata["nbgrader"] = {"grade": True, "grade_id": gid, "points": 1, "locked": True}
+        cell.outputs = [
+            nbformat.v4.new_output("error", ename=e, evalue=v, traceback=[]) for e, v in errors
+        ]
+        return cell
+
+    nb = nbformat.v4.new_notebook(
+        cells=[
+            test_cell("a"),
+            test_cell("b", ("AssertionError", "expected float64, got float32")),
+            test_cell("c", ("AssertionError", f"failed at {hidden}")),
+            test_cell("d", ("ValueError", "x" * 2 * MESSAGE_CHARS)),
+            test_cell("e", ("GradingError", "this cell exceeded the time limit")),
+        ]
+    )
+    verdicts = {"a": True, "b": False, "c": False, "d": False, "e": False}
+    checks = {c.grade_id: c for c in checks_of("nb", nb, verdicts, secret)}
+    assert (checks["a"].passed, checks["a"].points, checks["a"].message) == (True, 1.0, "")
+    assert checks["b"].message == "AssertionError: expected float64, got float32"
+    assert checks["c"].message == WITHHELD
+    assert len(checks["d"].message) == MESSAGE_CHARS and checks["d"].message.endswith("…")
+    assert checks["e"].message == "GradingError: this cell exceeded the time limit"
+    assert all(c.points == 0.0 and not c.passed for g, c in checks.items() if g != "a")
+
+
 def test_feedback_page_runs_no_script_of_the_student():
     from html.parser import HTMLParser
 
