@@ -66,7 +66,9 @@ def trivial_course(root: Path) -> Path:
     answer = "def one():\n    ### BEGIN SOLUTION\n    return 1\n    ### END SOLUTION\n"
     nb.cells.append(nbformat.v4.new_code_cell(answer))
     nb.cells[-1].metadata["nbgrader"] = {**meta, "grade_id": "one", "schema_version": 3}
-    nb.cells.append(nbformat.v4.new_code_cell("assert one() == 1"))
+    probe = "from dnncourse.grading.probe import probe\nprobe('one', one)"
+    test = f"assert one() == 1\n### BEGIN HIDDEN TESTS\n{probe}\n### END HIDDEN TESTS\n"
+    nb.cells.append(nbformat.v4.new_code_cell(test))
     meta = {"grade": True, "solution": False, "locked": True, "task": False, "points": 1}
     nb.cells[-1].metadata["nbgrader"] = {**meta, "grade_id": "test_one", "schema_version": 3}
     (root / "solutions" / "trivial").mkdir(parents=True)

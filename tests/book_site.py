@@ -8,7 +8,9 @@ Set ``DNNCOURSE_REUSE_BOOK=1`` to check an existing ``_build/html`` without rebu
 
 from __future__ import annotations
 
+import fcntl
 import functools
+import json
 import os
 import re
 from dataclasses import dataclass
@@ -31,11 +33,30 @@ class BookBuild:
 
 @functools.cache
 def build_book() -> BookBuild:
-    """Build the book into ``_build/`` once per test process (the `make book` command)."""
+    """Build the book into ``_build/`` once per test run (the `make book` command).
+
+    Under pytest-xdist the test processes of one run share a single build: the first to get
+    here builds under a file lock and leaves its result beside the build, tagged with the
+    run's id; the others wait for the lock and read it.
+    """
     if os.environ.get("DNNCOURSE_REUSE_BOOK") == "1" and (HTML / "index.html").exists():
         return BookBuild(0, "(reused the existing _build/html: DNNCOURSE_REUSE_BOOK=1)", HTML)
-    proc = bookbuild.build(ROOT, timeout=20 * 60)
-    return BookBuild(proc.returncode, proc.stdout + proc.stderr, HTML)
+    run = os.environ.get("PYTEST_XDIST_TESTRUNUID")
+    if run is None:
+        proc = bookbuild.build(ROOT, timeout=20 * 60)
+        return BookBuild(proc.returncode, proc.stdout + proc.stderr, HTML)
+    (ROOT / "_build").mkdir(exist_ok=True)
+    done = ROOT / "_build" / f".tested-{run}.json"
+    with open(ROOT / "_build" / ".test-build.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not done.is_file():
+            for old in (ROOT / "_build").glob(".tested-*.json"):  # earlier runs' results
+                old.unlink()
+            proc = bookbuild.build(ROOT, timeout=20 * 60)
+            result = {"returncode": proc.returncode, "log": proc.stdout + proc.stderr}
+            done.write_text(json.dumps(result))
+        result = json.loads(done.read_text())
+    return BookBuild(result["returncode"], result["log"], HTML)
 
 
 def toc_files() -> list[str]:

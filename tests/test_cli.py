@@ -126,7 +126,7 @@ def test_release_validates_and_fails_on_a_leaky_or_wrong_homework(course_copy):
     path.write_text(path.read_text().replace("residual2.sum(),", "residual2.sum() + 1,"))
     proc = run_cli("release", "hw1", cwd=course_copy)
     assert proc.returncode == 1
-    assert "hw1: FAILED validation" in proc.stderr and "the solution scored" in proc.stderr
+    assert "hw1: FAILED validation" in proc.stderr and "the solution" in proc.stderr
 
 
 @pytest.mark.slow

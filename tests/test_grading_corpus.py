@@ -13,6 +13,13 @@ daemon, write the gradebook and the pipes. Each records what it tried, and how i
 its own output (a line ``ATTACK {json}``), which the tests read from the graded notebook; the
 tests then check that the grader stayed right: every score and row (a stub graded last is
 the victim), no planted file anywhere outside, no process left.
+
+The in-process attacks that beat the old in-kernel guard (skipping the test cells through a
+wrapped ``do_execute``, forging records found with ``gc``, a patched ``session.send``, ``torch``
+rebound in the test's globals, a tensor that agrees with every comparison) score zero, and a
+function that reads the hidden tests with ``linecache`` gets its points but shows nothing of
+them in the feedback. Each attack prints ``armed: <name>`` into the graded notebook, so the
+test sees that it really ran.
 """
 
 import csv
@@ -417,6 +424,15 @@ def build(folder: Path, target: dict | None = None) -> dict[str, tuple[float, st
     )
     nb["cells"].append(code("helper = 42", "x3"))
     put("extra_cells", nb, 10)
+    # the in-process attacks that beat the in-kernel guard (issue 11): each one prints
+    # "armed: <name>" once installed, so the test sees that it really ran
+    for name, snippet in ATTACKS.items():
+        put(name, insert_after(notebook(wrong=ALL), "setup", code(snippet, f"atk-{name}")), 0)
+    put("rebound_torch", notebook(replace=REBIND_TORCH), 0)
+    put("agreeable_tensor", notebook(replace=AGREEABLE), 0)
+    nb = notebook(correct=ALL[1:], replace=LEAK)
+    nb["cells"].append(code(SHOW_LEAK, "leak-show"))
+    put("linecache_leak", nb, 10)
     if target is None:
         return expected
 
@@ -443,6 +459,102 @@ def build(folder: Path, target: dict | None = None) -> dict[str, tuple[float, st
     text = json.dumps(notebook(correct=ALL)).replace('"def cubic', '"\\ud800def cubic', 1)
     put("lone_surrogate", raw=text.encode(), status="invalid notebook")
     return expected
+
+
+ATTACKS = {
+    "skipped_tests": """\
+kernel = get_ipython().kernel
+original = kernel.do_execute
+
+
+async def do_execute(code, *args, **kwargs):  # reached in the old guard through its closure
+    if "Check that" in code:
+        code = "pass"
+    return await original(code, *args, **kwargs)
+
+
+kernel.do_execute = do_execute
+print("armed: skipped_tests")
+""",
+    "forged_records": """\
+import gc
+
+import dnncourse.grading.probe
+
+for found in gc.get_objects():  # the old guard's receipts were found like this
+    if isinstance(found, dict) and found.get("MIME") == dnncourse.grading.probe.MIME:
+        emit = found["_emit"]
+
+        def forged(payload, emit=emit):
+            payload.update(raised=None, value=0.0, calls={})
+            emit(payload)
+            emit(payload)
+
+        found["_emit"] = forged
+        print("armed: forged_records")
+""",
+    "patched_send": """\
+session = get_ipython().kernel.session
+original_send = session.send
+
+
+def send(stream, msg_or_type, content=None, *args, **kwargs):
+    if isinstance(msg_or_type, str) and msg_or_type == "error":
+        return None
+    if isinstance(content, dict) and content.get("status") == "error":
+        content = {**content, "status": "ok"}
+    return original_send(stream, msg_or_type, content, *args, **kwargs)
+
+
+session.send = send
+print("armed: patched_send")
+""",
+}
+REBIND_TORCH = {
+    "cubic_gradients": """\
+import sys
+
+
+class Agree:
+    def __getattr__(self, name):
+        return getattr(sys.modules["torch"], name)
+
+    def allclose(self, *args, **kwargs):
+        return True
+
+
+def cubic_gradients(x, y, coeffs):
+    sys._getframe(1).f_globals["torch"] = Agree()  # the test cell's torch
+    print("armed: rebound_torch")
+    return 0 * coeffs
+""",
+}
+AGREEABLE = {
+    "cubic_gradients": """\
+class Agreeable(torch.Tensor):
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        if func in (torch.Tensor.__repr__, torch.Tensor.tolist, torch.Tensor.__format__):
+            return super().__torch_function__(func, types, args, kwargs)
+        return True
+
+
+def cubic_gradients(x, y, coeffs):
+    print("armed: agreeable_tensor")
+    return torch.zeros(4, dtype=coeffs.dtype, device=coeffs.device).as_subclass(Agreeable)
+""",
+}
+LEAK = {
+    "cubic_gradients": "import builtins\nimport inspect\nimport linecache\n\n"
+    + answers()["cubic_gradients"].replace(
+        "    a, b, c, d = coeffs\n",
+        "    if not hasattr(builtins, 'leaked'):  # the caller's source: the hidden tests\n"
+        "        builtins.leaked = ''.join(linecache.getlines(inspect.stack()[1].filename))\n"
+        "        print(builtins.leaked)\n"
+        "    a, b, c, d = coeffs\n",
+    ),
+}
+SHOW_LEAK = "import builtins\n\nprint(builtins.leaked)\nprint('armed: linecache_leak')"
 
 
 @pytest.fixture(scope="module")
@@ -475,7 +587,7 @@ def graded(tmp_path_factory):
                 "--jobs",
                 "2",
                 "--cell-timeout",
-                "15",
+                "30",
                 "--timeout",
                 "120",
                 "--memory-limit",
@@ -552,6 +664,12 @@ def test_a_hostile_class_gets_the_grades_it_deserves(graded):
         assert not shown, f"{page} shows hidden tests: {shown[:2]}"
     for student in expected:
         assert (out / "feedback" / student / f"{NAME}.html").is_file()
+    autograded = out / "course" / "autograded"
+    for student in [*ATTACKS, "rebound_torch", "agreeable_tensor", "linecache_leak"]:
+        text = (autograded / student / HW / f"{NAME}.ipynb").read_text()
+        assert f"armed: {student}" in text, f"the attack of {student} did not run"
+    leaked = (autograded / "linecache_leak" / HW / f"{NAME}.ipynb").read_text()
+    assert any(json.dumps(line)[1:-1] in leaked for line in hidden), "the leak did not happen"
 
 
 needs_sandbox = pytest.mark.skipif(

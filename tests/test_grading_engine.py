@@ -29,14 +29,20 @@ from dnncourse.homework import tool_env
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
 ANSWER = "def double(x):\n    ### BEGIN SOLUTION\n    return 2 * x\n    ### END SOLUTION\n"
-HIDDEN = "assert double(-3) == -6, 'wrong for a negative number'"
-TESTS = {  # grade_id -> (source, points)
+PROBE = "from dnncourse.grading.probe import probe\n"
+HIDDEN = "probe('a negative number', lambda: double(-3))"
+TESTS = {  # grade_id -> (source, points): visible asserts, hidden probes
     "test_ints": (
         "assert double(2) == 4, 'double(2) should be 4'\n"
-        f"### BEGIN HIDDEN TESTS\n{HIDDEN}\n### END HIDDEN TESTS",
+        f"### BEGIN HIDDEN TESTS\n{PROBE}{HIDDEN}\n### END HIDDEN TESTS",
         2,
     ),
-    "test_floats": ("assert double(0.25) == 0.5, 'double(0.25) should be 0.5'", 1),
+    "test_floats": (
+        "assert double(0.25) == 0.5, 'double(0.25) should be 0.5'\n"
+        f"### BEGIN HIDDEN TESTS\n{PROBE}probe('a quarter', lambda: double(0.25))\n"
+        "### END HIDDEN TESTS",
+        1,
+    ),
 }
 ANSWERS = {  # student -> (answer, expected score)
     "solution": ("def double(x):\n    return 2 * x\n", 3.0),

@@ -8,11 +8,14 @@ template); this package adds what grading a class needs around it:
   (SQLite or PostgreSQL), the bundle the workers grade against, results stored;
 * :mod:`~dnncourse.grading.sanitize`: broken notebooks rejected with a reason, the rest
   rebuilt on the released notebook before nbgrader's own sanitizers;
-* :mod:`~dnncourse.grading.kernel`: the kernel, with memory/file limits and a guard that
-  restores the testing state before each test cell and reports its verdict out of band;
+* :mod:`~dnncourse.grading.kernel`: the kernel's launcher, with memory/file limits;
 * :mod:`~dnncourse.grading.sandbox`: the bubblewrap sandbox every kernel runs in (own
   namespaces, no network, read-only system, nothing of the course; ``dnncourse doctor``);
-* :mod:`~dnncourse.grading.execute`: per-cell timeouts, output caps, verdicts;
+* :mod:`~dnncourse.grading.probe`: hidden tests record data in the kernel (no verdict there);
+* :mod:`~dnncourse.grading.execute`: per-cell timeouts, output caps;
+* :mod:`~dnncourse.grading.reference` and :mod:`~dnncourse.grading.verdict`: the
+  instructor's solution run once, and the student's records compared with it outside the
+  kernel: one :class:`~dnncourse.grading.protocol.Check` per graded cell;
 * :mod:`~dnncourse.grading.engine`: dask.distributed, a task per student, results stored
   as they arrive; :mod:`~dnncourse.grading.worker`: one student graded on a worker, with
   a hard timeout;

@@ -7,6 +7,7 @@ import zipfile
 from pathlib import Path, PurePosixPath
 
 from ..homework import ROOT_MARKERS, assignments, hidden_lines, release, repo_root
+from . import reference
 from . import sandbox as sandboxes
 from .course import prepare
 from .engine import check_scheduler, grade_class, summary
@@ -126,12 +127,13 @@ def _validate(root: Path, name: str, limits: Limits) -> list[str]:
         subs = Path(tmp) / "submissions"
         shutil.copytree(root / "solutions" / name, subs / "solution")
         shutil.copytree(root / "exercises" / name, subs / "stub")
-        results = {
-            r.student: r
-            for r in grade(
+        try:
+            graded = grade(
                 name, subs, Path(tmp) / "out", jobs=2, limits=limits, root=root, progress=False
             )
-        }
+        except reference.ReferenceError as error:  # the solution fails its own tests
+            return [*problems, f"the solution cannot be the reference: {error}"]
+        results = {r.student: r for r in graded}
     solution, stub = results["solution"], results["stub"]
     if not solution.max_score:
         problems.append(f"{name} has no points")

@@ -27,7 +27,7 @@ from sqlalchemy import create_engine, make_url, text
 from sqlalchemy.pool import NullPool
 
 from ..homework import nbgrader
-from .protocol import Bundle, Result
+from .protocol import Bundle, Limits, Result
 
 COURSE_ID = "dnncourse"
 LOCK_TIMEOUT = 300.0  # seconds to wait for another grading's hold on the gradebook
@@ -156,9 +156,17 @@ def prepare(root: Path, assignment: str, out: Path, db_url: str | None = None) -
     return course
 
 
-def make_bundle(course: Course) -> Bundle:
-    """The released notebooks, the instructor's cells from the gradebook, the data files."""
+def make_bundle(course: Course, limits: Limits | None = None, sandbox: bool = True) -> Bundle:
+    """The released notebooks, the instructor's cells from the gradebook, the data files,
+    and the trusted reference records of the instructor's solution (:mod:`.reference`: run
+    once with ``limits``, then cached by checksum under ``OUT/reference/``)."""
+    from . import reference
+
     files, cells = {}, {}
+    for name in course.notebooks:
+        solution = reference.solution_of(course, name)
+        records = reference.records(solution, reference.cache_of(course), limits, sandbox)
+        files[f"reference/{name}.json"] = json.dumps(records, sort_keys=True).encode()
     for name in course.notebooks:
         files[f"release/{name}.ipynb"] = nbformat.writes(course.release_notebook(name)).encode()
     with gradebook(course) as gb:

@@ -252,7 +252,7 @@ def grade_class(
     """Grade every student of ``submissions`` (student id -> folder); one result each."""
     limits = limits or Limits()
     out = Path(course.out)
-    bundle = make_bundle(course)
+    bundle = make_bundle(course, limits, sandbox)  # the reference run, once, before the class
     register(course, sorted(submissions))
     tasks = _tasks(course, submissions, limits, timeout, sandbox, bundle)
     previous = stored_results(out) if resume else {}

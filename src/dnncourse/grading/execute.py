@@ -1,15 +1,13 @@
-"""Run a sanitized notebook in the guarded kernel; decide each test cell out of band.
+"""Run a sanitized notebook in the grading kernel, with limits; report how it ended.
 
-nbgrader decides a test cell from its outputs (an error output means zero). A notebook can
-hide its errors (a custom ``showtraceback``) or never run the test (an input transformer),
-so here a test cell passes only if the kernel's guard (:mod:`dnncourse.grading.kernel`)
-wrote a receipt ``ok`` for it *and* the execute reply says ``ok``. The outputs of each test
-cell are then made to agree with that verdict (an error output when it failed), so that
-nbgrader's own ``SaveAutoGrades`` stores the right score and the feedback shows why.
+No verdict is made here: the hidden tests of the test cells emit probe records
+(:mod:`dnncourse.grading.probe`) among the cells' outputs, and the worker compares them
+with the reference run outside the kernel (:mod:`dnncourse.grading.verdict`).
 
 Limits: a per-cell timeout (the kernel is killed, not interrupted: a loop may ignore SIGINT),
 a cap on the output a cell and a notebook may produce (dropped while it streams in, so an
-output flood costs the worker nothing), the kernel's memory limit, and files it may write.
+output flood costs the worker nothing; probe records have a budget of their own per
+notebook), the kernel's memory limit, and files it may write.
 
 The kernel is started by :class:`SandboxedKernelManager`: jupyter_client's manager with ZMQ
 over ``ipc://`` sockets in a per-kernel folder (no TCP port, no connection file in a shared
@@ -20,7 +18,6 @@ folder), and the kernel's command wrapped in the kernel's sandbox
 import atexit
 import json
 import os
-import secrets
 import shutil
 import sys
 import tempfile
@@ -33,10 +30,9 @@ import psutil
 from jupyter_client.manager import AsyncKernelManager
 from nbclient import NotebookClient
 from nbclient.exceptions import CellTimeoutError, DeadKernelError
-from nbgrader import utils as nbutils
 
 from . import sandbox as sandboxes
-from .kernel import digest
+from .probe import MIME
 from .protocol import Limits
 
 __all__ = ["Execution", "Limits", "SandboxedKernelManager", "execute"]
@@ -78,11 +74,11 @@ class SandboxedKernelManager(AsyncKernelManager):
 
 @dataclass
 class Execution:
-    """What happened: a status, details for humans, and the verdict of each test cell."""
+    """What happened: a status and details for humans (no verdict: see verdict.py)."""
 
     status: str = "ok"
     details: list[str] = field(default_factory=list)
-    verdicts: dict[str, bool] = field(default_factory=dict)  # grade_id -> passed
+    stopped_at: int | None = None  # index of the cell where the run stopped (limits)
 
 
 class GradingClient(NotebookClient):
@@ -93,10 +89,17 @@ class GradingClient(NotebookClient):
         self.limits = limits
         self.cell_bytes = defaultdict(int)
         self.total_bytes = 0
+        self.probe_bytes = 0
         self.truncated = set()
 
     def output(self, outs, msg, display_id, cell_index):
-        size = len(json.dumps(msg.get("content", {})))
+        content = msg.get("content", {})
+        size = len(json.dumps(content))
+        data = content.get("data") if isinstance(content, dict) else None
+        if isinstance(data, dict) and MIME in data:  # probe records: a budget of their own
+            if self.probe_bytes + size <= self.limits.probe_output_bytes:
+                self.probe_bytes += size
+                return super().output(outs, msg, display_id, cell_index)
         over = (
             self.cell_bytes[cell_index] + size > self.limits.cell_output_bytes
             or self.total_bytes + size > self.limits.notebook_output_bytes
@@ -140,33 +143,17 @@ def _is_memory_error(output) -> bool:
 def execute(
     nb, cwd: Path, limits: Limits, sandbox: bool = True, data: Path | None = None
 ) -> Execution:
-    """Execute ``nb`` in place in the guarded kernel.
+    """Execute ``nb`` in place in the grading kernel (no verdict: see verdict.py).
 
     With ``sandbox`` the kernel runs in a fresh sandbox whose working folder holds a copy of
     ``data`` (the assignment's data files); without, it runs as the grader in ``cwd``.
     """
     result = Execution()
-    tests = {
-        i: cell
-        for i, cell in enumerate(nb.cells)
-        if cell.cell_type == "code" and nbutils.is_grade(cell) and not nbutils.is_solution(cell)
-    }
-    locked = [c for c in nb.cells if c.cell_type == "code" and nbutils.is_locked(c)]
-    nonce = secrets.token_hex(16)
     work = Path(tempfile.mkdtemp(prefix="dnncourse-kernel-"))  # the per-kernel folder
-    receipts = work / "receipts"
-    receipts.touch()
-    config = work / "guard.json"
+    config = work / "limits.json"
     config.write_text(
         json.dumps(
-            {
-                "memory_limit_mb": limits.memory_limit_mb,
-                "file_limit_mb": limits.file_limit_mb,
-                "receipts": str(receipts),
-                "nonce": nonce,
-                "protected": sorted({digest(c.source) for c in [*locked, *tests.values()]}),
-                "graded": sorted({digest(c.source) for c in tests.values()}),
-            }
+            {"memory_limit_mb": limits.memory_limit_mb, "file_limit_mb": limits.file_limit_mb}
         )
     )
     box = None
@@ -205,12 +192,6 @@ def execute(
         extra_arguments=["--HistoryManager.hist_file=:memory:"],
         resources={"metadata": {"path": str(work if sandbox else cwd)}},
     )
-    replies: dict[int, str] = {}
-
-    def on_cell_executed(cell, cell_index, execute_reply):
-        replies[cell_index] = (execute_reply or {}).get("content", {}).get("status", "error")
-
-    client.on_cell_executed = on_cell_executed
     stopped_at = None
     try:
         with client.setup_kernel():
@@ -247,37 +228,8 @@ def execute(
         os.environ.pop("DNNCOURSE_GUARD", None)
         if box is not None:
             box.close()  # whatever the student left running goes with the kernel's cgroup
-    verdicts = defaultdict(list)
-    for line in receipts.read_text().splitlines():
-        try:
-            receipt = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(receipt, dict) and receipt.get("nonce") == nonce:
-            verdicts[receipt.get("cell")].append(receipt.get("status"))
-    shutil.rmtree(work, ignore_errors=True)
-
-    for index, cell in tests.items():
-        grade_id = cell.metadata.nbgrader["grade_id"]
-        receipt = verdicts[digest(cell.source)].pop(0) if verdicts[digest(cell.source)] else None
-        if stopped_at is not None and index > stopped_at:
-            reason = f"not run: the grading stopped earlier ({result.status})"
-        elif receipt is None:
-            reason = "the test did not report a result to the grader"
-        elif receipt == "tampered":
-            reason = "the test ran with grader state changed by the notebook"
-        elif receipt != "ok" or replies.get(index) != "ok":
-            reason = "the test failed"
-        else:
-            reason = None
-        passed = reason is None
-        result.verdicts[grade_id] = passed
-        outputs = [o for o in cell.outputs if o.output_type not in ("error", "execute_result")]
-        for output in outputs:  # nbgrader scores stderr as a failure: the verdict decides
-            if output.output_type == "stream":
-                output.name = "stdout"
-        errors = [o for o in cell.outputs if o.output_type == "error"]
-        cell.outputs = outputs if passed else outputs + (errors or [_failure(reason)])
+        shutil.rmtree(work, ignore_errors=True)
+    result.stopped_at = stopped_at
     if client.truncated:
         result.details.append(f"output truncated in {len(client.truncated)} cell(s)")
         if result.status == "ok":

@@ -1,18 +1,26 @@
-"""Feedback pages: nbgrader's feedback template, without the hidden tests.
+"""Feedback pages: nbgrader's feedback template, showing only what the grader wrote.
 
 nbgrader's ``generate_feedback`` renders the *autograded* notebook, whose test cells hold
-the hidden tests again (``OverwriteCells`` put them back), and a failing hidden assert shows
-its source lines in the traceback. :class:`RedactTests` therefore replaces each test cell's
-source with its released (visible) version and each of its tracebacks with the one line
-``ename: evalue`` (the test's own message). :class:`Scores` then does what nbgrader's
-``GetGrades`` does, from the checks instead of the gradebook (a worker has none), and the
-``feedback`` HTML template runs. Pages are returned as text: only the client writes them.
+the hidden tests again (``OverwriteCells`` put them back). :class:`RedactTests` therefore
+
+* replaces each test cell's source with its released (visible) version;
+* replaces its outputs with the trusted verdict (:class:`~dnncourse.grading.protocol.Check`):
+  points and the message the worker wrote, never anything the student's code printed or
+  raised (a function under test can read its caller's source with ``linecache`` and print
+  it, or stash it and show it later);
+* drops the outputs of every other code cell for the same reason: a display can be updated
+  later from student code that saw the hidden tests. Students have their outputs in their
+  own notebook.
+
+:class:`Scores` then does what nbgrader's ``GetGrades`` does, from the checks instead of the
+gradebook (a worker has none), and the ``feedback`` HTML template runs. Pages are returned
+as text: only the client writes them.
 
 Everything a student's notebook puts into the page is student data, and the page is opened
 by the student's browser (and the instructor's): :class:`SafeOutputs` keeps only plain text
-and raster images of each output (no HTML, JavaScript, SVG, Markdown, LaTeX or widget
-state), and nbconvert's ``SanitizeHTML`` cleans the Markdown and raw cells with bleach, so
-a ``<script>`` in a notebook never runs in its feedback page.
+and raster images of any output that is left (no HTML, JavaScript, SVG, Markdown, LaTeX or
+widget state), and nbconvert's ``SanitizeHTML`` cleans the Markdown and raw cells with
+bleach, so a ``<script>`` in a notebook never runs in its feedback page.
 """
 
 import html
@@ -21,6 +29,7 @@ from pathlib import Path
 from nbconvert.exporters import HTMLExporter
 from nbconvert.preprocessors import CSSHTMLHeaderPreprocessor, Preprocessor
 from nbconvert.preprocessors.sanitize import SanitizeHTML
+from nbformat.v4 import new_output
 from nbgrader import utils as nbutils
 from traitlets import Dict
 from traitlets.config import Config
@@ -47,18 +56,39 @@ class SafeOutputs(Preprocessor):
         return cell, resources
 
 
+def verdict_output(points: float, max_points: float, passed: bool, message: str):
+    """The one output a test cell shows in the feedback: the trusted verdict."""
+    if passed:
+        return new_output(
+            "stream",
+            name="stdout",
+            text=f"hidden tests: {points:g}/{max_points:g} points, {message}\n",
+        )
+    text = f"{points:g}/{max_points:g} points, {message}"
+    return new_output(
+        "error", ename="HiddenTestFailed", evalue=text, traceback=[f"HiddenTestFailed: {text}"]
+    )
+
+
 class RedactTests(Preprocessor):
-    """Show test cells as released: visible tests only, tracebacks cut to their message."""
+    """Test cells as released with the trusted verdict; no output of the student's code."""
 
     released = Dict(help="grade_id -> source of the released test cell")
+    checks = Dict(help="grade_id -> (points, max_points, passed, message) from the verdict")
 
     def preprocess_cell(self, cell, resources, index):
-        if cell.cell_type == "code" and nbutils.is_grade(cell) and not nbutils.is_solution(cell):
+        if cell.cell_type != "code":
+            return cell, resources
+        if nbutils.is_grade(cell) and not nbutils.is_solution(cell):
             gid = cell.metadata.nbgrader["grade_id"]
             cell.source = self.released.get(gid, "# (test code not shown)")
-            for output in cell.get("outputs", []):
-                if output.output_type == "error":
-                    output.traceback = [f"{output.ename}: {output.evalue}"]
+            check = self.checks.get(gid)
+            if check is None:
+                max_points = float(cell.metadata.nbgrader.get("points", 0) or 0)
+                check = (0.0, max_points, False, "not graded")
+            cell.outputs = [verdict_output(*check)]
+        else:
+            cell.outputs = []
         return cell, resources
 
 
@@ -119,6 +149,7 @@ def feedback_page(nb, released: dict[str, str], checks: list[Check], resources: 
     html_exporter, redact, scores = _EXPORTER[0]
     redact.released = released
     scores.points = {c.grade_id: [c.points, c.max_points] for c in checks}
+    redact.checks = {c.grade_id: (c.points, c.max_points, c.passed, c.message) for c in checks}
     body, _ = html_exporter.from_notebook_node(nb, resources=resources)
     return body
 

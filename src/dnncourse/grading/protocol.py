@@ -53,6 +53,7 @@ class Limits:
     file_limit_mb: float | None = 256
     cell_output_bytes: int = 100_000
     notebook_output_bytes: int = 2_000_000
+    probe_output_bytes: int = 32 * 2**20  # the hidden tests' probe records, per notebook
     processes: int = 256
     workdir_mb: float = 512
 
@@ -66,10 +67,7 @@ class Check:
     points: float
     max_points: float
     passed: bool
-    # written by the grader, outside the sandbox: why the test failed, the error's
-    # ``ename: evalue`` (it may quote the student's exception: escape it when shown) or the
-    # grader's reason; never a line of hidden test source
-    message: str = ""
+    message: str = ""  # written outside the sandbox; never student output or hidden source
 
 
 @dataclass(frozen=True)

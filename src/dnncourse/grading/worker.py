@@ -11,8 +11,9 @@ Two halves, in two processes:
 * The grading process (:func:`serve`) reads one task per line on a private pipe and
   answers with one line on another: find and read the notebook, rebuild it on the released
   notebook, nbgrader's sanitizers with the instructor's cells from the bundle (never the
-  gradebook), execute, checks, feedback page. Student code never runs in either process: it
-  runs in the kernel, a child of the grading process with its own limits.
+  gradebook), execute, the trusted verdict (the kernel's probe records against the
+  bundle's reference run, :func:`decide`), feedback page. Student code never runs in either
+  process: it runs in the kernel, a child of the grading process with its own limits.
 
 Nothing here writes outside its temporary folders; the client stores the result.
 """
@@ -45,7 +46,7 @@ from nbgrader.preprocessors import (
 from nbgrader.preprocessors.base import NbGraderPreprocessor
 from traitlets import Dict
 
-from . import sanitize
+from . import sanitize, verdict
 from .course import is_test
 from .execute import execute
 from .feedback import feedback_page, notice_page
@@ -82,46 +83,17 @@ class BundleCells(OverwriteCells):
         return SimpleNamespace(name=grade_id, max_score=self.cells["grade_cells"][grade_id])
 
 
-MESSAGE_CHARS = 500  # a check's message is cut to this many characters
-WITHHELD = "(the message quoted the hidden test and is not shown)"
+def decide(bundle: Path, name: str, nb, run) -> list[Check]:
+    """The trusted verdict on an executed notebook: one :class:`Check` per graded cell.
 
-
-def hidden_test_lines(release, cells: dict, min_length: int = 12) -> set[str]:
-    """Stripped lines of the instructor's test cells that the released notebook lacks."""
-    shown = {line.strip() for cell in release.cells for line in cell.source.splitlines()}
-    hidden = set()
-    for gid in cells["grade_cells"]:
-        source = cells["source_cells"].get(gid, {}).get("source") or ""
-        hidden |= {s.strip() for s in source.splitlines() if len(s.strip()) >= min_length}
-    return hidden - shown
-
-
-def check_message(cell, hidden: set[str]) -> str:
-    """Why a test cell failed: its error's ``ename: evalue`` (the test's own message, or the
-    grader's reason that :func:`.execute.execute` put there), cut to :data:`MESSAGE_CHARS`;
-    withheld if it quotes a line of the hidden test. It may quote the student's exception:
-    whoever shows it escapes it."""
-    errors = [o for o in cell.get("outputs", []) if o.get("output_type") == "error"]
-    if not errors:
-        return "the test failed"
-    text = f"{errors[-1].get('ename', 'Error')}: {errors[-1].get('evalue', '')}"
-    if any(line in text for line in hidden):
-        return WITHHELD
-    return text if len(text) <= MESSAGE_CHARS else text[: MESSAGE_CHARS - 1] + "…"
-
-
-def checks_of(
-    notebook: str, nb, verdicts: dict[str, bool], hidden: set[str] = frozenset()
-) -> list[Check]:
-    """One check per test cell: its points if its verdict passed, else why it failed."""
-    checks = []
-    for cell in nb.cells:
-        if is_test(cell):
-            gid = cell.metadata.nbgrader["grade_id"]
-            points = float(cell.metadata.nbgrader.get("points", 0))
-            passed = bool(verdicts.get(gid, False))
-            message = "" if passed else check_message(cell, hidden)
-            checks.append(Check(notebook, gid, points if passed else 0.0, points, passed, message))
+    Compares the probe records in ``nb`` with the bundle's reference run of the instructor's
+    solution (:mod:`~.reference`, made by the client), then marks the test cells' outputs so
+    that the graded notebook agrees with the scores.
+    """
+    expected = json.loads((bundle / "reference" / f"{name}.json").read_text())
+    stopped = run.status if run.stopped_at is not None else ""
+    checks = verdict.decide(nb, expected, name, stopped)
+    verdict.mark(nb, checks)
     return checks
 
 
@@ -179,8 +151,8 @@ def grade_notebook(bundle: Path, task: dict, folder: Path, name: str) -> dict:
         run = execute(nb, work, limits, sandbox=sandbox, data=data)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    checks = decide(bundle, name, nb, run)
     nb, resources = LimitOutput().preprocess(nb, resources)
-    checks = checks_of(name, nb, run.verdicts, hidden_test_lines(release, cells))
     page = feedback_page(nb, _released_tests(release), checks, resources)
     status = Status.RENAMED if renamed and run.status == Status.OK else Status(run.status)
     return {

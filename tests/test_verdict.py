@@ -1,0 +1,152 @@
+"""Probes (in the kernel) and verdicts (outside): plain data in, trusted checks out.
+
+No kernel here: probes run in this process (outside IPython a record is printed as a JSON
+line, which is read back), and the verdict compares such records as the worker does.
+"""
+
+import json
+import math
+
+import nbformat
+import pytest
+import torch
+
+from dnncourse.grading import probe as P
+from dnncourse.grading import verdict as V
+
+
+def records(capsys) -> list[dict]:
+    """The records the probes of the test printed (and nothing else was printed)."""
+    lines = capsys.readouterr().out.splitlines()
+    assert all(line.startswith(P.MIME + " ") for line in lines), lines
+    return [json.loads(line.split(" ", 1)[1]) for line in lines]
+
+
+def test_a_probe_records_data_and_swallows_what_the_code_prints(capsys):
+    def noisy():
+        print("the hidden test's source, read with linecache")
+        return {"t": torch.arange(3.0), "n": 2, "nan": math.nan, "s": "x"}
+
+    P.probe("p", noisy, rtol=1e-9, what="after 5 steps")
+    (rec,) = records(capsys)
+    value = V.decode(rec["value"])
+    assert value["t"].values.tolist() == [0.0, 1.0, 2.0] and value["t"].dtype == "float32"
+    assert value["n"] == 2 and math.isnan(value["nan"]) and value["s"] == "x"
+    assert rec["check"]["rtol"] == 1e-9 and rec["check"]["what"] == "after 5 steps"
+    P.probe("q", lambda: 1 / 0)
+    (rec,) = records(capsys)
+    assert rec["raised"] == "ZeroDivisionError" and rec["value"] is None
+
+
+def reference_and_student(capsys, want, got, **spec):
+    P.probe("p", lambda: want, **spec)
+    P.probe("p", lambda: got)
+    return records(capsys)
+
+
+@pytest.mark.parametrize(
+    ("got", "message"),
+    [
+        (torch.ones(3, dtype=torch.float64), None),
+        (torch.ones(3, dtype=torch.float64) * (1 + 1e-12), None),
+        (torch.ones(3, dtype=torch.float64) * 1.01, "max error 0.01"),
+        (torch.ones(3), "expected dtype float64"),
+        (torch.ones(1, 3, dtype=torch.float64), "expected shape (3,)"),
+        ([1.0, 1.0, 1.0], "expected a tensor"),
+        (torch.tensor([1.0, math.nan, 1.0], dtype=torch.float64), "NaN"),
+    ],
+)
+def test_values_are_compared_with_the_reference_tolerance(capsys, got, message):
+    ref, mine = reference_and_student(capsys, torch.ones(3, dtype=torch.float64), got, rtol=1e-9)
+    why = V.judge(ref, [mine])
+    assert (why is None) if message is None else (message in why), why
+
+
+def test_the_check_comes_from_the_reference_never_from_the_student(capsys):
+    ref, mine = reference_and_student(capsys, 1.0, 2.0)
+    mine["check"] = {"kind": "close", "rtol": 1e9, "atol": 1e9, "what": "forged"}
+    why = V.judge(ref, [mine])
+    assert why is not None and "forged" not in why
+    forged = {**mine, "value": ref["value"]}  # a forged record passes with the right value only
+    assert V.judge(ref, [forged]) is None
+    assert "reported 2 times" in V.judge(ref, [forged, forged])
+    assert "did not report" in V.judge(ref, [{**forged, "name": "other"}])
+
+
+def test_a_tensor_that_agrees_with_everything_is_read_as_its_data(capsys):
+    class Agreeable(torch.Tensor):
+        @classmethod
+        def __torch_function__(cls, func, types, args=(), kwargs=None):
+            return True
+
+    liar = torch.zeros(3, dtype=torch.float64).as_subclass(Agreeable)
+    assert liar == 1 and torch.allclose(liar, torch.ones(3))  # it fools an in-process assert
+    ref, mine = reference_and_student(capsys, torch.ones(3, dtype=torch.float64), liar)
+    assert "max error 1" in V.judge(ref, [mine])
+
+
+def test_meta_tensors_compare_shape_dtype_and_device(capsys):
+    meta = torch.empty(2, 3, dtype=torch.float64, device="meta")
+    ref, mine = reference_and_student(capsys, meta, torch.zeros(2, 3, dtype=torch.float64))
+    assert "expected the result on meta, got cpu" in V.judge(ref, [mine])
+    ref, mine = reference_and_student(capsys, meta, torch.empty(2, 3, device="meta"))
+    assert "expected dtype float64" in V.judge(ref, [mine])
+
+
+def test_recorders_catch_delegation_also_through_references_taken_before(capsys):
+    from torch.nn.functional import softmax as captured
+
+    forbid = ["torch.nn.functional.softmax", "torch.softmax", "torch.optim.Adam.step"]
+    x = torch.randn(4)
+    P.probe("p", lambda: torch.exp(x) / torch.exp(x).sum(), forbid=forbid)
+    P.probe("p", lambda: captured(x, 0), forbid=forbid)
+    ref, mine = records(capsys)
+    assert ref["calls"] == {} and list(mine["calls"]) == ["torch.nn.functional.softmax"]
+    assert "your code called torch.nn.functional.softmax" in V.judge(ref, [mine])
+    weight = torch.zeros(2, requires_grad=True)
+    weight.grad = torch.ones(2)
+    step = torch.optim.Adam([weight]).step  # a bound method taken before the probe
+    P.probe("adam", step, forbid=forbid)
+    (rec,) = records(capsys)
+    assert rec["calls"].get("torch.optim.Adam.step", 0) >= 1
+
+
+def test_distribution_shape_by_kolmogorov_smirnov(capsys):
+    gen = torch.Generator().manual_seed(0)
+    uniform = (torch.rand(40_000, generator=gen) * 2 - 1) * math.sqrt(3)  # variance 1
+    other_uniform = (torch.rand(40_000, generator=gen) * 2 - 1) * math.sqrt(3)
+    normal = torch.randn(40_000, generator=gen)  # the same mean and variance, another shape
+    ref, mine = reference_and_student(capsys, uniform, other_uniform, kind="ks", alpha=1e-6)
+    assert V.judge(ref, [mine]) is None
+    ref, mine = reference_and_student(capsys, uniform, normal, kind="ks", alpha=1e-6)
+    assert "Kolmogorov-Smirnov" in V.judge(ref, [mine])
+
+
+def test_patterns_of_equal_and_different_results(capsys):
+    a, b = torch.zeros(3), torch.ones(3)
+    ref, mine = reference_and_student(capsys, [a, a, b], [a, b, b], kind="pattern")
+    assert "results 0 and 1 should be equal" in V.judge(ref, [mine])
+    ref, mine = reference_and_student(capsys, [a, a, b], [b, b, a], kind="pattern")
+    assert V.judge(ref, [mine]) is None
+
+
+def test_a_cell_passes_iff_every_reference_probe_matches(capsys):
+    P.probe("one", lambda: 1.0, what="first")
+    P.probe("two", lambda: 2.0)
+    reference = records(capsys)
+    cell = nbformat.v4.new_code_cell("test")
+    cell.metadata["nbgrader"] = {"grade": True, "grade_id": "t", "points": 2, "locked": True}
+    nb = nbformat.v4.new_notebook(cells=[cell])
+
+    def outputs(*recs):
+        return [nbformat.v4.new_output("display_data", data={P.MIME: r}) for r in recs]
+
+    cell.outputs = outputs(*reference)
+    (check,) = V.decide(nb, {"t": reference}, "nb")
+    assert check.passed and check.points == 2
+    cell.outputs = outputs({**reference[0], "value": 1.5}, reference[1])
+    (check,) = V.decide(nb, {"t": reference}, "nb")
+    assert not check.passed and check.points == 0 and "'one'" in check.message
+    assert "(first)" in check.message
+    V.mark(nb, [check])
+    assert [o.output_type for o in cell.outputs] == ["error"], "probe outputs removed"
