@@ -2,8 +2,8 @@
 
 :meth:`Grader.grade` takes ``(assignment, student, files)`` (notebook name -> bytes) and
 returns a :class:`dnncourse.grading.protocol.Result`: the status, the score, one
-:class:`~dnncourse.grading.protocol.Check` per graded test cell (its message is the
-worker's: why the test failed), the feedback page and the graded notebook. Nothing else in
+:class:`~dnncourse.grading.protocol.Check` per graded test cell (its message says why it
+failed), the feedback page and the graded notebook. Nothing else in
 :mod:`dnncourse.service` imports the grader.
 
 It grades on the Dask engine (:mod:`dnncourse.grading.engine`): an embedded ``LocalCluster``
@@ -20,8 +20,9 @@ Preparing an assignment costs seconds (skipped at a restart if ``solutions/<assi
 and the gradebook URL did not change); a regrade after a test fix prepares it again
 (``version``) once no grading of it runs.
 
-A check message quoting a hidden-test or solution line is withheld (the worker withholds
-hidden-test lines already; this side knows the solutions too).
+The check messages are the trusted verdict's (:mod:`dnncourse.grading.verdict`, written
+outside the student's process); as a second line, one quoting a line of the hidden tests or
+the solution is withheld, and a long one is cut.
 """
 
 import dataclasses
@@ -194,7 +195,7 @@ class Grader:
             course = prepare(self.config.root, assignment, out, self.config.gradebook)
             known.write_text(course.to_json())
             stamp.write_text(source)
-        bundle = make_bundle(course)
+        bundle = make_bundle(course, self.config.limits)  # the reference run: cached
         secret = set()
         for notebook in (self.config.root / "solutions" / assignment).glob("*.ipynb"):
             secret |= hidden_lines(notebook, min_length=12)
