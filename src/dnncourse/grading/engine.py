@@ -172,44 +172,65 @@ def _same(bundle: Bundle) -> Bundle:
     return bundle
 
 
+def share_bundle(client, bundle: Bundle):
+    """The bundle on the cluster, as a future to pass to :func:`submit_task`.
+
+    It is a task of its own, named by its hash: the scheduler holds it once (while a future
+    of it is held), each worker fetches it once from a peer, and if every worker holding it
+    dies it is made again (scattered data would be lost with them).
+    """
+    return client.submit(_same, bundle, key=f"dnncourse-bundle-{bundle.hash}", pure=False)
+
+
+def submit_task(client, task: Task, shared):
+    """Submit one student (``shared``: of :func:`share_bundle`); a future of its Result."""
+    key = f"dnncourse-{task.student}-{time.time_ns():x}-{os.urandom(4).hex()}"
+    return client.submit(grade_task, task, shared, key=key, pure=False)
+
+
+def result_of(future, task: Task, timeout: float | None = None) -> Result | None:
+    """The result of a future of :func:`submit_task`; None if the cluster is gone.
+
+    A task that failed is that student's ``grader error`` (a notebook that took down two
+    workers included), never an exception; raises TimeoutError after ``timeout`` seconds.
+    """
+    from distributed.scheduler import KilledWorker
+
+    try:
+        result = future.result(timeout=timeout)
+    except KilledWorker:
+        result = failed(
+            task.student,
+            task.assignment,
+            "the notebook took down two grading workers (see the workers' logs)",
+        )
+    except CancelledError:
+        return None  # the scheduler is gone (or the client closed)
+    except TimeoutError:
+        raise
+    except Exception as error:  # the task itself failed: that student only
+        result = failed(task.student, task.assignment, f"grading failed: {error!r}")
+    if not isinstance(result, Result) or result.student != task.student:
+        result = failed(task.student, task.assignment, "the worker answered nonsense")
+    if not result.checksum:  # what was tried, so that --resume does not retry it
+        result = dataclasses.replace(result, checksum=task.checksum, bundle=task.bundle)
+    return result
+
+
 def run(client, tasks: list[Task], bundle: Bundle, on_result: Callable[[Result], None]) -> int:
     """Grade ``tasks`` on ``client``; ``on_result`` for each as it arrives; count missing."""
     from distributed import as_completed
-    from distributed.scheduler import KilledWorker
 
     if not tasks:
         return 0
-    # The bundle is a task of its own, named by its hash: the scheduler holds it once, each
-    # worker fetches it once from a peer, and if every worker holding it dies it is made
-    # again (scattered data would be lost with them).
-    shared = client.submit(_same, bundle, key=f"dnncourse-bundle-{bundle.hash}", pure=False)
-    stamp = f"{time.time_ns():x}"
-    futures = {
-        client.submit(
-            grade_task, task, shared, key=f"dnncourse-{task.student}-{stamp}", pure=False
-        ): task
-        for task in tasks
-    }
+    shared = share_bundle(client, bundle)
+    futures = {submit_task(client, task, shared): task for task in tasks}
     done = 0
     try:
         for future in as_completed(futures, loop=client.loop):
-            task = futures[future]
-            try:
-                result = future.result()
-            except KilledWorker:
-                result = failed(
-                    task.student,
-                    task.assignment,
-                    "the notebook took down two grading workers (see the workers' logs)",
-                )
-            except CancelledError:
+            result = result_of(future, futures[future])
+            if result is None:
                 break  # the scheduler is gone
-            except Exception as error:  # the task itself failed: that student only
-                result = failed(task.student, task.assignment, f"grading failed: {error!r}")
-            if not isinstance(result, Result) or result.student != task.student:
-                result = failed(task.student, task.assignment, "the worker answered nonsense")
-            if not result.checksum:  # what was tried, so that --resume does not retry it
-                result = dataclasses.replace(result, checksum=task.checksum, bundle=task.bundle)
             on_result(result)
             done += 1
     finally:

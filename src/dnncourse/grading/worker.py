@@ -361,6 +361,17 @@ def stop_grader() -> None:
             _STATE["grader"] = None
 
 
+def kill_grader() -> None:
+    """Kill this worker's grading process now, even mid-task (that task ends as a grader
+    error): for a client that shuts down and will grade again what was under way.
+
+    Run it with ``client.run``: on the worker's event loop, not behind the task's lock.
+    """
+    grader = _STATE["grader"]
+    if grader is not None:
+        kill_tree(grader.proc.pid)
+
+
 def grade_task(task: Task, bundle: Bundle) -> Result:
     """The Dask task: grade one student on this worker (the client stores the result)."""
     with _LOCK:  # one student at a time per worker process (threads_per_worker is 1)

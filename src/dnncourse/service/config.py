@@ -18,9 +18,9 @@ class ServiceConfig:
     root: Path  # the course: nbgrader_config.py, solutions/, exercises/
     db_url: str | None = None  # the service's database (default sqlite:///DATA/service.db)
     gradebook_url: str | None = None  # nbgrader's gradebook (default sqlite:///DATA/gradebook.db)
-    scheduler: str | None = None  # a dask.distributed scheduler (needs the Dask engine)
+    scheduler: str | None = None  # a dask.distributed scheduler (default: embedded cluster)
     assignments: list[str] = field(default_factory=list)  # default: all of solutions/
-    jobs: int = 2  # notebooks graded at once
+    jobs: int = 2  # submissions graded at once (the embedded cluster's workers)
     limits: Limits = field(default_factory=Limits)
     timeout: float = 600.0  # seconds per submission, all notebooks
     max_upload_bytes: int = 5 * 2**20

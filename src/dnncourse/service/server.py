@@ -12,6 +12,7 @@ from pathlib import Path
 
 from sqlalchemy import select
 
+from ..grading.engine import EngineError
 from ..grading.execute import Limits
 from ..homework import repo_root
 from . import auth
@@ -27,9 +28,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--gradebook", default=None, help="nbgrader gradebook URL (default: DATA/gradebook.db)"
     )
-    p.add_argument("--scheduler", default=None, help="tcp://... a dask.distributed scheduler")
+    p.add_argument(
+        "--scheduler", default=None, help="tcp://HOST:8786: a Dask cluster (default: embedded)"
+    )
     p.add_argument("--assignments", nargs="*", default=[], help="default: all of solutions/")
-    p.add_argument("--jobs", type=int, default=2, help="notebooks graded at once (default 2)")
+    p.add_argument("--jobs", type=int, default=2, help="submissions graded at once (default 2)")
     p.add_argument("--cell-timeout", type=float, default=60.0, help="seconds per cell")
     p.add_argument("--timeout", type=float, default=600.0, help="seconds per submission")
     p.add_argument("--memory-limit", type=float, default=4096.0, help="MiB per kernel (0: none)")
@@ -100,7 +103,7 @@ def run(args) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     try:
         app = create_app(config)
-    except (NotImplementedError, FileNotFoundError, ValueError) as error:
+    except (EngineError, FileNotFoundError, ValueError) as error:
         print(f"dnncourse serve: {error}", file=sys.stderr)
         return 2
     with app.state.service.sessions() as db:
