@@ -70,7 +70,7 @@ def test_wrong_answers_lose_points_and_other_correct_answers_do_not(hw, tmp_path
         (tmp_path / "subs" / sid).mkdir(parents=True)
         (tmp_path / "subs" / sid / f"{notebook}.ipynb").write_text(json.dumps(nb))
     rows = {
-        r["student_id"]: r
+        r.student: r
         for r in grade(hw, tmp_path / "subs", tmp_path / "out", jobs=2, progress=False)
     }
     with Gradebook(f"sqlite:///{tmp_path / 'out' / 'gradebook.db'}", COURSE_ID) as gb:
@@ -85,14 +85,14 @@ def test_wrong_answers_lose_points_and_other_correct_answers_do_not(hw, tmp_path
     for i, (name, (question, _)) in enumerate(wrong.items()):
         sid = f"wrong{i:02d}"
         got, most = scores[sid][question]
-        if got >= most or rows[sid]["status"] != "ok":
+        if got >= most or rows[sid].status != "ok":
             failures.append(
-                f"wrong answer {name!r}: {question} scored {got}/{most} ({rows[sid]['status']})"
+                f"wrong answer {name!r}: {question} scored {got}/{most} ({rows[sid].status})"
             )
     for i, name in enumerate(correct):
         sid = f"correct{i:02d}"
         row = rows[sid]
-        if row["score"] != row["max_score"] or row["status"] != "ok":
+        if row.score != row.max_score or row.status != "ok":
             lost = {q: s for q, s in scores[sid].items() if s[0] < s[1]}
-            failures.append(f"correct answer {name!r} lost points: {lost} ({row['detail']})")
+            failures.append(f"correct answer {name!r} lost points: {lost} ({row.detail})")
     assert not failures, "\n".join(failures)

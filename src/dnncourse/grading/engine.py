@@ -153,6 +153,47 @@ def store(course: Course, result: Result) -> Result:
     return result
 
 
+def symlink_in(folder: Path) -> str | None:
+    """Why ``folder`` cannot be graded as a student's own work: a symbolic link in it.
+
+    A linked notebook or folder may point at another student's work or at the solution;
+    it is refused here, on the client, before any bytes are read through it.
+    """
+    if folder.is_symlink():
+        return f"{folder.name} is a symbolic link: not graded"
+    for path in sorted(folder.rglob("*")):
+        if path.is_symlink():
+            return f"{path.relative_to(folder)} is a symbolic link: not graded"
+    return None
+
+
+def refused(course: Course, bundle: Bundle, student: str, detail: str) -> Result:
+    """An ``invalid notebook`` result made on the client: zero for every test, a notice."""
+    import json
+
+    from .worker import zero_checks
+
+    cells = json.loads(bundle.files["gradebook.json"])
+    checks = tuple(c for name in course.notebooks for c in zero_checks(name, cells[name]))
+    pages = {
+        name: notice_page(f"{course.assignment}: {name}", Status.INVALID, detail)
+        for name in course.notebooks
+    }
+    max_score = sum(c.max_points for c in checks)
+    return Result(
+        student,
+        course.assignment,
+        Status.INVALID,
+        0.0,
+        max_score,
+        detail,
+        0.0,
+        bundle=bundle.hash,
+        checks=checks,
+        feedback=pages,
+    )
+
+
 def _tasks(course, submissions, limits, timeout, sandbox, bundle) -> list[Task]:
     return [
         Task(
@@ -254,9 +295,11 @@ def grade_class(
     out = Path(course.out)
     bundle = make_bundle(course, limits, sandbox)  # the reference run, once, before the class
     register(course, sorted(submissions))
-    tasks = _tasks(course, submissions, limits, timeout, sandbox, bundle)
+    linked = {s: why for s, folder in submissions.items() if (why := symlink_in(folder))}
+    ordinary = {s: f for s, f in submissions.items() if s not in linked}
+    tasks = _tasks(course, ordinary, limits, timeout, sandbox, bundle)
     previous = stored_results(out) if resume else {}
-    results = {}
+    results = {s: store(course, refused(course, bundle, s, why)) for s, why in linked.items()}
     for task in tasks:
         kept = previous.get(task.student)
         if kept and kept.checksum == task.checksum and kept.bundle == bundle.hash:
@@ -264,7 +307,7 @@ def grade_class(
     todo = [t for t in tasks if t.student not in results]
     jobs = max(1, min(jobs or os.cpu_count() or 1, len(todo) or 1))
     bar = tqdm(
-        total=len(tasks),
+        total=len(submissions),
         initial=len(results),
         desc=f"grading {course.assignment}",
         disable=not progress,
@@ -288,7 +331,7 @@ def grade_class(
                 )
     finally:
         bar.close()
-        rows = [results[t.student] for t in tasks if t.student in results]
+        rows = [results[s] for s in sorted(submissions) if s in results]
         write_csv(rows, out / "grades.csv")
     return rows
 

@@ -140,6 +140,15 @@ def _is_memory_error(output) -> bool:
     return "MemoryError" in text or "can't allocate memory" in text or "out of memory" in text
 
 
+def _kernel_folder() -> Path:
+    """A fresh per-kernel folder on a short path (an ``ipc://`` socket path has to fit
+    in the 107 bytes of a Unix socket address, whatever ``TMPDIR`` is)."""
+    base = tempfile.gettempdir()
+    if len(base) > 48 and os.access("/tmp", os.W_OK):
+        base = "/tmp"
+    return Path(tempfile.mkdtemp(prefix="dnncourse-kernel-", dir=base))
+
+
 def execute(
     nb, cwd: Path, limits: Limits, sandbox: bool = True, data: Path | None = None
 ) -> Execution:
@@ -149,7 +158,7 @@ def execute(
     ``data`` (the assignment's data files); without, it runs as the grader in ``cwd``.
     """
     result = Execution()
-    work = Path(tempfile.mkdtemp(prefix="dnncourse-kernel-"))  # the per-kernel folder
+    work = _kernel_folder()
     config = work / "limits.json"
     config.write_text(
         json.dumps(
