@@ -263,7 +263,7 @@ def _grading(pid: int, homes: list[Path], marker: str) -> bool:
 def test_a_worker_killed_mid_class_and_a_notebook_that_kills_workers(course, cluster, tmp_path):
     root, _ = course
     address, homes = cluster
-    slow = "import time\ntime.sleep(4)"
+    slow = "import time\ntime.sleep(20)"
     killer = (  # the notebook's kernel -> grading process -> Dask worker: killed (no sandbox)
         "import os, signal, psutil\n"
         "os.kill(psutil.Process().parent().parent().pid, signal.SIGKILL)"
@@ -280,7 +280,7 @@ def test_a_worker_killed_mid_class_and_a_notebook_that_kills_workers(course, clu
             folders = [f for h in homes for f in h.glob("tmp/dnncourse-worker-*-*")]
             pids = {int(f.name.split("-")[2]) for f in folders}
             for pid in sorted(pids | set(before.values())):
-                if _grading(pid, homes, "time.sleep(4)"):
+                if _grading(pid, homes, "time.sleep(20)"):
                     os.kill(pid, signal.SIGKILL)
                     killed.append(pid)
                     return
