@@ -26,6 +26,8 @@ Chapters are MyST markdown notebooks. sphinx-book-theme already offers the execu
   it changed since the last build, the execution cache is emptied and every page
   re-read, so every chapter runs again. A prose-only change to a chapter still
   re-executes nothing.
+* A cold build executes the chapters side by side, one kernel per core
+  (``parallel_execution``), before Sphinx reads them.
 """
 
 from __future__ import annotations
@@ -273,6 +275,7 @@ def write_package_stamp(app: Sphinx, exception) -> None:
 
 
 def setup(app: Sphinx) -> dict:
+    app.setup_extension("parallel_execution")  # book/_ext/parallel_execution.py
     app.connect("config-inited", invalidate_cache_on_package_change)
     app.connect("env-get-outdated", reread_all_on_package_change)
     app.connect("build-finished", write_package_stamp)
