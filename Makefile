@@ -25,7 +25,7 @@ book: $(STAMP)
 	@test -f _build/html/index.html && echo "Book: $(abspath _build/html/index.html)"
 
 test: $(STAMP)
-	$(RUN) $(BIN)/python -m pytest -n 2 --dist loadfile
+	$(RUN) $(BIN)/python -m pytest -n 2 --dist loadscope --no-loadscope-reorder
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -21,7 +21,7 @@ the sandbox's pid 1, whose time the worker never collects), so compare wall-cloc
 
 Usage::
 
-    python benchmarks/bench_grading.py [--copies 40] [--assignments hw1 hw3] [--jobs 1 2]
+    python benchmarks/bench_sandbox.py [--copies 40] [--assignments hw1 hw3] [--jobs 1 2]
                                        [--rounds 1] [--starts 10]
 """
 
@@ -44,22 +44,15 @@ from dnncourse.grading.execute import Limits, execute
 from dnncourse.grading.sandbox import KernelBox, Options, problem
 from dnncourse.homework import assignments
 
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_grading import synthetic_class  # the one definition of a class
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def synthetic_class(assignment: str, copies: int, folder: Path) -> dict[str, Path]:
-    """``copies`` students, each handing in the instructor's (correct) notebooks."""
-    students = {}
-    for i in range(copies):
-        student = folder / f"student{i:03d}"
-        shutil.copytree(ROOT / "solutions" / assignment, student)
-        students[student.name] = student
-    return students
 
 
 def bench(assignment: str, copies: int, jobs: int, tmp: Path, sandbox: bool = True) -> dict:
     tag = f"{assignment}-{jobs}-{'sandbox' if sandbox else 'plain'}-{time.monotonic_ns()}"
-    students = synthetic_class(assignment, copies, tmp / f"{tag}-subs")
+    students = synthetic_class(ROOT / "solutions" / assignment, copies, tmp / f"{tag}-subs")
     start = time.perf_counter()
     course = prepare(ROOT, assignment, tmp / f"{tag}-out")
     prepared = time.perf_counter()

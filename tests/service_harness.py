@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -110,6 +111,8 @@ class Client:
         self.url = url
         self.http = httpx.Client(base_url=url, timeout=60, follow_redirects=False)
         self.csrf = ""
+        # closed when this session is dropped: no socket is left to the garbage collector
+        weakref.finalize(self, self.http.close)
 
     def get(self, path: str, **kw) -> httpx.Response:
         response = self.http.get(path, **kw)

@@ -13,7 +13,11 @@ import torch.nn.functional as F
 
 from dnncourse import activations as A
 
-pytestmark = pytest.mark.filterwarnings("error")
+# a socket another test left to the garbage collector may be collected during these tests:
+# its ResourceWarning is not theirs
+pytestmark = pytest.mark.filterwarnings(
+    "error", "ignore::ResourceWarning", "ignore::pytest.PytestUnraisableExceptionWarning"
+)
 
 EXTREME = torch.tensor(
     [-1e30, -1e4, -1000.0, -50.0, -1.0, -1e-8, 0.0, 1e-8, 1.0, 50.0, 1000.0, 1e4, 1e30],

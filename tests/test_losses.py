@@ -13,7 +13,11 @@ import torch.nn.functional as F
 
 from dnncourse import losses as L
 
-pytestmark = pytest.mark.filterwarnings("error")
+# a socket another test left to the garbage collector may be collected during these tests:
+# its ResourceWarning is not theirs
+pytestmark = pytest.mark.filterwarnings(
+    "error", "ignore::ResourceWarning", "ignore::pytest.PytestUnraisableExceptionWarning"
+)
 
 REDUCTIONS = ["mean", "sum", "none"]
 f64 = torch.float64

@@ -149,7 +149,10 @@ def people(server):
     clients["alice_sub"] = clients["alice"].submission_id(
         clients["alice"].upload(RELEASE.read_bytes())
     )
-    return clients
+    yield clients
+    for client in clients.values():
+        if isinstance(client, Client):
+            client.http.close()
 
 
 def test_sign_in_links_work_once_and_passwords_are_argon2_hashes(server, people):

@@ -19,6 +19,7 @@ import atexit
 import json
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 from collections import defaultdict
@@ -203,7 +204,9 @@ def execute(
     )
     stopped_at = None
     try:
-        with client.setup_kernel():
+        # the kernel's own stdout and stderr (its banner, a flood of os.write(2, ...)) are
+        # dropped: everything a cell shows comes over the kernel's messages
+        with client.setup_kernel(stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL):
             for index, cell in enumerate(nb.cells):
                 if cell.cell_type != "code":
                     continue

@@ -5,9 +5,11 @@ notebook runs through exactly the path a student's does (:func:`~dnncourse.gradi
 execute`, the same kernel and limits). The records (:mod:`dnncourse.grading.probe`) are
 grouped by graded cell, checked (every graded cell records at least one probe, no name
 twice, nothing unreadable), and cached as JSON under ``OUT/reference/`` by the checksum of
-the solution notebook, of the probe module, of the torch version and of whether a GPU is
-present: a class is graded against one reference run, and regrading into the same ``OUT``
-reuses it. Workers that need it at the same time wait on a file lock, so it is computed once.
+the solution notebook and its data files, of the probe module, of the torch version and of
+whether a GPU is present: a class is graded against one reference run, and regrading into
+the same ``OUT`` reuses it. Workers that need it at the same time wait on a file lock, so it
+is computed once. ``DNNCOURSE_REFERENCE_CACHE`` names one folder for every ``OUT`` instead
+(an instructor grading sections into separate folders; the test suite).
 """
 
 import fcntl
@@ -32,6 +34,10 @@ class ReferenceError(RuntimeError):
 
 def checksum(solution: Path) -> str:
     h = hashlib.sha256(solution.read_bytes())
+    for extra in sorted(solution.parent.rglob("*")):  # the data files it reads
+        if extra.is_file() and extra.suffix != ".ipynb":
+            h.update(extra.relative_to(solution.parent).as_posix().encode())
+            h.update(hashlib.sha256(extra.read_bytes()).digest())
     h.update(Path(probe.__file__).read_bytes())
     h.update(metadata.version("torch").encode())
     h.update(b"gpu" if Path("/dev/nvidia0").exists() else b"cpu")
@@ -134,4 +140,6 @@ def solution_of(course, name: str) -> Path:
 
 
 def cache_of(course) -> Path:
-    return Path(course.out) / "reference"
+    """``DNNCOURSE_REFERENCE_CACHE`` if set, else ``OUT/reference/``."""
+    shared = os.environ.get("DNNCOURSE_REFERENCE_CACHE")
+    return Path(shared) if shared else Path(course.out) / "reference"
