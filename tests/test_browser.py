@@ -279,10 +279,7 @@ def test_layout_at_1400px(driver, server, name):
     _open(driver, f"{server}/{name}.html")
     wide = _overflowing(driver)
     assert not wide["equations"], f"{name}: display equations wider than the column: {wide}"
-    # Released homework is nbgrader's output (solutions/ -> exercises/), whose code cells
-    # are being rewritten (issue 11); the check covers the book's own pages.
-    if not name.startswith("exercises/"):
-        assert not wide["code"], f"{name}: code cells wider than the column: {wide['code']}"
+    assert not wide["code"], f"{name}: code cells wider than the column: {wide['code']}"
     captions = driver.execute_script(
         """
         return [...document.querySelectorAll("article figcaption")].map((c) => {

@@ -115,3 +115,35 @@ def test_instructor_notebooks_have_no_outputs(assignment):
         assert not any(c.get("outputs") for c in cells if c["cell_type"] == "code"), (
             f"{notebook} is committed with outputs: clear them"
         )
+
+
+MAX_CODE_LINE = 80  # as in tests/test_book.py: the released notebooks are book pages too
+
+
+@pytest.mark.parametrize("assignment", ASSIGNMENTS)
+def test_code_fits_the_column(assignment):
+    """Homework code, instructor's and released: at most 80 characters a line, no fmt: skip."""
+    long, escapes = [], []
+    for folder in ("solutions", "exercises"):
+        notebooks = sorted((ROOT / folder / assignment).glob("*.ipynb"))
+        assert notebooks, f"no notebook in {folder}/{assignment}"
+        for path in notebooks:
+            name = path.relative_to(ROOT)
+            cells = json.loads(path.read_text(encoding="utf8"))["cells"]
+            for index, cell in enumerate(cells):
+                if cell["cell_type"] != "code":
+                    continue
+                source = "".join(cell["source"])
+                if "fmt: skip" in source or "fmt: off" in source:
+                    escapes.append(f"{name} cell {index}")
+                long += [
+                    f"{name} cell {index}: {len(line)} characters: {line[:50]!r}"
+                    for line in source.splitlines()
+                    if len(line) > MAX_CODE_LINE
+                ]
+    assert not long, (
+        f"{assignment}: {len(long)} code lines over {MAX_CODE_LINE} characters (ruff formats "
+        "solutions/ at 80, comments and strings wrap by hand; then `dnncourse release`):\n"
+        + "\n".join(long)
+    )
+    assert not escapes, f"{assignment}: a formatter escape in a code cell: {escapes}"
