@@ -39,8 +39,10 @@ def repo_root() -> Path:
 
 
 def assignments(root: Path) -> list[str]:
-    """Names of the assignments: the folders of ``solutions/``."""
-    return sorted(p.name for p in (root / "solutions").iterdir() if p.is_dir())
+    """Names of the assignments: the folders of ``solutions/`` (not hidden ones such as
+    ``.ipynb_checkpoints`` or a tool's cache)."""
+    folders = (root / "solutions").iterdir()
+    return sorted(p.name for p in folders if p.is_dir() and not p.name.startswith((".", "_")))
 
 
 def tool_env() -> dict[str, str]:

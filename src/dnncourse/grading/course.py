@@ -26,7 +26,7 @@ from nbgrader.api import Gradebook
 from sqlalchemy import create_engine, make_url, text
 from sqlalchemy.pool import NullPool
 
-from ..homework import nbgrader
+from ..homework import assignments, nbgrader
 from .protocol import Bundle, Limits, Result
 
 COURSE_ID = "dnncourse"
@@ -129,8 +129,8 @@ def prepare(root: Path, assignment: str, out: Path, db_url: str | None = None) -
     """Generate ``assignment`` into the gradebook; returns the grading course."""
     out.mkdir(parents=True, exist_ok=True)
     source = root / "solutions" / assignment
-    if not source.is_dir():
-        known = sorted(p.name for p in (root / "solutions").iterdir() if p.is_dir())
+    known = assignments(root)
+    if assignment not in known:
         raise ValueError(f"unknown assignment {assignment!r}; solutions/ holds {known}")
     course_dir = out / "course"
     shutil.rmtree(course_dir / "solutions", ignore_errors=True)

@@ -23,6 +23,7 @@ from starlette.responses import (
     Response,
 )
 
+from ..homework import assignments
 from . import auth
 from .config import ServiceConfig
 from .grader import Grader
@@ -96,7 +97,7 @@ class Service:
         self.grader = Grader(config)
         self.jobs = Jobs(config, self.sessions, self.grader)
         self.env = _env()
-        known = sorted(p.name for p in (config.root / "solutions").iterdir() if p.is_dir())
+        known = assignments(config.root)
         unknown = sorted(set(config.assignments) - set(known))
         if unknown:
             raise ValueError(f"unknown assignments {unknown}; solutions/ holds {known}")
