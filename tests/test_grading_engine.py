@@ -239,6 +239,24 @@ def test_a_cluster_of_two_machines_gives_the_same_grades(local, course, cluster)
     # the workers unpacked the bundle in their own temporary folders, nowhere else
     unpacked = [list((home / "tmp").glob("dnncourse-worker-*/bundle-*")) for home in homes]
     assert any(unpacked), "no worker unpacked the bundle in its own TMPDIR"
+    # each kernel's sandbox was reaped: no zombie left under a worker (one per student)
+    from distributed import Client
+
+    def _zombies() -> list[str]:  # nested: sent to the workers by value
+        import psutil
+
+        found = []
+        for proc in psutil.Process().children(recursive=True):
+            try:
+                if proc.status() == psutil.STATUS_ZOMBIE:
+                    found.append(f"{proc.pid} {proc.name()}")
+            except psutil.NoSuchProcess:
+                pass
+        return found
+
+    with Client(address, timeout=30) as client:
+        zombies = client.run(_zombies)
+    assert not any(zombies.values()), zombies
 
 
 def test_a_worker_killed_mid_class_and_a_notebook_that_kills_workers(course, cluster, tmp_path):
