@@ -72,6 +72,18 @@ def test_build_succeeds_without_warnings(book):
     assert not warnings, "warnings in the build:\n" + "\n".join(warnings)
 
 
+def test_a_cold_build_runs_each_chapter_once_side_by_side(book):
+    """book/_ext/parallel_execution.py executes what the cache lacks, each chapter once, in
+    a pool; myst-nb then finds every chapter in the cache and executes none itself."""
+    pooled = re.findall(r"\] (\S+)\.md: Executed notebook in", book.log)
+    by_myst_nb = re.findall(r"Executing notebook using", book.log)
+    if not pooled and not by_myst_nb:
+        pytest.skip("a warm build: every chapter came from the cache")
+    assert not by_myst_nb, "myst-nb executed chapters itself (the pool missed them)"
+    assert sorted(pooled) == sorted(set(pooled)), f"a chapter ran twice: {pooled}"
+    assert "Executing" in book.log and "notebooks on" in book.log
+
+
 def test_every_page_exists(book):
     assert (book.html / "index.html").exists()
     assert (book.html / "search.html").exists(), "no search page"

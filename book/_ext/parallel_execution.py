@@ -7,8 +7,9 @@ jupyter-cache (and after ``dnncourse_book`` has emptied it if the package change
 
 1. every page to be read is turned into a notebook with myst-nb's own reader, so the
    cache key (the code cells and the kernel) is the one myst-nb will look up;
-2. pages excluded from execution, plain Markdown pages, and notebooks already in the
-   cache are skipped;
+2. pages excluded from execution, plain Markdown pages, notebooks already in the cache,
+   and notebooks with execution settings of their own (notebook-level ``mystnb``
+   metadata, kernel aliases) are left to myst-nb;
 3. the rest are executed by ``jupyter_cache``'s ``single_nb_execution``, the function
    myst-nb itself calls, in a pool of ``min(cores, notebooks)`` processes; each kernel
    gets ``cores // workers`` threads (``OMP_NUM_THREADS``) so the pool does not
@@ -79,6 +80,8 @@ def _to_execute(app: Sphinx, env, docnames: list[str]) -> list[tuple[str, Path, 
         notebook = reader.read(text)
         if not any(cell["cell_type"] == "code" for cell in notebook.cells):
             continue
+        if nb_config.metadata_key in notebook.metadata or nb_config.kernel_rgx_aliases:
+            continue  # settings of its own (timeout, kernel): myst-nb runs it as told
         try:
             cache.match_cache_notebook(notebook)
             continue  # already executed with this code
@@ -94,8 +97,8 @@ def execute_in_parallel(app: Sphinx, env, docnames: list[str]) -> None:
     if os.environ.get("DNNCOURSE_BOOK_SERIAL") == "1":
         return
     pending = _to_execute(app, env, docnames)
-    if len(pending) < 2:
-        return  # nothing to gain: myst-nb executes a single chapter itself
+    if not pending:
+        return
     nb_config = env.mystnb_config
     cache = get_cache(nb_config.execution_cache_path)
     workers = min(os.cpu_count() or 1, len(pending))
