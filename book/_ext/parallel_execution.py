@@ -58,15 +58,11 @@ def _execute(notebook, cwd: str, timeout: int | None, allow_errors: bool):
     return notebook, result.time, error
 
 
-def _to_execute(app: Sphinx, env, docnames: list[str]) -> list[tuple[str, Path, object, dict]]:
-    """(docname, path, notebook, read format) of each page that still needs a kernel."""
-    from jupyter_cache import get_cache
+def _to_execute(env, cache, docnames: list[str]) -> list[tuple[Path, object, dict]]:
+    """(path, notebook, read format) of each page that still needs a kernel."""
     from myst_nb.core.read import create_nb_reader
 
     nb_config = env.mystnb_config
-    if nb_config.execution_mode != "cache":
-        return []
-    cache = get_cache(nb_config.execution_cache_path)
     pending = []
     for docname in sorted(docnames):
         path = Path(env.doc2path(docname))
@@ -86,7 +82,7 @@ def _to_execute(app: Sphinx, env, docnames: list[str]) -> list[tuple[str, Path, 
             cache.match_cache_notebook(notebook)
             continue  # already executed with this code
         except KeyError:
-            pending.append((docname, path, notebook, reader.read_fmt))
+            pending.append((path, notebook, reader.read_fmt))
     return pending
 
 
@@ -94,13 +90,13 @@ def execute_in_parallel(app: Sphinx, env, docnames: list[str]) -> None:
     from jupyter_cache import get_cache
     from jupyter_cache.base import CacheBundleIn
 
-    if os.environ.get("DNNCOURSE_BOOK_SERIAL") == "1":
+    nb_config = env.mystnb_config
+    if os.environ.get("DNNCOURSE_BOOK_SERIAL") == "1" or nb_config.execution_mode != "cache":
         return
-    pending = _to_execute(app, env, docnames)
+    cache = get_cache(nb_config.execution_cache_path)
+    pending = _to_execute(env, cache, docnames)
     if not pending:
         return
-    nb_config = env.mystnb_config
-    cache = get_cache(nb_config.execution_cache_path)
     workers = min(os.cpu_count() or 1, len(pending))
     threads = _threads_per_kernel(workers)
     LOGGER.info(
@@ -117,7 +113,7 @@ def execute_in_parallel(app: Sphinx, env, docnames: list[str]) -> None:
                 nb_config.execution_timeout,
                 nb_config.execution_allow_errors,
             ): (path, read_fmt)
-            for _, path, notebook, read_fmt in pending
+            for path, notebook, read_fmt in pending
         }
         for done, future in enumerate(as_completed(futures), 1):
             path, read_fmt = futures[future]

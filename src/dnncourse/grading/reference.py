@@ -32,12 +32,16 @@ class ReferenceError(RuntimeError):
     """The instructor's solution does not produce a usable reference (a bug to fix first)."""
 
 
+def data_files(solution: Path) -> list[Path]:
+    """The files beside the solution notebook that it may read (every non-notebook file)."""
+    return [p for p in sorted(solution.parent.rglob("*")) if p.is_file() and p.suffix != ".ipynb"]
+
+
 def checksum(solution: Path) -> str:
     h = hashlib.sha256(solution.read_bytes())
-    for extra in sorted(solution.parent.rglob("*")):  # the data files it reads
-        if extra.is_file() and extra.suffix != ".ipynb":
-            h.update(extra.relative_to(solution.parent).as_posix().encode())
-            h.update(hashlib.sha256(extra.read_bytes()).digest())
+    for extra in data_files(solution):
+        h.update(extra.relative_to(solution.parent).as_posix().encode())
+        h.update(hashlib.sha256(extra.read_bytes()).digest())
     h.update(Path(probe.__file__).read_bytes())
     h.update(metadata.version("torch").encode())
     h.update(b"gpu" if Path("/dev/nvidia0").exists() else b"cpu")
@@ -85,11 +89,10 @@ def run(solution: Path, limits: Limits, sandbox: bool = True) -> dict[str, list[
         if cell.cell_type == "code":
             cell.outputs, cell.execution_count = [], None
     with tempfile.TemporaryDirectory(prefix="dnncourse-reference-") as tmp:
-        for extra in solution.parent.rglob("*"):
-            if extra.is_file() and extra.suffix != ".ipynb":
-                target = Path(tmp) / extra.relative_to(solution.parent)
-                target.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(extra, target)
+        for extra in data_files(solution):
+            target = Path(tmp) / extra.relative_to(solution.parent)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(extra, target)
         data = Path(tmp) if any(Path(tmp).iterdir()) else None
         result = execute(nb, Path(tmp), limits, sandbox=sandbox, data=data)
     if result.status != "ok":

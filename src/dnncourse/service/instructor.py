@@ -96,12 +96,17 @@ def _subs(db, name: str):
     ).all()
 
 
-@page(role="instructor")
-def dashboard(service, request, db, user, form):
+def _grades_table(service, request, db):
+    """The assignment of the URL, its submissions, the top score, each student's grade."""
     a = find_assignment(service, db, request.path_params["name"])
     subs = _subs(db, a.name)
     max_score = max((s.max_score for s in subs if s.state == GRADED), default=0.0)
-    table = grades.rows(_students(db), list(subs), a, max_score)
+    return a, subs, max_score, grades.rows(_students(db), list(subs), a, max_score)
+
+
+@page(role="instructor")
+def dashboard(service, request, db, user, form):
+    a, subs, max_score, table = _grades_table(service, request, db)
     counted = [r["score"] for r in table if r["submission"] != ""]
     states = {
         state: sum(s.state == state for s in subs) for state in ("queued", "grading", "graded")
@@ -179,10 +184,7 @@ def regrade(service, request, db, user, form):
 
 @page(role="instructor")
 def grades_csv(service, request, db, user, form):
-    a = find_assignment(service, db, request.path_params["name"])
-    subs = _subs(db, a.name)
-    max_score = max((s.max_score for s in subs if s.state == GRADED), default=0.0)
-    table = grades.rows(_students(db), list(subs), a, max_score)
+    a, _, _, table = _grades_table(service, request, db)
     return PlainTextResponse(
         grades.to_csv(table),
         media_type="text/csv",
