@@ -14,6 +14,7 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import psutil
 import pytest
@@ -260,6 +261,60 @@ def test_real_package_is_covered_when_inside_a_mounted_folder(monkeypatch, tmp_p
     finally:
         sandbox.layout.cache_clear()
     assert seen["listing"] == []
+
+
+def test_a_kernel_that_cannot_start_says_why(tmp_path, capsys, monkeypatch):
+    """A sandbox that cannot start (its data folder is gone) is tried twice, then is a
+    grader error (no student code ran: never the student's fault), with bwrap's own words
+    in the details and in the grader's log."""
+    import nbformat
+
+    from dnncourse.grading import execute as execute_module
+    from dnncourse.grading.execute import Limits, execute
+
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("print(1)")])
+    gone = tmp_path / "gone"
+    run = execute(nb, tmp_path, Limits(), data=gone)
+    assert run.status == "grader error" and run.stopped_at == 0
+    assert run.details[0].startswith("the kernel did not start")
+    assert "it said:" in run.details[0] and str(gone) in run.details[0], run.details
+    assert capsys.readouterr().err.count(f"{gone}") == 2, "one message for each attempt"
+
+    # the folder is back before the second attempt: it runs, and the details tell
+    monkeypatch.setattr(execute_module, "time", SimpleNamespace(sleep=lambda _: gone.mkdir()))
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("print(1)")])
+    run = execute(nb, tmp_path, Limits(), data=gone)
+    assert run.status == "ok" and nb.cells[0].outputs[0]["text"] == "1\n"
+    assert run.details[0].startswith("a second kernel was started (the kernel did not start")
+
+
+def test_a_stale_kernel_spec_of_a_killed_process_is_not_used(tmp_path):
+    """Killed graders left ``dnncourse-kernels-<uid>-<pid>`` folders in /tmp, and a grader
+    that got the same pid later ran its kernels from the stale spec: the interpreter of
+    another checkout, absent in the sandbox, so every kernel died at start."""
+    import shutil
+
+    import nbformat
+
+    from dnncourse.grading.execute import KERNEL_NAME, Limits, execute
+
+    stale = Path(sandbox.tempfile.gettempdir()) / f"dnncourse-kernels-{os.getuid()}-{os.getpid()}"
+    spec = stale / "kernels" / KERNEL_NAME
+    spec.mkdir(parents=True, exist_ok=True)
+    argv = [
+        "/gone/checkout/.venv/bin/python",
+        "-m",
+        "dnncourse.grading.kernel",
+        "-f",
+        "{connection_file}",
+    ]
+    (spec / "kernel.json").write_text(json.dumps({"argv": argv, "display_name": "old"}))
+    try:
+        nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("print(1)")])
+        run = execute(nb, tmp_path, Limits())
+    finally:
+        shutil.rmtree(stale)
+    assert run.status == "ok" and nb.cells[0].outputs[0]["text"] == "1\n", run.details
 
 
 def test_doctor_reports_every_check():

@@ -24,6 +24,14 @@ def rows(data) -> dict[int, tuple]:
         return {r[0]: r[1:] for r in found.fetchall()}
 
 
+def why(data) -> str:
+    """Each submission's status and detail, and the end of each service log (for a failure)."""
+    with sqlite3.connect(data / "service.db") as db:
+        found = db.execute("SELECT id, status, detail FROM submissions").fetchall()
+    logs = "\n".join(f"--- {p.name}\n{p.read_text()[-4000:]}" for p in sorted(data.glob("*.log")))
+    return f"{found}\n{logs}"
+
+
 def test_killed_with_work_queued_then_restarted_grades_each_once(tmp_path):
     data, port = tmp_path / "data", free_port()
     link = instructor_link(data, port)
@@ -71,7 +79,7 @@ def test_killed_with_work_queued_then_restarted_grades_each_once(tmp_path):
     finally:
         server.stop()
     assert {s: r[2] for s, r in after.items()} == dict.fromkeys(deserved, 1), "each once"
-    assert {s: r[3] for s, r in after.items()} == deserved
+    assert {s: r[3] for s, r in after.items()} == deserved, why(data)
     assert after[interrupted[0]][1] == 2, "the interrupted grading was redone"
     assert all(r[1] == 1 for s, r in after.items() if s != interrupted[0])
 

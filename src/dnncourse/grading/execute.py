@@ -16,12 +16,15 @@ folder), and the kernel's command wrapped in the kernel's sandbox
 """
 
 import atexit
+import functools
 import json
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,13 +44,24 @@ __all__ = ["Execution", "Limits", "SandboxedKernelManager", "execute"]
 KERNEL_NAME = "dnncourse-grader"
 
 
+@functools.cache
+def _spec_root() -> Path:
+    root = Path(tempfile.mkdtemp(prefix="dnncourse-kernels-"))
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
+    return root
+
+
 def kernel_spec_dir() -> Path:
-    """A Jupyter data dir with the grading kernel spec (this interpreter, our launcher)."""
-    root = Path(tempfile.gettempdir()) / f"dnncourse-kernels-{os.getuid()}-{os.getpid()}"
+    """A Jupyter data dir with the grading kernel spec (this interpreter, our launcher).
+
+    A fresh folder per process: one named after the pid was found, after a pid was reused,
+    holding the spec of a killed process of another checkout, whose interpreter did not
+    exist in the sandbox (every kernel of that grading process died at start).
+    """
+    root = _spec_root()
     spec = root / "kernels" / KERNEL_NAME
     if not (spec / "kernel.json").is_file():
         spec.mkdir(parents=True, exist_ok=True)
-        atexit.register(shutil.rmtree, root, ignore_errors=True)
         argv = [sys.executable, "-m", "dnncourse.grading.kernel", "-f", "{connection_file}"]
         kernel = {"argv": argv, "display_name": "dnncourse grader", "language": "python"}
         (spec / "kernel.json").write_text(json.dumps(kernel))
@@ -116,6 +130,44 @@ class GradingClient(NotebookClient):
         return None
 
 
+class FirstWords:
+    """A pipe for the kernel's stderr that keeps its first ``limit`` bytes and drops the rest.
+
+    What a kernel says before it answers (a sandbox that would not start, an import that
+    failed) explains a kernel that died at start; anything after that is read and dropped,
+    so a flood on fd 2 costs neither memory nor disk, and never reaches the grader's log.
+    """
+
+    def __init__(self, limit: int = 2000):
+        self.limit, self.data = limit, b""
+        self.read_end, self.write_end = os.pipe()
+        self._thread = threading.Thread(target=self._drain, daemon=True)
+        self._thread.start()
+
+    def _drain(self) -> None:
+        with open(self.read_end, "rb", buffering=0) as pipe:
+            while chunk := pipe.read(65536):
+                if len(self.data) < self.limit:
+                    self.data += chunk[: self.limit - len(self.data)]
+
+    def close(self) -> None:
+        """Close our copy of the write end (the kernel holds its own until it ends)."""
+        if self.write_end is not None:
+            os.close(self.write_end)
+            self.write_end = None
+
+    def text(self, wait: float = 2.0) -> str:
+        """What was kept, once the kernel's copies are closed too (or after ``wait`` s)."""
+        self.close()
+        self._thread.join(wait)
+        return self.data.decode("utf-8", "replace").strip()
+
+
+def _last_line(text: str, chars: int = 300) -> str:
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1][-chars:] if lines else ""
+
+
 def _failure(reason: str) -> nbformat.NotebookNode:
     return nbformat.v4.new_output(
         "error", ename="GradingError", evalue=reason, traceback=[f"GradingError: {reason}"]
@@ -143,11 +195,18 @@ def _is_memory_error(output) -> bool:
 
 def _kernel_folder() -> Path:
     """A fresh per-kernel folder on a short path (an ``ipc://`` socket path has to fit
-    in the 107 bytes of a Unix socket address, whatever ``TMPDIR`` is)."""
+    in the 107 bytes of a Unix socket address, whatever ``TMPDIR`` is).
+
+    A socket is ``BASE/dnncourse-kernel-XXXXXXXX/kernel-ipc-N``: 43 bytes past ``BASE``
+    with ``N`` of up to five digits, so ``BASE`` may have 64.
+    """
     base = tempfile.gettempdir()
-    if len(base) > 48 and os.access("/tmp", os.W_OK):
+    if len(base) > 64 and os.access("/tmp", os.W_OK):
         base = "/tmp"
     return Path(tempfile.mkdtemp(prefix="dnncourse-kernel-", dir=base))
+
+
+NOT_STARTED = "grader error"  # protocol.Status.GRADER_ERROR: no student code ran
 
 
 def execute(
@@ -157,7 +216,22 @@ def execute(
 
     With ``sandbox`` the kernel runs in a fresh sandbox whose working folder holds a copy of
     ``data`` (the assignment's data files); without, it runs as the grader in ``cwd``.
+
+    A kernel that dies before it answers has run none of the student's code: that is the
+    grader's failure, never the student's. It is started once more in a fresh sandbox, and
+    if that one does not start either, the run is a ``grader error`` (graded again later).
     """
+    result = _execute_once(nb, cwd, limits, sandbox, data)
+    if result.status == NOT_STARTED:
+        time.sleep(1.0)
+        first = result.details[-1]
+        result = _execute_once(nb, cwd, limits, sandbox, data)
+        if result.status != NOT_STARTED:
+            result.details.insert(0, f"a second kernel was started ({first})")
+    return result
+
+
+def _execute_once(nb, cwd: Path, limits: Limits, sandbox: bool, data: Path | None):
     result = Execution()
     work = _kernel_folder()
     config = work / "limits.json"
@@ -202,11 +276,14 @@ def execute(
         extra_arguments=["--HistoryManager.hist_file=:memory:"],
         resources={"metadata": {"path": str(work if sandbox else cwd)}},
     )
-    stopped_at = None
+    stopped_at, started, index = None, False, 0
+    stderr = FirstWords()
     try:
-        # the kernel's own stdout and stderr (its banner, a flood of os.write(2, ...)) are
-        # dropped: everything a cell shows comes over the kernel's messages
-        with client.setup_kernel(stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL):
+        # the kernel's own stdout (its banner) is dropped and its stderr kept only for a
+        # kernel that dies at start: everything a cell shows comes over the kernel's messages
+        with client.setup_kernel(stdout=subprocess.DEVNULL, stderr=stderr.write_end):
+            started = True
+            stderr.close()
             for index, cell in enumerate(nb.cells):
                 if cell.cell_type != "code":
                     continue
@@ -232,11 +309,22 @@ def execute(
                     cell.outputs.append(_failure("the kernel died while running this cell"))
                     stopped_at = index
                     break
-    except RuntimeError as error:  # the kernel did not start
-        result.status = "kernel died"
-        result.details.append(f"the kernel did not start: {error}")
-        stopped_at = 0
+    except RuntimeError as error:
+        if started:  # the kernel went away in a way nbclient does not name
+            result.status = "kernel died"
+            result.details.append(f"the kernel stopped in cell {index + 1}: {error}")
+        else:  # the kernel did not start: no student code ran yet
+            said = stderr.text()
+            if said:
+                print(f"the grading kernel did not start; it said:\n{said}", file=sys.stderr)
+            last = _last_line(said)
+            result.status = NOT_STARTED
+            result.details.append(
+                f"the kernel did not start: {error}" + (f" (it said: {last})" if last else "")
+            )
+        stopped_at = index
     finally:
+        stderr.close()
         os.environ.pop("DNNCOURSE_GUARD", None)
         if box is not None:
             box.close()  # whatever the student left running goes with the kernel's cgroup
