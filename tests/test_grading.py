@@ -6,6 +6,7 @@ test_verdict.py.
 
 import copy
 import json
+import os
 from pathlib import Path
 
 import nbformat
@@ -296,3 +297,28 @@ def test_students_and_a_safe_zip(tmp_path):
     folder = unpack_zip(archive, dest)
     assert sorted(students_in(folder)) == ["alice", "bob"]
     assert not (tmp_path / "evil.txt").exists()
+
+
+# -- temporary folders -------------------------------------------------------------------------
+def test_a_killed_workers_folder_is_removed_by_the_next_worker(tmp_path, monkeypatch):
+    """A worker killed outright leaves its temporary folder (its atexit never ran); the next
+    worker on the machine removes it, and never the folder of a worker still running."""
+    import subprocess
+    import sys
+
+    from dnncourse.grading import worker
+
+    monkeypatch.setattr(worker.tempfile, "tempdir", str(tmp_path))
+    ended = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    dead = tmp_path / f"{worker.HOME_PREFIX}{ended.stdout.strip()}-abc"
+    alive = tmp_path / f"{worker.HOME_PREFIX}{os.getpid()}-def"
+    other = tmp_path / "dnncourse-worker-notes"
+    for folder in (dead, alive, other):
+        (folder / "bundle").mkdir(parents=True)
+    worker._sweep_homes()
+    assert not dead.exists() and alive.exists() and other.exists()

@@ -167,8 +167,9 @@ attempt("dns", lambda: socket.getaddrinfo("pypi.org", 443))
 attempt("host port", lambda: socket.create_connection(("127.0.0.1", T["port"]), 3).close())
 own = os.path.dirname(get_connection_file())
 seen["own folder"] = own
-seen["kernel folders"] = sorted(set(glob.glob("/tmp/dnncourse-kernel-*")
-                                    + glob.glob(T["tmp"] + "/dnncourse-kernel-*")))
+seen["kernel folders"] = sorted(set(glob.glob("/tmp/**/dnncourse-kernel-*", recursive=True)
+                                    + glob.glob(T["tmp"] + "/**/dnncourse-kernel-*",
+                                                recursive=True)))
 seen["connection files"] = sorted(set(glob.glob("/tmp/**/*.json", recursive=True)
                                       + glob.glob(T["tmp"] + "/**/kernel*.json", recursive=True)))
 for folder in seen["kernel folders"]:

@@ -8,6 +8,7 @@ worker`` processes on 127.0.0.1, each started in a folder of its own with its ow
 """
 
 import csv
+import json
 import os
 import shutil
 import signal
@@ -18,6 +19,7 @@ import time
 from pathlib import Path
 
 import nbformat
+import psutil
 import pytest
 
 from dnncourse.grading import grade
@@ -259,14 +261,23 @@ def test_a_cluster_of_two_machines_gives_the_same_grades(local, course, cluster)
     assert not any(zombies.values()), zombies
 
 
+def running(proc: psutil.Process) -> bool:
+    try:
+        return proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
 def test_a_worker_killed_mid_class_and_a_notebook_that_kills_workers(course, cluster, tmp_path):
     """A machine lost mid-class: its student is graded again elsewhere; a notebook that kills
     its worker twice is a grader error. No sandbox here: the notebooks reach their worker.
 
-    The "slow" student's first attempt writes the pid of the Dask worker grading it into a
-    gate folder, then waits; the test kills that worker (after opening the gate) and the
-    retry, seeing the gate open, finishes at once. No timing window: the kill always lands
-    while the student is being graded.
+    The "slow" student's first attempt writes the pids of the Dask worker grading it, of its
+    grading process and of its kernel into a gate folder, then waits for two minutes; the
+    test kills that worker (after opening the gate) and the retry, seeing the gate open,
+    finishes at once. No timing window: the kill always lands while the student is being
+    graded. The killed worker's grading process and kernel end with it, not two minutes
+    later (they would go on grading a student who is graded again elsewhere).
     """
     root, _ = course
     address, _ = cluster
@@ -276,8 +287,9 @@ def test_a_worker_killed_mid_class_and_a_notebook_that_kills_workers(course, clu
         "import os, pathlib, psutil, time\n"
         f"gate = pathlib.Path({str(gate)!r})\n"
         "if not (gate / 'open').exists():\n"
-        "    worker = psutil.Process().parent().parent().pid\n"
-        "    (gate / 'worker.tmp').write_text(str(worker))\n"
+        "    me = psutil.Process()\n"
+        "    family = [me.parent().parent().pid, me.parent().pid, me.pid]\n"
+        "    (gate / 'worker.tmp').write_text(' '.join(map(str, family)))\n"
         "    (gate / 'worker.tmp').rename(gate / 'worker')\n"
         "    deadline = time.monotonic() + 120\n"
         "    while time.monotonic() < deadline:\n"
@@ -288,7 +300,7 @@ def test_a_worker_killed_mid_class_and_a_notebook_that_kills_workers(course, clu
         "os.kill(psutil.Process().parent().parent().pid, signal.SIGKILL)"
     )
     good = ANSWERS["solution"][0]
-    killed = []
+    killed, orphans, left = [], [], []
 
     def kill_the_slow_ones_worker():
         deadline = time.monotonic() + 300
@@ -296,10 +308,13 @@ def test_a_worker_killed_mid_class_and_a_notebook_that_kills_workers(course, clu
             if time.monotonic() > deadline:
                 return
             time.sleep(0.05)
-        pid = int((gate / "worker").read_text())
+        pid, *below = map(int, (gate / "worker").read_text().split())
+        orphans.extend(psutil.Process(p) for p in below)  # alive: the kernel is waiting
         (gate / "open").touch()  # the retry must not wait
         os.kill(pid, signal.SIGKILL)
         killed.append(pid)
+        _, alive = psutil.wait_procs(orphans, timeout=20)
+        left.extend(p.pid for p in alive if running(p))
 
     def run(name, students):
         subs = make_class(root, tmp_path / name, students)
@@ -312,8 +327,11 @@ def test_a_worker_killed_mid_class_and_a_notebook_that_kills_workers(course, clu
     thread = threading.Thread(target=kill_the_slow_ones_worker, daemon=True)
     thread.start()
     rows = run("lost", {"slow": (good, slow), "other": (good, None)})
-    thread.join(timeout=10)
+    thread.join(timeout=30)
     assert killed, "the slow student never announced its worker"
+    assert len(orphans) == 2 and not left, (
+        f"grading process and kernel outlived the worker: {left}"
+    )
     assert rows["slow"].status == Status.OK and rows["slow"].score == 3, rows["slow"]
     assert rows["other"].status == Status.OK and rows["other"].score == 3, rows["other"]
     rows = run("killer", {"killer": (good, killer)})
@@ -324,6 +342,71 @@ def test_a_worker_killed_mid_class_and_a_notebook_that_kills_workers(course, clu
     with Client(address, timeout=30) as client:  # the nannies replaced the dead workers
         client.wait_for_workers(2, timeout=120)
         assert not set(client.run(os.getpid).values()) & set(killed)
+
+
+GRADING_PROCESS_OF_A_WORKER = """
+import subprocess, sys
+from concurrent.futures import ThreadPoolExecutor
+
+def start():  # as in a Dask worker: from a thread of its task pool
+    return subprocess.Popen(
+        [sys.executable, "-m", "dnncourse.grading.worker"], stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True,
+    )
+
+proc = ThreadPoolExecutor(1).submit(start).result()
+proc.stdin.write(sys.stdin.readline())  # one task, then the worker is killed
+proc.stdin.flush()
+print(proc.pid, flush=True)
+sys.stdin.readline()
+"""
+
+
+def test_a_grading_process_whose_worker_was_killed_grades_nothing(course, tmp_path):
+    """The worker hands a student to its grading process and is killed at once, while that
+    process is still starting: it must not go on to grade the student (the queue grades
+    them again). A parent-death signal set after the worker is gone is never delivered,
+    so without a hang-up check the student's notebook ran in full as an orphan."""
+    from dnncourse.grading.course import make_bundle, prepare
+
+    root, _ = course
+    grading = prepare(root, "tiny", tmp_path / "out")
+    bundle = make_bundle(grading, sandbox=False)
+    folder = tmp_path / "bundle"
+    for name, data in bundle.files.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(data)
+    marker = tmp_path / "ran"
+    nb = student_notebook(root, ANSWERS["solution"][0], f"open({str(marker)!r}, 'w').close()")
+    (tmp_path / "student").mkdir()
+    nbformat.write(nb, tmp_path / "student" / "tiny.ipynb")
+    task = {
+        "student": "s",
+        "assignment": "tiny",
+        "folder": str(tmp_path / "student"),
+        "bundle_dir": str(folder),
+        "bundle": bundle.hash,
+        "checksum": "",
+        "limits": {},
+        "sandbox": False,
+        "nonce": "n",
+    }
+    worker = subprocess.Popen(
+        [sys.executable, "-c", GRADING_PROCESS_OF_A_WORKER],
+        cwd=tmp_path,
+        env=tool_env(),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    worker.stdin.write(json.dumps(task) + "\n")
+    worker.stdin.flush()
+    grading = psutil.Process(int(worker.stdout.readline()))
+    worker.kill()
+    worker.wait()
+    psutil.wait_procs([grading], timeout=120)
+    assert not running(grading), "the orphaned grading process is still running"
+    assert not marker.exists(), "the orphaned grading process ran the student's notebook"
 
 
 def run_cli(*args, cwd, **kw):

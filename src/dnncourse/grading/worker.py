@@ -13,7 +13,9 @@ Two halves, in two processes:
   notebook, nbgrader's sanitizers with the instructor's cells from the bundle (never the
   gradebook), execute, the trusted verdict (the kernel's probe records against the
   bundle's reference run, :func:`decide`), feedback page. Student code never runs in either
-  process: it runs in the kernel, a child of the grading process with its own limits.
+  process: it runs in the kernel, a child of the grading process with its own limits. When
+  the worker is gone (the task pipe hangs up), the grading process kills its kernel and
+  exits, even mid-student.
 
 Nothing here writes outside its temporary folders; the client stores the result.
 """
@@ -208,18 +210,18 @@ def grade_student(bundle: Path, task: dict, folder: Path) -> Result:
 
 def serve() -> None:
     """Serve tasks; the protocol pipes get private descriptors the kernels do not inherit."""
-    from .kernel import set_limits
-
-    set_limits(None, None)  # only: die with the Dask worker that started us
     from .protocol import result_to_json
 
     tasks = os.fdopen(os.dup(0), "r")
+    threading.Thread(target=_watch_the_worker, args=(tasks.fileno(),), daemon=True).start()
     results = os.fdopen(os.dup(1), "w")
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)  # a kernel reading stdin must not eat the next task
     os.dup2(2, 1)  # nor write fake results: fd 1 is now the log
     sys.stdout = sys.stderr
     for line in tasks:
+        if _worker_gone(tasks.fileno()):  # a task left in the pipe by a worker since killed
+            _end_with_the_worker()
         task = json.loads(line)
         try:
             result = grade_student(Path(task["bundle_dir"]), task, Path(task["folder"]))
@@ -229,6 +231,39 @@ def serve() -> None:
         results.write(f"{RESULT_PREFIX}{task['nonce']} {result_to_json(result)}\n")
         results.flush()
         reap_children()
+
+
+def _worker_gone(tasks: int, wait: bool = False) -> bool:
+    """Has the task pipe hung up (its one writer, the Dask worker, is gone)? With ``wait``,
+    block until it does."""
+    import select
+
+    poller = select.poll()
+    poller.register(tasks, 0)  # no event asked for: only a hang-up or an error is reported
+    return bool(poller.poll(None if wait else 0))
+
+
+def _end_with_the_worker() -> None:
+    """Kill our kernel and its sandbox, then exit: the worker is gone and its student will
+    be graded again by the queue."""
+    for child in psutil.Process().children(recursive=True):
+        try:
+            child.kill()
+        except psutil.Error:
+            pass
+    os._exit(1)
+
+
+def _watch_the_worker(tasks: int) -> None:
+    """End this process, its kernel and the sandbox as soon as the Dask worker is gone, even
+    while the main thread is grading.
+
+    ``PR_SET_PDEATHSIG`` cannot do this: set by this process once it has started, it is
+    never delivered if the worker was killed meanwhile (a restarted service saw this
+    process, reparented to init, read the task already in its pipe and grade it in full).
+    """
+    _worker_gone(tasks, wait=True)
+    _end_with_the_worker()
 
 
 def reap_children() -> None:
@@ -274,6 +309,10 @@ class Grader:
         self.log_path = home / "grader.log"
         self.log = open(self.log_path, "a")
         env = tool_env()
+        # its temporary folders (kernel folders, the sandbox's stub package) in a folder of
+        # ours, removed when it stops even if it was killed (then its atexit never ran)
+        self.tmp = Path(tempfile.mkdtemp(prefix="g-", dir=home))
+        env["TMPDIR"] = str(self.tmp)
         threads = os.environ.get("DNNCOURSE_KERNEL_THREADS")
         if threads:  # the kernels' share of this machine's cores (set by the engine)
             env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = threads
@@ -306,8 +345,11 @@ class Grader:
 
         nonce = secrets.token_hex(16)
         deadline = None if timeout is None else time.monotonic() + timeout
-        self.proc.stdin.write(json.dumps({**payload, "nonce": nonce}) + "\n")
-        self.proc.stdin.flush()
+        try:
+            self.proc.stdin.write(json.dumps({**payload, "nonce": nonce}) + "\n")
+            self.proc.stdin.flush()
+        except OSError:  # it died since the last student (killed from outside)
+            return None
         while True:
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
             try:
@@ -329,18 +371,32 @@ class Grader:
     def stop(self):
         kill_tree(self.proc.pid)
         self.log.close()
+        shutil.rmtree(self.tmp, ignore_errors=True)
 
 
 _STATE = {"grader": None, "bundles": {}, "home": None}
 _LOCK = threading.Lock()
 
 
+HOME_PREFIX = "dnncourse-worker-"
+
+
+def _sweep_homes() -> None:
+    """Remove the temporary folders of workers that were killed (their pid is gone)."""
+    for folder in Path(tempfile.gettempdir()).glob(f"{HOME_PREFIX}*-*"):
+        owner = folder.name[len(HOME_PREFIX) :].split("-", 1)[0]
+        if owner.isdigit() and not psutil.pid_exists(int(owner)):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
 def _home() -> Path:
-    """This process's own temporary folder (removed when it exits)."""
+    """This process's own temporary folder (removed when it exits; a killed worker's, by
+    the next worker that starts on the machine)."""
     if _STATE["home"] is None:
         import atexit
 
-        home = Path(tempfile.mkdtemp(prefix=f"dnncourse-worker-{os.getpid()}-"))
+        _sweep_homes()
+        home = Path(tempfile.mkdtemp(prefix=f"{HOME_PREFIX}{os.getpid()}-"))
         atexit.register(shutil.rmtree, home, ignore_errors=True)
         _STATE["home"] = home
     return _STATE["home"]
@@ -406,6 +462,9 @@ def grade_task(task: Task, bundle: Bundle) -> Result:
                 "limits": dataclasses.asdict(task.limits),
                 "sandbox": task.sandbox,
             }
+            if _STATE["grader"] is not None and _STATE["grader"].proc.poll() is not None:
+                _STATE["grader"].stop()  # it died between two students: start another
+                _STATE["grader"] = None
             if _STATE["grader"] is None:
                 _STATE["grader"] = Grader(_home())
             grader = _STATE["grader"]
