@@ -241,24 +241,27 @@ def test_a_cluster_of_two_machines_gives_the_same_grades(local, course, cluster)
     # the workers unpacked the bundle in their own temporary folders, nowhere else
     unpacked = [list((home / "tmp").glob("dnncourse-worker-*/bundle-*")) for home in homes]
     assert any(unpacked), "no worker unpacked the bundle in its own TMPDIR"
-    # each kernel's sandbox was reaped: no zombie left under a worker (one per student)
+    # each kernel and its sandbox were shut down and collected: under a worker, between two
+    # classes, only its grading process is left (no kernel, no zombie: one per student)
     from distributed import Client
 
-    def _zombies() -> list[str]:  # nested: sent to the workers by value
+    def _left() -> list[str]:  # nested: sent to the workers by value
         import psutil
 
         found = []
         for proc in psutil.Process().children(recursive=True):
             try:
-                if proc.status() == psutil.STATUS_ZOMBIE:
-                    found.append(f"{proc.pid} {proc.name()}")
+                if proc.status() == psutil.STATUS_ZOMBIE or proc.name() == "bwrap":
+                    found.append(f"{proc.pid} {proc.name()} {proc.status()}")
+                elif "dnncourse.grading.kernel" in proc.cmdline():
+                    found.append(f"{proc.pid} kernel {proc.status()}")
             except psutil.NoSuchProcess:
                 pass
         return found
 
     with Client(address, timeout=30) as client:
-        zombies = client.run(_zombies)
-    assert not any(zombies.values()), zombies
+        left = client.run(_left)
+    assert not any(left.values()), left
 
 
 def running(proc: psutil.Process) -> bool:

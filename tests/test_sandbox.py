@@ -317,6 +317,22 @@ def test_a_stale_kernel_spec_of_a_killed_process_is_not_used(tmp_path):
     assert run.status == "ok" and nb.cells[0].outputs[0]["text"] == "1\n", run.details
 
 
+@pytest.mark.parametrize("boxed", [True, False], ids=["sandbox", "no-sandbox"])
+def test_nothing_of_a_kernel_is_left_after_its_run(tmp_path, boxed):
+    """The kernel is shut down and collected: nbclient leaves alone a kernel whose manager
+    it did not make, so ours lived on (without a sandbox) or was left a zombie (with one)."""
+    import nbformat
+
+    from dnncourse.grading.execute import Limits, execute
+
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("import os; os.getpid()")])
+    run = execute(nb, tmp_path, Limits(), sandbox=boxed)
+    assert run.status == "ok" and nb.cells[0].outputs, run.details
+    left = [p for p in psutil.Process().children(recursive=True) if p.pid not in before]
+    assert not left, [(p.pid, p.name(), p.status()) for p in left]
+
+
 def test_doctor_reports_every_check():
     results = sandbox.checks()
     names = [r.name for r in results]

@@ -280,8 +280,12 @@ def _execute_once(nb, cwd: Path, limits: Limits, sandbox: bool, data: Path | Non
     stderr = FirstWords()
     try:
         # the kernel's own stdout (its banner) is dropped and its stderr kept only for a
-        # kernel that dies at start: everything a cell shows comes over the kernel's messages
-        with client.setup_kernel(stdout=subprocess.DEVNULL, stderr=stderr.write_end):
+        # kernel that dies at start: everything a cell shows comes over the kernel's messages.
+        # cleanup_kc: nbclient shuts down (kills and collects) only a kernel whose manager it
+        # made itself; ours, without it, lived on unsandboxed and was left a zombie otherwise
+        with client.setup_kernel(
+            stdout=subprocess.DEVNULL, stderr=stderr.write_end, cleanup_kc=True
+        ):
             started = True
             stderr.close()
             for index, cell in enumerate(nb.cells):

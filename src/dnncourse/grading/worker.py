@@ -230,7 +230,6 @@ def serve() -> None:
             result = failed(task["student"], task["assignment"], repr(error))
         results.write(f"{RESULT_PREFIX}{task['nonce']} {result_to_json(result)}\n")
         results.flush()
-        reap_children()
 
 
 def _worker_gone(tasks: int, wait: bool = False) -> bool:
@@ -264,19 +263,6 @@ def _watch_the_worker(tasks: int) -> None:
     """
     _worker_gone(tasks, wait=True)
     _end_with_the_worker()
-
-
-def reap_children() -> None:
-    """Collect the exit status of every child that has ended (this process starts only the
-    kernels' sandboxes): a kernel's bwrap, killed with its cgroup, is otherwise left a zombie,
-    one per student, until this process exits."""
-    while True:
-        try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
-            return
 
 
 def failed(student: str, assignment: str, detail: str, status=Status.GRADER_ERROR) -> Result:
