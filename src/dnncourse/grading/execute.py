@@ -231,7 +231,7 @@ def execute(
     return result
 
 
-def _execute_once(nb, cwd: Path, limits: Limits, sandbox: bool, data: Path | None):
+def _execute_once(nb, cwd: Path, limits: Limits, sandbox: bool, data: Path | None) -> Execution:
     result = Execution()
     work = _kernel_folder()
     config = work / "limits.json"

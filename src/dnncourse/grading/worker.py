@@ -25,6 +25,7 @@ import json
 import os
 import queue
 import secrets
+import select
 import shutil
 import subprocess
 import sys
@@ -235,8 +236,6 @@ def serve() -> None:
 def _worker_gone(tasks: int, wait: bool = False) -> bool:
     """Has the task pipe hung up (its one writer, the Dask worker, is gone)? With ``wait``,
     block until it does."""
-    import select
-
     poller = select.poll()
     poller.register(tasks, 0)  # no event asked for: only a hang-up or an error is reported
     return bool(poller.poll(None if wait else 0))
