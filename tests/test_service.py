@@ -145,7 +145,7 @@ def people(server):
     clients = {"prof": prof, "links": links}
     for name in ("alice", "bob", "mallory"):
         clients[name] = Client(server.url)
-        clients[name].signin(links[name], password=f"{name} password")
+        clients[name].signin(links[name], password=f"{name} hands in notebooks")
     clients["alice_sub"] = clients["alice"].submission_id(
         clients["alice"].upload(RELEASE.read_bytes())
     )
@@ -161,12 +161,57 @@ def test_sign_in_links_work_once_and_passwords_are_argon2_hashes(server, people)
     assert "httponly" in cookie and "samesite=lax" in cookie
     assert again.get(people["links"]["alice"][len(server.url) :]).status_code == 404
     assert again.login("alice", "wrong password").status_code == 401
-    assert again.login("nobody", "alice password").status_code == 401
-    assert again.login("alice", "alice password").status_code == 303
+    assert again.login("nobody", "alice hands in notebooks").status_code == 401
+    assert again.login("alice", "alice hands in notebooks").status_code == 303
     assert again.get("/assignments").status_code == 200
     hashes = [h for (h,) in query(server, "SELECT password_hash FROM users")]
     assert hashes and all(h.startswith("$argon2id$") for h in hashes if h)
-    assert not any("alice password" in (h or "") for h in hashes)
+    assert not any("alice hands in" in (h or "") for h in hashes)
+
+
+def test_no_secret_in_the_log_and_the_data_folder_is_private(server, people):
+    people["alice"].wait(people["alice_sub"])  # graded: feedback and gradebook written
+    log = server.log.read_text()
+    assert "GET /login HTTP/1.1" in log, "control: the access log is on"
+    assert "/signin/[hidden]" in log, "the sign-in requests were logged"
+    tokens = [link.rsplit("/", 1)[1] for link in people["links"].values()]
+    tokens.append(server.instructor.rsplit("/", 1)[1])
+    assert len(tokens) == 5 and not [t for t in tokens if t in log]
+    assert "hands in notebooks" not in log  # nor a password
+    # The data folder was made by the test (world-readable under its umask 022) and by the
+    # service: now nothing in it is open to another user of the machine.
+    control = server.data.parent / "made-by-the-test"
+    control.mkdir(exist_ok=True)
+    assert control.stat().st_mode & 0o077 == 0o055
+    assert server.data.stat().st_mode & 0o777 == 0o700
+    names = ["service.db", "secret_key", "gradebook.db", "submissions", "feedback"]
+    for name in names:
+        assert (server.data / name).stat().st_mode & 0o077 == 0, name
+    for folder in ("submissions", "feedback"):
+        for path in (server.data / folder).rglob("*"):
+            assert path.stat().st_mode & 0o077 == 0, path
+
+
+def test_a_service_that_cannot_listen_changes_nothing(tmp_path):
+    import socket
+    import subprocess
+
+    from service_harness import serve_command
+
+    from dnncourse.homework import tool_env
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        data = tmp_path / "data"
+        out = subprocess.run(
+            serve_command(data, port), cwd=ROOT, env=tool_env(), capture_output=True,
+            text=True, timeout=120,
+        )  # fmt: skip
+    assert out.returncode == 2 and f"cannot listen on 127.0.0.1:{port}" in out.stderr
+    assert not data.exists(), "nothing was created"
+    assert "signin" not in out.stdout + out.stderr
 
 
 def _paths(server, people) -> list[tuple[str, str]]:
@@ -242,7 +287,7 @@ def test_posts_without_the_csrf_token_are_refused(server, people):
     assert alice.get("/assignments").status_code == 200  # still signed in
     assert (
         Client(server.url)
-        .post("/login", {"login": "alice", "password": "alice password"}, csrf=False)
+        .post("/login", {"login": "alice", "password": "alice hands in notebooks"}, csrf=False)
         .status_code
         == 403
     )
@@ -311,7 +356,7 @@ def test_script_in_outputs_and_html_in_messages_never_run(server, people, driver
     time.sleep(0.5)
     assert any("PWNED-RAN" in e["message"] for e in driver.get_log("browser")), "control"
     # The service's pages: neither the feedback frame nor the message table runs anything.
-    _browser_login(driver, server, "mallory", "mallory password")
+    _browser_login(driver, server, "mallory", "mallory hands in notebooks")
     driver.get(f"{server.url}/submissions/{sub}")
     _wait(driver, lambda: driver.execute_script(
         "const f = document.querySelector('iframe.feedback');"
@@ -452,8 +497,8 @@ def test_a_student_hands_in_in_the_browser_and_the_instructor_downloads_grades(
             f"needs {CHROMIUM} and {CHROMEDRIVER} (apt-get install chromium chromium-driver)"
         )
     driver.get(people["links"]["carol"])
-    driver.find_element("id", "password").send_keys("carol password")
-    driver.find_element("id", "again").send_keys("carol password")
+    driver.find_element("id", "password").send_keys("carol hands in notebooks")
+    driver.find_element("id", "again").send_keys("carol hands in notebooks")
     driver.find_element("id", "setpassword").click()
     _wait(driver, lambda: driver.current_url.endswith("/assignments"), 30)
     assert HW in driver.find_element("tag name", "table").text
@@ -497,8 +542,8 @@ def test_a_student_hands_in_in_the_browser_and_the_instructor_downloads_grades(
 def _instructor_in_browser(driver, server):
     link = instructor_link(server.data, int(server.url.rsplit(":", 1)[1]), "prof")
     driver.get(link)
-    driver.find_element("id", "password").send_keys("prof password")
-    driver.find_element("id", "again").send_keys("prof password")
+    driver.find_element("id", "password").send_keys("prof hands in notebooks")
+    driver.find_element("id", "again").send_keys("prof hands in notebooks")
     driver.find_element("id", "setpassword").click()
     _wait(driver, lambda: driver.current_url.endswith("/instructor"), 30)
 

@@ -14,9 +14,20 @@ from starlette.middleware.sessions import SessionMiddleware
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from .auth import SESSION_LIFETIME
 from .config import ServiceConfig
-from .instructor import dashboard, grades_csv, instructor, new_link, regrade, roster, settings
+from .instructor import (
+    dashboard,
+    grades_csv,
+    instructor,
+    new_link,
+    regrade,
+    roster,
+    settings,
+    sign_out_everywhere,
+)
 from .student import (
+    account,
     assignment_list,
     assignment_page,
     download_release,
@@ -36,6 +47,7 @@ ROUTES = [
     Route("/login", login, methods=["GET", "POST"]),
     Route("/signin/{token}", signin, methods=["GET", "POST"]),
     Route("/logout", logout, methods=["POST"]),
+    Route("/account", account, methods=["GET", "POST"]),
     Route("/assignments", assignment_list),
     Route("/assignments/{name}", assignment_page),
     Route("/assignments/{name}/release/{notebook}.ipynb", download_release),
@@ -46,6 +58,7 @@ ROUTES = [
     Route("/instructor", instructor),
     Route("/instructor/roster", roster, methods=["POST"]),
     Route("/instructor/students/{uid:int}/link", new_link, methods=["POST"]),
+    Route("/instructor/students/{uid:int}/signout", sign_out_everywhere, methods=["POST"]),
     Route("/instructor/assignments/{name}", dashboard),
     Route("/instructor/assignments/{name}/settings", settings, methods=["POST"]),
     Route("/instructor/assignments/{name}/regrade", regrade, methods=["POST"]),
@@ -76,7 +89,7 @@ def create_app(config: ServiceConfig) -> Starlette:
                 session_cookie="dnncourse",
                 same_site="lax",
                 https_only=config.secure_cookies,
-                max_age=14 * 86400,
+                max_age=int(SESSION_LIFETIME.total_seconds()),  # the server ends it sooner
             ),
         ],
         lifespan=lifespan,

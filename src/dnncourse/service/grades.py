@@ -94,11 +94,23 @@ def rows(students, subs: list[Submission], assignment: Assignment, max_score: fl
     return out
 
 
-def to_csv(table: list[dict]) -> str:
+FORMULA = ("=", "+", "-", "@", "\t", "\r")
+
+
+def cell(value):
+    """A CSV cell a spreadsheet shows as text: a string that a spreadsheet would read as a
+    formula (it starts with ``= + - @``, a tab or a carriage return) gets a leading ``'``
+    (OWASP, "CSV injection"); numbers are left alone."""
+    if isinstance(value, str) and value.startswith(FORMULA):
+        return "'" + value
+    return value
+
+
+def to_csv(table: list[dict], columns: list[str] = COLUMNS) -> str:
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n")
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
-    writer.writerows(table)
+    writer.writerows({k: cell(v) for k, v in row.items()} for row in table)
     return buffer.getvalue()
 
 

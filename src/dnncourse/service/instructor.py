@@ -14,7 +14,7 @@ from starlette.responses import (
 from ..grading.protocol import Status
 from . import auth, grades
 from .models import GRADED, Assignment, Submission, User
-from .web import LOGIN, MAX_ROSTER_BYTES, Problem, find_assignment, page
+from .web import LOGIN, MAX_ID, MAX_ROSTER_BYTES, Problem, find_assignment, page
 
 
 # -- instructors ---------------------------------------------------------------------------
@@ -31,6 +31,7 @@ def instructor(service, request, db, user, form):
     return service.render(
         request,
         "instructor.html",
+        message=request.query_params.get("message"),
         students=students,
         assignments=assignments,
         counts=counts,
@@ -78,12 +79,29 @@ def roster(service, request, db, user, form):
     return service.render(request, "links.html", links=links, updated=len(records) - len(new))
 
 
-@page(role="instructor")
-def new_link(service, request, db, user, form):
-    person = db.get(User, int(request.path_params["uid"]))
+def _person(db, request) -> User:
+    uid = int(request.path_params["uid"])
+    person = db.get(User, uid) if 0 < uid <= MAX_ID else None
     if person is None:
         raise Problem(404, "No such person.")
+    return person
+
+
+@page(role="instructor")
+def new_link(service, request, db, user, form):
+    person = _person(db, request)
     return service.render(request, "links.html", links=_links(service, request, db, [person]))
+
+
+@page(role="instructor")
+def sign_out_everywhere(service, request, db, user, form):
+    """End every session of a person (a lost laptop, a shared computer)."""
+    person = _person(db, request)
+    ended = auth.end_sessions(db, person.id)
+    db.commit()
+    return RedirectResponse(
+        f"/instructor?message={person.login}+signed+out+({ended}+sessions)", 303
+    )
 
 
 def _students(db):
@@ -152,8 +170,10 @@ def settings(service, request, db, user, form):
         a.late_penalty = float(penalty) if penalty else None
     except ValueError:
         raise Problem(400, "The hourly limit is a whole number, the penalty a fraction.") from None
-    if a.per_hour < 0 or (a.late_penalty is not None and not 0 <= a.late_penalty <= 1):
-        raise Problem(400, "The hourly limit must be >= 0 and the penalty between 0 and 1.")
+    if not 0 <= a.per_hour <= 10000 or (
+        a.late_penalty is not None and not 0 <= a.late_penalty <= 1
+    ):
+        raise Problem(400, "The hourly limit must be 0 to 10000 and the penalty 0 to 1.")
     policy = form.get("policy")
     if policy not in ("last", "best"):
         raise Problem(400, "The policy is last or best.")

@@ -26,7 +26,7 @@ from pathlib import Path
 from sqlalchemy import func, select, update
 
 from ..grading.protocol import Result, Status, checksum
-from .config import ServiceConfig
+from .config import ServiceConfig, private_files
 from .grader import Grader
 from .models import GRADED, GRADING, QUEUED, Assignment, Submission, User, utcnow
 
@@ -39,7 +39,8 @@ class RateLimited(Exception):
 
 
 def _write(path: Path, data: bytes) -> None:
-    with open(path, "xb") as f:
+    """Write a new file, readable by the service's user only, and sync it to disk."""
+    with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as f:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
@@ -50,8 +51,8 @@ class Jobs:
         self.config, self.sessions, self.grader = config, sessions, grader
         self.store = config.data / "submissions"
         self.feedback = config.data / "feedback"
-        self.store.mkdir(parents=True, exist_ok=True)
-        self.feedback.mkdir(parents=True, exist_ok=True)
+        self.store.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.feedback.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._claim_lock = threading.Lock()
@@ -82,7 +83,7 @@ class Jobs:
                 )
             key = secrets.token_hex(16)
             folder = self.store / key
-            folder.mkdir()
+            folder.mkdir(mode=0o700)
             listed = []
             for name, data in sorted(files.items()):
                 _write(folder / name, data)
@@ -152,6 +153,7 @@ class Jobs:
                 self.grader.warm(name, versions.get(name, 1))
             except Exception:
                 log.exception("queue: preparing %s failed", name)
+        private_files(self.config.data)  # the gradebook, made by the first preparation
 
     def stop(self) -> None:
         """Stop taking work; gradings under way are killed and redone at the next start."""
@@ -257,9 +259,9 @@ class Jobs:
     def _finish(self, sub_id: int, result: Result) -> None:
         folder = self.feedback / str(sub_id)
         shutil.rmtree(folder, ignore_errors=True)
-        folder.mkdir()
+        folder.mkdir(mode=0o700)
         for name, page in result.feedback.items():
-            (folder / f"{name}.html").write_text(page)
+            _write(folder / f"{name}.html", page.encode())
         checks = [
             {
                 "notebook": c.notebook,

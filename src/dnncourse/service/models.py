@@ -62,6 +62,31 @@ class SigninToken(Base):
     user: Mapped[User] = relationship()
 
 
+class LoginSession(Base):
+    """A signed-in browser: the cookie holds a random token, the table only its SHA-256.
+
+    Deleting the row signs the browser out (sign-out, a new password, the instructor).
+    """
+
+    __tablename__ = "login_sessions"
+
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    seen_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class SigninFailure(Base):
+    """A wrong password: counted per account and per address to throttle guessing."""
+
+    __tablename__ = "signin_failures"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    login: Mapped[str] = mapped_column(String(200), index=True)
+    address: Mapped[str] = mapped_column(String(64), index=True)
+    at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, index=True)
+
+
 class Assignment(Base):
     __tablename__ = "assignments"
 

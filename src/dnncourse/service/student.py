@@ -24,6 +24,20 @@ from .jobs import RateLimited
 from .models import GRADED, QUEUED, Assignment, Submission, User, utcnow
 from .web import FEEDBACK_CSP, Problem, find_assignment, own_submission, page
 
+MAX_DEPTH = 64  # a notebook nests about 6 deep (cells, outputs, data); widget state a few more
+
+
+def depth(value) -> int:
+    """How deeply ``value`` (parsed JSON) nests lists and objects, without recursion."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict | list):
+            deepest = max(deepest, level)
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, level + 1) for child in children)
+    return deepest
+
 
 def checked_notebook(name: str, data: bytes, cap: int) -> str | None:
     """What is wrong with an uploaded notebook file, or None."""
@@ -37,6 +51,10 @@ def checked_notebook(name: str, data: bytes, cap: int) -> str | None:
         nb = json.loads(data)
     except (ValueError, UnicodeDecodeError):
         return f"{name} is not a notebook: it is not JSON."
+    except RecursionError:
+        return f"{name} is not a notebook: its JSON is nested too deeply."
+    if depth(nb) > MAX_DEPTH:
+        return f"{name} is not a notebook: its JSON is nested more than {MAX_DEPTH} deep."
     if (
         not isinstance(nb, dict)
         or not isinstance(nb.get("cells"), list)
@@ -71,15 +89,25 @@ def home(service, request, db, user, form):
     return RedirectResponse("/instructor" if user.is_instructor else "/assignments", 303)
 
 
+def _address(request) -> str:
+    return request.client.host if request.client else "unknown"
+
+
 @page(role=None)
 def login(service, request, db, user, form):
     if request.method == "GET":
         return service.render(request, "login.html")
-    found = db.scalar(select(User).where(User.login == str(form.get("login", ""))))
+    name = str(form.get("login", ""))[:200]
+    try:
+        auth.check_throttle(db, name, _address(request))  # before any hash is computed
+    except auth.Throttled as throttled:
+        return service.render(request, "login.html", status=429, error=str(throttled))
+    found = db.scalar(select(User).where(User.login == name))
     if not auth.verify_password(found, str(form.get("password", ""))):
+        auth.failed(db, name, _address(request))
         return service.render(request, "login.html", status=401, error="Wrong id or password.")
-    request.session.clear()
-    request.session["uid"] = found.id
+    auth.clear_failures(db, name)
+    auth.start_session(db, request.session, found)
     return RedirectResponse("/", status_code=303)
 
 
@@ -88,29 +116,55 @@ def signin(service, request, db, user, form):
     link = auth.find_link(db, request.path_params["token"])
     if link is None:
         raise Problem(404, "This sign-in link is unknown, used or expired: ask for a new one.")
+    person = link.user
     if request.method == "GET":
-        return service.render(request, "signin.html", person=link.user)
+        return service.render(request, "signin.html", person=person)
     password = str(form.get("password", ""))
-    if len(password) < auth.MIN_PASSWORD or password != form.get("again"):
-        return service.render(
-            request,
-            "signin.html",
-            status=400,
-            person=link.user,
-            error=f"Type the same password twice, at least {auth.MIN_PASSWORD} characters.",
-        )
-    link.user.password_hash = auth.hash_password(password)
-    link.used_at = utcnow()
+    problem = auth.password_problem(password, str(form.get("again", "")), person)
+    if problem:
+        return service.render(request, "signin.html", status=400, person=person, error=problem)
+    if not auth.consume_link(db, link):  # used meanwhile (by a second request at once)
+        db.rollback()
+        raise Problem(404, "This sign-in link is unknown, used or expired: ask for a new one.")
+    person.password_hash = auth.hash_password(password)
+    auth.end_sessions(db, person.id)  # a new password signs out every other browser
+    auth.clear_failures(db, person.login)
     db.commit()
-    request.session.clear()
-    request.session["uid"] = link.user.id
+    auth.start_session(db, request.session, person)
     return RedirectResponse("/", status_code=303)
 
 
 @page()
 def logout(service, request, db, user, form):
-    request.session.clear()
+    auth.end_session(db, request.session)
     return RedirectResponse("/login", status_code=303)
+
+
+@page()
+def account(service, request, db, user, form):
+    """Change one's password: every other session of the account ends."""
+    if request.method == "GET":
+        return service.render(request, "account.html")
+    try:
+        auth.check_throttle(db, user.login, _address(request))
+    except auth.Throttled as throttled:
+        return service.render(request, "account.html", status=429, error=str(throttled))
+    if not auth.verify_password(user, str(form.get("current", ""))):
+        auth.failed(db, user.login, _address(request))
+        return service.render(
+            request, "account.html", status=401, error="The current password is wrong."
+        )
+    password = str(form.get("password", ""))
+    problem = auth.password_problem(password, str(form.get("again", "")), user)
+    if problem:
+        return service.render(request, "account.html", status=400, error=problem)
+    user.password_hash = auth.hash_password(password)
+    auth.end_sessions(db, user.id)
+    db.commit()
+    auth.start_session(db, request.session, user)
+    return service.render(
+        request, "account.html", message="Password changed; other browsers are signed out."
+    )
 
 
 # -- students ------------------------------------------------------------------------------
