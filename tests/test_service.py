@@ -56,8 +56,11 @@ RAISES = f"def cubic_gradients(x, y, coeffs):\n    raise ValueError({IMG_MESSAGE
 
 
 # -- pieces without a server -------------------------------------------------------------------
-def _sub(i, created, score, state="graded"):
-    return Submission(id=i, user_id=1, created_at=created, score=score, state=state)
+def _sub(i, created, score, state="graded", finished=None):
+    finished = (state == "graded") if finished is None else finished
+    return Submission(
+        id=i, user_id=1, created_at=created, score=score, state=state, finished=int(finished)
+    )
 
 
 def test_policy_last_or_best_and_the_late_penalty():
@@ -82,6 +85,29 @@ def test_policy_last_or_best_and_the_late_penalty():
     assert grades.pick(subs, a).submission is late
     a.late_penalty = 0.6  # never below zero
     assert grades.pick(subs, a).score == 0.0
+
+
+def test_a_regrade_takes_the_submissions_that_count_or_could():
+    deadline = datetime(2026, 12, 1, 12, 0)
+    a = Assignment(name=HW, deadline=deadline, policy="last", late_penalty=None)
+    first = _sub(1, deadline - timedelta(hours=5), 9.0)
+    on_time = _sub(2, deadline - timedelta(hours=1), 4.0)
+    late = _sub(3, deadline + timedelta(hours=1), 10.0)
+    subs = [first, on_time, late]
+    # control: the old rule regraded each student's last submission, a late one that does
+    # not count; the one that counts kept the old tests' score
+    assert max(subs, key=lambda s: s.created_at) is late
+    assert grades.pick(subs, a).submission is on_time
+    assert grades.to_regrade(subs, a) == [on_time]
+    a.late_penalty = 0.1  # now the late one counts under "last"; the on-time one counted
+    assert grades.to_regrade(subs, a) == [late]
+    a.policy = "best"  # any may turn out best
+    assert grades.to_regrade(subs, a) == [first, on_time, late]
+    a.late_penalty = None
+    assert grades.to_regrade(subs, a) == [first, on_time]
+    a.policy = "last"  # the last that may count is not graded yet: it and the counting one
+    pending = _sub(4, deadline - timedelta(minutes=5), 0.0, state="queued")
+    assert grades.to_regrade([*subs, pending], a) == [pending, on_time]
 
 
 def test_histogram_counts_each_score_once():
@@ -540,12 +566,52 @@ def test_a_student_hands_in_in_the_browser_and_the_instructor_downloads_grades(
 
 
 def _instructor_in_browser(driver, server):
-    link = instructor_link(server.data, int(server.url.rsplit(":", 1)[1]), "prof")
+    link = instructor_link(server.data, int(server.url.rsplit(":", 1)[1]), "ta")
     driver.get(link)
-    driver.find_element("id", "password").send_keys("prof hands in notebooks")
-    driver.find_element("id", "again").send_keys("prof hands in notebooks")
+    driver.find_element("id", "password").send_keys("ta hands in notebooks")
+    driver.find_element("id", "again").send_keys("ta hands in notebooks")
     driver.find_element("id", "setpassword").click()
     _wait(driver, lambda: driver.current_url.endswith("/instructor"), 30)
+
+
+@pytest.mark.browser
+def test_in_the_browser_a_new_password_signs_out_other_browsers_and_guessing_is_paused(
+    server, people, driver
+):
+    if driver is None:
+        pytest.skip(f"needs {CHROMIUM} and {CHROMEDRIVER}")
+    bob = people["bob"]  # bob's other browser (httpx), signed in
+    assert bob.get("/assignments").status_code == 200
+    _browser_login(driver, server, "bob", "bob hands in notebooks")
+    driver.find_element("id", "account").click()
+    _wait(driver, lambda: driver.current_url.endswith("/account"), 30)
+    for field, text in (("current", "bob hands in notebooks"), ("password", "12345678"),
+                        ("again", "12345678")):  # fmt: skip
+        driver.find_element("id", field).send_keys(text)
+    driver.find_element("id", "change").click()
+    _wait(driver, lambda: "too easy to guess" in driver.page_source, 30)
+    new = "bob grades in the browser"
+    for field, text in (("current", "bob hands in notebooks"), ("password", new), ("again", new)):
+        driver.find_element("id", field).clear()
+        driver.find_element("id", field).send_keys(text)
+    driver.find_element("id", "change").click()
+    _wait(driver, lambda: driver.find_elements("id", "changed"), 30)
+    assert bob.get("/assignments").status_code == 303, "the other browser is signed out"
+    assert bob.login("bob", new).status_code == 303
+    _browser_logout(driver)
+    for i in range(5):  # five wrong passwords for one account, then the right one
+        driver.get(f"{server.url}/login")
+        driver.find_element("id", "login").send_keys("bob")
+        driver.find_element("id", "password").send_keys(f"wrong {i}")
+        driver.find_element("id", "signin").click()
+        _wait(driver, lambda: "Wrong id or password" in driver.page_source, 30)
+    driver.get(f"{server.url}/login")
+    driver.find_element("id", "login").send_keys("bob")
+    driver.find_element("id", "password").send_keys(new)
+    driver.find_element("id", "signin").click()
+    _wait(driver, lambda: "Too many wrong passwords for bob" in driver.page_source, 30)
+    assert driver.current_url.endswith("/login")
+    query(server, "DELETE FROM signin_failures")  # bob may sign in again (for later tests)
 
 
 def test_regrading_one_student_grades_again(server, people):

@@ -101,6 +101,12 @@ def test_guessing_a_password_is_throttled_per_account_with_no_hash_spent(app, ha
         db.execute(update(auth.SigninFailure).values(at=old))
         db.commit()
     assert login(guesser, "alice", PASSWORD.format("alice")).status_code == 303
+    # a right password clears the account's count: as many wrong ones again are answered
+    for i in range(auth.ACCOUNT_LIMIT - 1):
+        assert login(client(app), "alice", f"again {i}").status_code == 401
+    assert login(client(app), "alice", PASSWORD.format("alice")).status_code == 303
+    for i in range(auth.ACCOUNT_LIMIT - 1):
+        assert login(client(app), "alice", f"more {i}").status_code == 401
 
 
 def test_without_the_throttle_guessing_goes_on_control(app, hashes, monkeypatch):
@@ -216,7 +222,14 @@ def test_an_idle_session_ends(app):
     assert signed_in(alice), "control: used within the idle life, it goes on"
     idle(auth.IDLE_LIFETIME + timedelta(minutes=5))
     assert not signed_in(alice)
-    assert auth.IDLE_LIFETIME <= timedelta(hours=2) < auth.SESSION_LIFETIME
+    assert auth.IDLE_LIFETIME == timedelta(hours=2) and auth.SESSION_LIFETIME == timedelta(days=7)
+    # in use all along, a session still ends after its lifetime
+    assert login(alice, "alice", PASSWORD.format("alice")).status_code == 303
+    with app.state.service.sessions() as db:
+        old = utcnow() - auth.SESSION_LIFETIME - timedelta(minutes=1)
+        db.execute(update(LoginSession).values(created_at=old, seen_at=utcnow()))
+        db.commit()
+    assert not signed_in(alice)
 
 
 # -- one-time links ----------------------------------------------------------------------------
@@ -269,6 +282,26 @@ def test_without_the_atomic_use_a_link_signs_in_twice_control(app, slow_hash, mo
     with app.state.service.sessions() as db:
         assert len(db.scalars(select(LoginSession)).all()) == 2
         assert db.scalar(select(SigninToken)).used_at is None  # never even marked
+
+
+def test_a_service_without_an_instructor_prints_no_link(tmp_path, monkeypatch, capsys):
+    import uvicorn
+
+    from dnncourse.cli import main
+
+    served = []
+    monkeypatch.setattr(uvicorn.Server, "run", lambda self, sockets: served.append(sockets))
+    data = tmp_path / "data"
+    assert main(["serve", "--data", str(data), "--port", "0", "--assignments", HW]) == 0
+    assert served and served[0][0].getsockname()[1] > 0  # it would have served
+    out = capsys.readouterr().out
+    assert "no instructor yet: run dnncourse serve" in out and "--add-instructor" in out
+    assert "/signin/" not in out
+    import sqlite3
+
+    with sqlite3.connect(data / "service.db") as db:
+        assert db.execute("SELECT count(*) FROM users").fetchone() == (0,)
+    served[0][0].close()
 
 
 # -- bad input ---------------------------------------------------------------------------------
@@ -359,4 +392,9 @@ def test_exported_cells_are_safe_for_spreadsheets(app):
     table = {r["student_id"]: r for r in csv.DictReader(io.StringIO(exported.text))}
     assert [table[f"s{i}"]["name"] for i in range(len(names))] == ["'" + n for n in names]
     assert table["alice"]["name"] == "Alice"
+    # max_score is the assignment's (hw1: 3 + 3 + 2 + 2 points), before anybody hands in;
+    # control: the old rule, the best max_score among graded submissions, had none: 0
+    assert grades.max_score(ROOT, HW) == 10.0
+    assert {r["max_score"] for r in table.values()} == {"10.0"}
+    assert max((), default=0.0) == 0.0
     assert [grades.cell(x) for x in ("\tx", "\rx", "a=b", -1.5)] == ["'\tx", "'\rx", "a=b", -1.5]

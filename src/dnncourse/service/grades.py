@@ -4,16 +4,23 @@ Policy ``last``: the student's last graded submission counts; ``best``: the one 
 best score after the penalty. A submission handed in ``d`` started days after the deadline
 keeps ``max(0, 1 - penalty * d)`` of its score; with no penalty set (``None``), late
 submissions do not count at all (they are still graded, so the student sees the feedback).
+
+A submission counts with the result of its last finished grading: while a regrade grades it
+again, its previous score stands, so no grade falls back to an older submission meanwhile.
+The assignment's ``max_score`` is the sum of the points of its graded cells in
+``solutions/``, known before anybody hands in.
 """
 
 import csv
 import io
+import json
 import math
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 
 from ..grading.protocol import Status
-from .models import GRADED, Assignment, Submission
+from .models import Assignment, Submission
 
 DAY = 86400.0
 COLUMNS = [
@@ -37,6 +44,24 @@ def late_days(created: datetime, deadline: datetime | None) -> int:
     return math.ceil((created - deadline).total_seconds() / DAY)
 
 
+def max_score(root: Path, assignment: str) -> float:
+    """The points of ``assignment``: its graded cells' points in the instructor's notebooks."""
+    total = 0.0
+    for path in sorted((root / "solutions" / assignment).glob("*.ipynb")):
+        for cell in json.loads(path.read_text()).get("cells", []):
+            meta = cell.get("metadata", {}).get("nbgrader", {})
+            if meta.get("grade"):
+                total += float(meta.get("points", 0) or 0)
+    return total
+
+
+def may_count(sub: Submission, assignment: Assignment) -> bool:
+    """Whether ``sub`` can count at all: on time, or late with a penalty set."""
+    return (
+        assignment.late_penalty is not None or late_days(sub.created_at, assignment.deadline) == 0
+    )
+
+
 def effective(sub: Submission, assignment: Assignment) -> float | None:
     """The score that counts for ``sub`` (None: it does not count: late without penalty)."""
     days = late_days(sub.created_at, assignment.deadline)
@@ -45,6 +70,25 @@ def effective(sub: Submission, assignment: Assignment) -> float | None:
     if assignment.late_penalty is None:
         return None
     return sub.score * max(0.0, 1.0 - assignment.late_penalty * days)
+
+
+def to_regrade(subs: list[Submission], assignment: Assignment) -> list[Submission]:
+    """The submissions of one student that count, or could count once regraded.
+
+    Under ``best`` every one that may count (its new score may be the best); under ``last``
+    the last that may count (an on-time one before a late one that does not count), and the
+    one counting now, if another.
+    """
+    eligible = sorted(
+        (s for s in subs if may_count(s, assignment)), key=lambda s: (s.created_at, s.id)
+    )
+    if assignment.policy == "best":
+        return eligible
+    chosen = eligible[-1:]
+    now = pick(subs, assignment).submission
+    if now is not None and now not in chosen:
+        chosen.append(now)
+    return chosen
 
 
 @dataclass
@@ -56,7 +100,7 @@ class Pick:
 def pick(subs: list[Submission], assignment: Assignment) -> Pick:
     """The submission that counts under the assignment's policy, and its score."""
     counted = [
-        (s, e) for s in subs if s.state == GRADED and (e := effective(s, assignment)) is not None
+        (s, e) for s in subs if s.finished > 0 and (e := effective(s, assignment)) is not None
     ]
     if not counted:
         return Pick(None, 0.0)
@@ -82,7 +126,7 @@ def rows(students, subs: list[Submission], assignment: Assignment, max_score: fl
                 "name": user.name,
                 "assignment": assignment.name,
                 "score": round(chosen.score, 4),
-                "max_score": sub.max_score if sub else max_score,
+                "max_score": max_score,
                 "status": sub.status if sub else Status.MISSING.value,
                 "submission": sub.id if sub else "",
                 "submitted_at": sub.created_at.isoformat(timespec="seconds") + "Z" if sub else "",

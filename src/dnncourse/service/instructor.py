@@ -118,7 +118,7 @@ def _grades_table(service, request, db):
     """The assignment of the URL, its submissions, the top score, each student's grade."""
     a = find_assignment(service, db, request.path_params["name"])
     subs = _subs(db, a.name)
-    max_score = max((s.max_score for s in subs if s.state == GRADED), default=0.0)
+    max_score = grades.max_score(service.config.root, a.name)
     return a, subs, max_score, grades.rows(_students(db), list(subs), a, max_score)
 
 
@@ -191,11 +191,10 @@ def regrade(service, request, db, user, form):
         subs = [s for s in subs if s.user.login == login]
         if not subs:
             raise Problem(404, f"{login} has no submission of {a.name}.")
-    if a.policy == "last":  # only the last one of each student can count
-        last = {}
-        for s in subs:
-            last[s.user_id] = s
-        subs = list(last.values())
+    by_student: dict[int, list[Submission]] = {}
+    for s in subs:
+        by_student.setdefault(s.user_id, []).append(s)
+    subs = [s for mine in by_student.values() for s in grades.to_regrade(mine, a)]
     count = service.jobs.regrade(db, a, [s.id for s in subs])
     return RedirectResponse(
         f"/instructor/assignments/{a.name}?message=regrading+{count}+submissions", 303

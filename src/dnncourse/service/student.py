@@ -9,7 +9,7 @@ same-origin) and shown in an ``<iframe sandbox>``.
 
 import json
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from starlette.datastructures import UploadFile
 from starlette.responses import (
     FileResponse,
@@ -248,9 +248,8 @@ def submission_json(service, request, db, user, form):
     sub = own_submission(db, user, request.path_params["id"])
     view = _view(sub)
     if sub.state == QUEUED:
-        view["ahead"] = db.scalar(
-            select(func.count()).where(Submission.state == QUEUED, Submission.id < sub.id)
-        )
+        view["ahead"], estimate = service.jobs.position(db, sub.id)
+        view["estimate_s"] = round(estimate) if estimate is not None else None
     return JSONResponse(view)
 
 
