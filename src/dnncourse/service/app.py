@@ -17,10 +17,15 @@ from starlette.staticfiles import StaticFiles
 from .auth import SESSION_LIFETIME
 from .config import ServiceConfig
 from .instructor import (
+    audit_log,
     dashboard,
+    drop,
+    extension,
     grades_csv,
     instructor,
+    lms_csv,
     new_link,
+    questions_csv,
     regrade,
     roster,
     settings,
@@ -39,6 +44,7 @@ from .student import (
     submission_json,
     submission_page,
     submit,
+    submitted_file,
 )
 from .web import HERE, Headers, Service
 
@@ -55,6 +61,7 @@ ROUTES = [
     Route("/submissions/{id:int}", submission_page),
     Route("/submissions/{id:int}.json", submission_json),
     Route("/submissions/{id:int}/feedback/{notebook}", feedback),
+    Route("/submissions/{id:int}/files/{file}", submitted_file),
     Route("/instructor", instructor),
     Route("/instructor/roster", roster, methods=["POST"]),
     Route("/instructor/students/{uid:int}/link", new_link, methods=["POST"]),
@@ -63,6 +70,11 @@ ROUTES = [
     Route("/instructor/assignments/{name}/settings", settings, methods=["POST"]),
     Route("/instructor/assignments/{name}/regrade", regrade, methods=["POST"]),
     Route("/instructor/assignments/{name}/grades.csv", grades_csv),
+    Route("/instructor/assignments/{name}/lms.csv", lms_csv),
+    Route("/instructor/assignments/{name}/questions.csv", questions_csv),
+    Route("/instructor/assignments/{name}/extension", extension, methods=["POST"]),
+    Route("/instructor/students/{uid:int}/drop", drop, methods=["POST"]),
+    Route("/instructor/audit", audit_log),
 ]
 
 

@@ -153,7 +153,8 @@ def session_user(db, session: dict) -> User | None:
     if now - row.seen_at > SEEN_EVERY:
         row.seen_at = now
         db.commit()
-    return db.get(User, row.user_id)
+    user = db.get(User, row.user_id)
+    return user if user is not None and user.role != "dropped" else None
 
 
 def end_session(db, session: dict) -> None:

@@ -18,6 +18,7 @@ import math
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from types import SimpleNamespace
 
 from ..grading.protocol import Status
 from .models import Assignment, Submission
@@ -35,6 +36,7 @@ COLUMNS = [
     "late_days",
     "raw_score",
     "detail",
+    "deadline",
 ]
 
 
@@ -42,6 +44,27 @@ def late_days(created: datetime, deadline: datetime | None) -> int:
     if deadline is None or created <= deadline:
         return 0
     return math.ceil((created - deadline).total_seconds() / DAY)
+
+
+def for_student(assignment: Assignment, deadline: datetime | None = None):
+    """``assignment``'s rules for one student: with an extension, their own deadline (and
+    hard close, if the assignment has one: it moves as far as the deadline moved)."""
+    if deadline is None:
+        return assignment
+    close = assignment.closes_at
+    if close is not None and assignment.deadline is not None:
+        close = max(close, close + (deadline - assignment.deadline))
+    elif close is not None:
+        close = max(close, deadline)
+    return SimpleNamespace(
+        name=assignment.name,
+        deadline=deadline,
+        closes_at=close,
+        opens_at=assignment.opens_at,
+        policy=assignment.policy,
+        late_penalty=assignment.late_penalty,
+        per_hour=assignment.per_hour,
+    )
 
 
 def max_score(root: Path, assignment: str) -> float:
@@ -111,13 +134,17 @@ def pick(subs: list[Submission], assignment: Assignment) -> Pick:
     return Pick(sub, score)
 
 
-def rows(students, subs: list[Submission], assignment: Assignment, max_score: float) -> list:
-    """One row per student of the roster (a student with nothing counted gets 0)."""
+def rows(
+    students, subs: list[Submission], a: Assignment, max_score: float, extensions=None
+) -> list:
+    """One row per student of the roster (a student with nothing counted gets 0);
+    ``extensions``: user id -> their own deadline."""
     by_student: dict[int, list[Submission]] = {}
     for sub in subs:
         by_student.setdefault(sub.user_id, []).append(sub)
     out = []
     for user in students:
+        assignment = for_student(a, (extensions or {}).get(user.id))
         chosen = pick(by_student.get(user.id, []), assignment)
         sub = chosen.submission
         out.append(
@@ -133,6 +160,9 @@ def rows(students, subs: list[Submission], assignment: Assignment, max_score: fl
                 "late_days": late_days(sub.created_at, assignment.deadline) if sub else "",
                 "raw_score": sub.score if sub else "",
                 "detail": sub.detail if sub else "no submission that counts",
+                "deadline": assignment.deadline.isoformat(timespec="minutes") + "Z"
+                if assignment.deadline
+                else "",
             }
         )
     return out
@@ -148,6 +178,40 @@ def cell(value):
     if isinstance(value, str) and value.startswith(FORMULA):
         return "'" + value
     return value
+
+
+QUESTION_COLUMNS = [
+    "notebook", "check", "max_points", "mean_points", "passed", "graded", "passed_fraction"
+]  # fmt: skip
+
+
+def questions(table: list[dict], subs: list[Submission]) -> list[dict]:
+    """Per test cell, over the submissions that count: mean points and how many passed."""
+    by_id = {s.id: s for s in subs}
+    stats: dict[tuple, dict] = {}
+    for row in table:
+        sub = by_id.get(row["submission"])
+        if sub is None:
+            continue
+        for check in sub.checks:
+            key = (check["notebook"], check["name"])
+            entry = stats.setdefault(key, {"max": 0.0, "points": 0.0, "passed": 0, "n": 0})
+            entry["max"] = max(entry["max"], check["max_points"])
+            entry["points"] += check["points"]
+            entry["passed"] += bool(check["passed"])
+            entry["n"] += 1
+    return [
+        {
+            "notebook": notebook,
+            "check": name,
+            "max_points": e["max"],
+            "mean_points": round(e["points"] / e["n"], 4),
+            "passed": e["passed"],
+            "graded": e["n"],
+            "passed_fraction": round(e["passed"] / e["n"], 4),
+        }
+        for (notebook, name), e in stats.items()
+    ]
 
 
 def to_csv(table: list[dict], columns: list[str] = COLUMNS) -> str:

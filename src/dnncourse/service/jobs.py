@@ -124,6 +124,20 @@ class Jobs:
         self._wake.set()
         return sub
 
+    def left_this_hour(self, db, user: User, assignment) -> int | None:
+        """How many more times ``user`` may hand in ``assignment`` now (None: no limit)."""
+        if not assignment.per_hour:
+            return None
+        since = utcnow() - timedelta(hours=1)
+        recent = db.scalar(
+            select(func.count()).where(
+                Submission.user_id == user.id,
+                Submission.assignment == assignment.name,
+                Submission.created_at > since,
+            )
+        )
+        return max(0, assignment.per_hour - recent)
+
     def regrade(self, db, assignment: Assignment, ids: list[int]) -> int:
         """Queue submissions ``ids`` again on a freshly prepared assignment; returns how many.
 

@@ -22,7 +22,15 @@ from . import auth, grades
 from .grader import safe_name
 from .jobs import RateLimited
 from .models import GRADED, QUEUED, Assignment, Submission, User, utcnow
-from .web import FEEDBACK_CSP, Problem, find_assignment, own_submission, page
+from .web import (
+    FEEDBACK_CSP,
+    Problem,
+    find_assignment,
+    own_submission,
+    page,
+    released,
+    student_rules,
+)
 
 MAX_DEPTH = 64  # a notebook nests about 6 deep (cells, outputs, data); widget state a few more
 
@@ -107,6 +115,8 @@ def login(service, request, db, user, form):
         auth.failed(db, name, _address(request))
         return service.render(request, "login.html", status=401, error="Wrong id or password.")
     auth.clear_failures(db, name)
+    if found.role == "dropped":
+        raise Problem(403, "This account was dropped from the course: ask your instructor.")
     auth.start_session(db, request.session, found)
     return RedirectResponse("/", status_code=303)
 
@@ -114,7 +124,7 @@ def login(service, request, db, user, form):
 @page(role=None)
 def signin(service, request, db, user, form):
     link = auth.find_link(db, request.path_params["token"])
-    if link is None:
+    if link is None or link.user.role == "dropped":
         raise Problem(404, "This sign-in link is unknown, used or expired: ask for a new one.")
     person = link.user
     if request.method == "GET":
@@ -173,16 +183,19 @@ def assignment_list(service, request, db, user, form):
     items = []
     for name in service.names:
         a = db.get(Assignment, name)
+        if not (user.is_instructor or released(a)):
+            continue
+        rules = student_rules(db, user, a)
         subs = db.scalars(
             select(Submission).where(Submission.user_id == user.id, Submission.assignment == name)
         ).all()
-        items.append((a, len(subs), grades.pick(list(subs), a)))
+        items.append((rules, len(subs), grades.pick(list(subs), rules)))
     return service.render(request, "assignments.html", items=items, now=utcnow())
 
 
 @page()
 def assignment_page(service, request, db, user, form):
-    a = find_assignment(service, db, request.path_params["name"])
+    a = student_rules(db, user, find_assignment(service, db, request.path_params["name"], user))
     subs = db.scalars(
         select(Submission)
         .where(Submission.user_id == user.id, Submission.assignment == a.name)
@@ -195,6 +208,7 @@ def assignment_page(service, request, db, user, form):
         subs=subs,
         notebooks=service.grader.notebooks(a.name),
         counted=grades.pick(list(subs), a),
+        left=service.jobs.left_this_hour(db, user, a),
         now=utcnow(),
         max_mib=service.config.max_upload_bytes / 2**20,
         error=request.query_params.get("error"),
@@ -203,7 +217,7 @@ def assignment_page(service, request, db, user, form):
 
 @page()
 def download_release(service, request, db, user, form):
-    a = find_assignment(service, db, request.path_params["name"])
+    a = find_assignment(service, db, request.path_params["name"], user)
     notebook = request.path_params["notebook"]
     if notebook not in service.grader.notebooks(a.name):
         raise Problem(404, "No such notebook.")
@@ -213,9 +227,14 @@ def download_release(service, request, db, user, form):
 
 @page(upload=True)
 def submit(service, request, db, user, form):
-    a = find_assignment(service, db, request.path_params["name"])
+    a = find_assignment(service, db, request.path_params["name"], user)
     if user.is_instructor:
         raise Problem(403, "Instructors do not hand in; sign in as a student to try it.")
+    rules = student_rules(db, user, a)
+    if rules.closes_at is not None and utcnow() > rules.closes_at:
+        raise Problem(
+            403, f"{a.name} closed at {rules.closes_at:%Y-%m-%d %H:%M} UTC: no more hand-ins."
+        )
     expected = service.grader.notebooks(a.name)
     files = {}
     for field, value in form.multi_items():
@@ -251,6 +270,20 @@ def submission_json(service, request, db, user, form):
         view["ahead"], estimate = service.jobs.position(db, sub.id)
         view["estimate_s"] = round(estimate) if estimate is not None else None
     return JSONResponse(view)
+
+
+@page()
+def submitted_file(service, request, db, user, form):
+    """A file of one's own submission, as it was stored."""
+    sub = own_submission(db, user, request.path_params["id"])
+    name = request.path_params["file"]
+    if name not in [listed for listed, *_ in sub.files]:
+        raise Problem(404, "No such file in this submission.")
+    return FileResponse(
+        service.jobs.store / sub.folder / name,
+        filename=name,
+        media_type="application/x-ipynb+json",
+    )
 
 
 @page()

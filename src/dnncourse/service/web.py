@@ -16,6 +16,7 @@ from functools import wraps
 from pathlib import Path
 
 import jinja2
+from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -27,11 +28,11 @@ from starlette.responses import (
 )
 
 from ..homework import assignments
-from . import auth
+from . import auth, grades
 from .config import ServiceConfig, private_files, private_folder
 from .grader import Grader
 from .jobs import Jobs
-from .models import Assignment, Submission, User, open_db
+from .models import Assignment, AuditEntry, Extension, Submission, User, open_db, utcnow
 
 HERE = Path(__file__).parent
 LOGIN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
@@ -224,11 +225,35 @@ async def _read_capped(request: Request, cap: int, files: int):
 
 
 # -- helpers -------------------------------------------------------------------------------
-def find_assignment(service: Service, db, name: str) -> Assignment:
+def find_assignment(service: Service, db, name: str, user: User | None = None) -> Assignment:
+    """The assignment ``name``; for a student (``user``), only once it is released."""
     found = db.get(Assignment, name) if name in service.names else None
     if found is None:
         raise Problem(404, f"There is no assignment {name!r}.")
+    if user is not None and not user.is_instructor and not released(found):
+        raise Problem(
+            404, f"{name} is not released yet: it opens {found.opens_at:%Y-%m-%d %H:%M} UTC."
+        )
     return found
+
+
+def released(a: Assignment) -> bool:
+    return a.opens_at is None or a.opens_at <= utcnow()
+
+
+def student_rules(db, user: User, a: Assignment):
+    """``a``'s rules for ``user``: their extension's deadline, if any."""
+    mine = db.scalar(
+        select(Extension.deadline).where(
+            Extension.user_id == user.id, Extension.assignment == a.name
+        )
+    )
+    return grades.for_student(a, mine)
+
+
+def audit(db, user: User, action: str, detail: str) -> None:
+    """Record what an instructor did (committed with the change)."""
+    db.add(AuditEntry(who=user.login, action=action, detail=detail[:2000]))
 
 
 def own_submission(db, user: User, sub_id: int) -> Submission:
