@@ -356,7 +356,7 @@ def test_script_in_outputs_and_html_in_messages_never_run(server, people, driver
     assert not any("PWNED" in c["message"] for c in view["checks"])
     page = mallory.get(f"/submissions/{sub}").text
     assert "raised ValueError" in page and "PWNED-MSG" not in page
-    assert '<iframe sandbox=""' in page
+    assert '<iframe sandbox="allow-scripts"' in page  # without allow-same-origin
     # The attack ran: the graded notebook (stored for formgrader) holds the payload as HTML.
     graded = server.data / "grading" / HW / "course" / "autograded" / "mallory" / HW
     outputs = [
@@ -370,8 +370,10 @@ def test_script_in_outputs_and_html_in_messages_never_run(server, people, driver
     assert "<script>console.log('PWNED-RAN')" not in fb.text, "outputs shown as text only"
     assert "<b id='xss'>" not in fb.text
     assert "&lt;script&gt;console.log('PWNED-RAN')" in fb.text  # the cell's source, escaped
-    csp = fb.headers["content-security-policy"]
-    assert csp.startswith("sandbox;") and "script-src" not in csp and "default-src 'none'" in csp
+    csp = dict(d.strip().split(" ", 1) for d in fb.headers["content-security-policy"].split(";"))
+    assert csp["sandbox"] == "allow-scripts" and csp["default-src"] == "'none'"
+    scripts = csp["script-src"].split()  # the service's MathJax only: no inline, no other
+    assert scripts == [f"{server.url}/mathjax/", f"{server.url}/static/mathjax-config.js"]
     if driver is None:
         pytest.skip("chromium not installed: the headers and markup were checked")
     # Control: the output the notebook made, shown as HTML, runs (and the log shows it).
@@ -629,3 +631,70 @@ def test_regrading_one_student_grades_again(server, people):
     assert query(server, "SELECT version FROM assignments WHERE name = ?", HW) == [(2,)]
     dash = prof.get(f"/instructor/assignments/{HW}").text
     assert "<svg" in dash and "histogram" in dash
+
+
+@pytest.mark.browser
+def test_the_new_pages_in_the_browser(server, people, driver, tmp_path):
+    """Math typeset in the feedback; a student's hand-ins left and their own file; then
+    extensions, the per-question table, the audit log, links as CSV, dropping a student."""
+    if driver is None:
+        pytest.skip(f"needs {CHROMIUM} and {CHROMEDRIVER}")
+    people["alice"].wait(people["alice_sub"])  # graded: it counts, with its checks
+    _browser_login(driver, server, "alice", "alice hands in notebooks")
+    # the math of the statement is typeset, by the service's own MathJax, in the frame
+    stored = (server.data / "feedback" / str(people["alice_sub"]) / f"{NAME}.html").read_text()
+    assert r"$\hat y = a + bx" in stored and "cdnjs" in stored  # control: TeX, a CDN's script
+    driver.get(f"{server.url}/submissions/{people['alice_sub']}")
+    driver.switch_to.frame(driver.find_element("css selector", "iframe.feedback"))
+    _wait(driver, lambda: driver.execute_script(
+        "return document.querySelectorAll('.MathJax, .MathJax_Display').length"), 60)  # fmt: skip
+    assert r"$\hat y" not in driver.find_element("tag name", "body").text
+    loaded = driver.execute_script(
+        "return performance.getEntriesByType('resource').map(e => e.name)"
+    )
+    assert any("/mathjax/MathJax.js" in u for u in loaded) and not any(
+        "cdnjs" in u for u in loaded
+    )
+    driver.switch_to.default_content()
+    driver.get(f"{server.url}/assignments/{HW}")
+    assert driver.find_element("id", "left").text.endswith("left")
+    mine = driver.find_element("css selector", "a.own-file")
+    assert mine.text == f"{NAME}.ipynb"
+    mine.click()
+    stored = driver.downloads / f"{NAME}.ipynb"
+    _wait(driver, stored.is_file, 30)
+    assert stored.read_bytes() == RELEASE.read_bytes()  # alice handed in the release
+    _browser_logout(driver)
+
+    _instructor_in_browser(driver, server)
+    driver.get(f"{server.url}/instructor/assignments/{HW}")
+    questions = driver.find_element("id", "questions").text
+    assert "test_cubic_gradients" in questions and "test_fit_cubic" in questions
+    driver.find_element("id", "extension-student").send_keys("alice")
+    driver.find_element("id", "extension-deadline").send_keys("2030-01-02T03:04")
+    driver.find_element("id", "extension-save").click()
+    _wait(driver, lambda: "extension saved" in driver.page_source, 30)
+    assert "alice 2030-01-02 03:04 UTC" in driver.find_element("id", "extensions").text
+    driver.get(f"{server.url}/instructor")
+    roster = tmp_path / "roster.csv"
+    roster.write_text("student_id,name,email\ndave,Dave,dave@example.org\n")
+    driver.find_element("css selector", "#roster input[type=file]").send_keys(str(roster))
+    from selenium.webdriver.support.ui import Select
+
+    Select(driver.find_element("id", "links-as")).select_by_value("csv")
+    driver.find_element("css selector", "#roster button").click()
+    links = driver.downloads / "links.csv"
+    _wait(driver, links.is_file, 30)
+    with open(links) as f:
+        (row,) = list(csv.DictReader(f))
+    assert row["student_id"] == "dave" and "/signin/" in row["link"]
+    driver.get(f"{server.url}/instructor")
+    driver.find_element("id", "drop-dave").click()
+    _wait(driver, lambda: "dave dropped" in driver.page_source, 30)
+    assert not driver.find_elements("id", "drop-dave")
+    driver.find_element("id", "audit").click()
+    _wait(driver, lambda: driver.find_elements("id", "audit-log"), 30)
+    log = driver.find_element("id", "audit-log").text
+    assert "extension" in log and "drop dave" in log and "sign-in links for dave" in log
+    assert row["link"].rsplit("/", 1)[1] not in log
+    _browser_logout(driver)

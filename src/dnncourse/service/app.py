@@ -46,7 +46,7 @@ from .student import (
     submit,
     submitted_file,
 )
-from .web import HERE, Headers, Service
+from .web import HERE, MATHJAX, Headers, Service
 
 ROUTES = [
     Route("/", home),
@@ -92,7 +92,11 @@ def create_app(config: ServiceConfig) -> Starlette:
             await run_in_threadpool(service.jobs.stop)
 
     app = Starlette(
-        routes=[*ROUTES, Mount("/static", StaticFiles(directory=HERE / "static"), name="static")],
+        routes=[
+            *ROUTES,
+            Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
+            Mount("/mathjax", StaticFiles(directory=MATHJAX), name="mathjax"),
+        ],
         middleware=[
             Middleware(Headers),
             Middleware(

@@ -3,8 +3,10 @@
 A student reaches only their own submissions (another's is "not found", as one that does
 not exist). An upload must be notebook JSON under a plain ``.ipynb`` name, within the size
 cap; it is stored under the released notebook's name. Feedback pages from the grader may
-hold anything a notebook printed: they are served with a CSP ``sandbox`` (no script, no
-same-origin) and shown in an ``<iframe sandbox>``.
+hold anything a notebook printed (as text: the grader keeps no HTML output): they are served
+with a CSP ``sandbox allow-scripts`` (an opaque origin: no cookies, no access to the page
+around it) whose only scripts are the service's own MathJax, which typesets the math of the
+Markdown cells, and shown in an ``<iframe sandbox="allow-scripts">``.
 """
 
 import json
@@ -23,13 +25,14 @@ from .grader import safe_name
 from .jobs import RateLimited
 from .models import GRADED, QUEUED, Assignment, Submission, User, utcnow
 from .web import (
-    FEEDBACK_CSP,
     Problem,
+    feedback_csp,
     find_assignment,
     own_submission,
     page,
     released,
     student_rules,
+    with_mathjax,
 )
 
 MAX_DEPTH = 64  # a notebook nests about 6 deep (cells, outputs, data); widget state a few more
@@ -293,7 +296,8 @@ def feedback(service, request, db, user, form):
     path = service.jobs.feedback / str(sub.id) / f"{notebook}.html"
     if sub.state != GRADED or not safe_name(notebook) or not path.is_file():
         raise Problem(404, "No feedback (yet).")
+    origin = str(request.base_url).rstrip("/")
     return HTMLResponse(
-        path.read_text(errors="replace"),
-        headers={"content-security-policy": FEEDBACK_CSP, "x-frame-options": "SAMEORIGIN"},
+        with_mathjax(path.read_text(errors="replace")),
+        headers={"content-security-policy": feedback_csp(origin), "x-frame-options": "SAMEORIGIN"},
     )

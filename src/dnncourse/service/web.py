@@ -16,6 +16,7 @@ from functools import wraps
 from pathlib import Path
 
 import jinja2
+import jupyter_server_mathjax
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
@@ -41,10 +42,35 @@ PAGE_CSP = (
     "img-src 'self' data:; frame-src 'self'; form-action 'self'; base-uri 'none'; "
     "object-src 'none'; frame-ancestors 'none'"
 )
-FEEDBACK_CSP = (
-    "sandbox; default-src 'none'; style-src 'unsafe-inline'; img-src data:; font-src data:; "
-    "form-action 'none'; base-uri 'none'; frame-ancestors 'self'"
+MATHJAX = Path(jupyter_server_mathjax.__file__).parent / "static"  # MathJax 2.7, served
+CDN_MATHJAX = re.compile(
+    r'<script src="https://cdnjs\.cloudflare\.com/ajax/libs/mathjax/[^"]*">\s*</script>'
 )
+INLINE_CONFIG = re.compile(r'<script type="text/x-mathjax-config">.*?</script>', re.S)
+OWN_MATHJAX = (
+    '<script src="/static/mathjax-config.js"></script>'
+    '<script src="/mathjax/MathJax.js?config=TeX-AMS-MML_HTMLorMML-full,Safe"></script>'
+)
+
+
+def feedback_csp(origin: str) -> str:
+    """A feedback page's policy: sandboxed (an opaque origin: no cookies, no parent), and no
+    script but the service's MathJax (its config file and the files under ``/mathjax/``)."""
+    return (
+        f"sandbox allow-scripts; default-src 'none'; script-src {origin}/mathjax/ "
+        f"{origin}/static/mathjax-config.js; style-src 'unsafe-inline'; img-src data:; "
+        f"font-src data: {origin}/mathjax/; form-action 'none'; base-uri 'none'; "
+        "frame-ancestors 'self'"
+    )
+
+
+def with_mathjax(page: str) -> str:
+    """nbconvert's page with MathJax from the service instead of a CDN (which the policy
+    blocks; the inline configuration would need ``eval``)."""
+    page = INLINE_CONFIG.sub("", page)
+    return CDN_MATHJAX.sub(lambda _: OWN_MATHJAX, page, count=1)
+
+
 MAX_ROSTER_BYTES = 2 * 2**20
 MAX_FORM_BYTES = 64 * 1024  # a form without a file
 MAX_ID = 2**63 - 1  # ids in URLs beyond a 64-bit integer are "not found"
@@ -71,6 +97,8 @@ class Headers:
                     b"x-frame-options": b"DENY",
                     b"cache-control": b"no-store",
                 }
+                if scope["path"].startswith("/mathjax/"):  # the same for everybody
+                    extra[b"cache-control"] = b"public, max-age=86400"
                 headers += [(k, v) for k, v in extra.items() if k not in names]
                 message = {**message, "headers": headers}
             await send(message)
