@@ -110,6 +110,23 @@ def test_a_regrade_takes_the_submissions_that_count_or_could():
     assert grades.to_regrade([*subs, pending], a) == [pending, on_time]
 
 
+def test_a_manual_grade_counts_only_for_the_submission_the_gradebook_holds():
+    from types import SimpleNamespace
+
+    t = datetime(2026, 12, 1, 12, 0)
+    a = Assignment(name=HW, deadline=None, policy="best", late_penalty=None)
+    older, newer = _sub(1, t, 9.0), _sub(2, t + timedelta(hours=1), 4.0)
+    older.graded_at, newer.graded_at = t, t + timedelta(hours=1)  # the gradebook holds newer
+    alice = SimpleNamespace(id=1, login="alice", name="Alice")
+    (row,) = grades.rows([alice], [older, newer], a, 10.0, manual={"alice": 6.0})
+    assert (row["submission"], row["score"]) == (1, 9.0)  # best: older; manual is newer's
+    (row,) = grades.rows([alice], [older, newer], a, 10.0, manual={"alice": 9.5})
+    assert (row["submission"], row["score"]) == (1, 9.0)  # newer's 9.5 is not picked again
+    a.policy = "last"
+    (row,) = grades.rows([alice], [older, newer], a, 10.0, manual={"alice": 6.0})
+    assert (row["submission"], row["score"], row["raw_score"]) == (2, 6.0, 6.0)
+
+
 def test_histogram_counts_each_score_once():
     svg = grades.histogram_svg([0, 0, 5, 9.99, 10, 10], 10.0, bins=10)
     counts = [int(n) for n in re.findall(r": (\d+)</title>", svg)]
@@ -698,3 +715,25 @@ def test_the_new_pages_in_the_browser(server, people, driver, tmp_path):
     assert "extension" in log and "drop dave" in log and "sign-in links for dave" in log
     assert row["link"].rsplit("/", 1)[1] not in log
     _browser_logout(driver)
+
+
+def test_a_manual_grade_of_the_submission_that_counts_reaches_grades_csv(server, people):
+    """An instructor grades by hand in formgrader (nbgrader's gradebook) after the grading."""
+    from nbgrader.api import Gradebook
+
+    prof, alice = people["prof"], people["alice"]
+    sub = alice.wait(people["alice_sub"])
+    assert sub["score"] == 0.0  # the stub, graded again by the regrade above
+    before = _grades(prof)["alice"]
+    assert (float(before["score"]), before["submission"]) == (0.0, str(people["alice_sub"]))
+    with Gradebook(f"sqlite:///{server.data / 'gradebook.db'}", "dnncourse") as gb:
+        grade = gb.find_grade("test_cubic_gradients", NAME, HW, "alice")
+        grade.manual_score = 2.5  # of 3
+        gb.db.commit()
+    # control: the service's own record of the submission still says 0
+    assert query(server, "SELECT score FROM submissions WHERE id = ?", people["alice_sub"]) == [
+        (0.0,)
+    ]
+    row = _grades(prof)["alice"]
+    assert (float(row["score"]), float(row["raw_score"])) == (2.5, 2.5)
+    assert "2.5 / 10" in prof.get(f"/instructor/assignments/{HW}").text

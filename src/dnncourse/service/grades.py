@@ -8,20 +8,29 @@ submissions do not count at all (they are still graded, so the student sees the 
 A submission counts with the result of its last finished grading: while a regrade grades it
 again, its previous score stands, so no grade falls back to an older submission meanwhile.
 The assignment's ``max_score`` is the sum of the points of its graded cells in
-``solutions/``, known before anybody hands in.
+``solutions/``, known before anybody hands in. A manual grade entered in nbgrader's formgrader
+after the grading counts for the submission the gradebook holds (the student's last graded):
+when that one counts, its score is the gradebook's.
 """
 
 import csv
 import io
 import json
+import logging
 import math
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from types import SimpleNamespace
 
+from nbgrader.api import Gradebook, MissingEntry
+from sqlalchemy.exc import OperationalError
+
+from ..grading.course import COURSE_ID
 from ..grading.protocol import Status
 from .models import Assignment, Submission
+
+log = logging.getLogger("dnncourse.service")
 
 DAY = 86400.0
 COLUMNS = [
@@ -85,14 +94,37 @@ def may_count(sub: Submission, assignment: Assignment) -> bool:
     )
 
 
-def effective(sub: Submission, assignment: Assignment) -> float | None:
-    """The score that counts for ``sub`` (None: it does not count: late without penalty)."""
+def effective(sub: Submission, assignment: Assignment, raw: float | None = None) -> float | None:
+    """The score that counts for ``sub`` (None: it does not count: late without penalty);
+    ``raw``: its score if not the stored one (a manual grade entered since)."""
+    raw = sub.score if raw is None else raw
     days = late_days(sub.created_at, assignment.deadline)
     if days == 0:
-        return sub.score
+        return raw
     if assignment.late_penalty is None:
         return None
-    return sub.score * max(0.0, 1.0 - assignment.late_penalty * days)
+    return raw * max(0.0, 1.0 - assignment.late_penalty * days)
+
+
+def manual_scores(url: str, assignment: str) -> dict[str, float]:
+    """From nbgrader's gradebook: the score of each student whose grades hold a manual score
+    (entered in formgrader; the gradebook holds each student's last graded submission)."""
+    if url.startswith("sqlite:///") and not Path(url[len("sqlite:///") :]).is_file():
+        return {}
+    scores = {}
+    try:
+        with Gradebook(url, COURSE_ID) as gb:
+            try:
+                found = gb.find_assignment(assignment)
+            except MissingEntry:
+                return {}
+            for sub in found.submissions:
+                cells = [g for notebook in sub.notebooks for g in notebook.grades]
+                if any(g.manual_score is not None for g in cells):
+                    scores[sub.student.id] = float(sub.score)
+    except OperationalError:  # the grader held the gradebook longer than the timeout
+        log.warning("gradebook busy: grades shown without the latest manual grades")
+    return scores
 
 
 def to_regrade(subs: list[Submission], assignment: Assignment) -> list[Submission]:
@@ -135,18 +167,26 @@ def pick(subs: list[Submission], assignment: Assignment) -> Pick:
 
 
 def rows(
-    students, subs: list[Submission], a: Assignment, max_score: float, extensions=None
+    students, subs: list[Submission], a: Assignment, max_score: float, extensions=None, manual=None
 ) -> list:
     """One row per student of the roster (a student with nothing counted gets 0);
-    ``extensions``: user id -> their own deadline."""
+    ``extensions``: user id -> their own deadline; ``manual``: login -> the gradebook's score
+    with manual grades, used for the submission that counts if it is the one the gradebook
+    holds (the student's last graded)."""
     by_student: dict[int, list[Submission]] = {}
     for sub in subs:
         by_student.setdefault(sub.user_id, []).append(sub)
     out = []
     for user in students:
         assignment = for_student(a, (extensions or {}).get(user.id))
-        chosen = pick(by_student.get(user.id, []), assignment)
+        mine = by_student.get(user.id, [])
+        chosen = pick(mine, assignment)
         sub = chosen.submission
+        graded = [s for s in mine if s.finished > 0 and s.graded_at is not None]
+        last = max(graded, key=lambda s: (s.graded_at, s.id), default=None)
+        if sub is not None and sub is last and user.login in (manual or {}):
+            raw = manual[user.login]
+            chosen = Pick(sub, effective(sub, assignment, raw))
         out.append(
             {
                 "student_id": user.login,
@@ -158,7 +198,9 @@ def rows(
                 "submission": sub.id if sub else "",
                 "submitted_at": sub.created_at.isoformat(timespec="seconds") + "Z" if sub else "",
                 "late_days": late_days(sub.created_at, assignment.deadline) if sub else "",
-                "raw_score": sub.score if sub else "",
+                "raw_score": (manual or {}).get(user.login, sub.score)
+                if sub is not None and sub is last
+                else (sub.score if sub else ""),
                 "detail": sub.detail if sub else "no submission that counts",
                 "deadline": assignment.deadline.isoformat(timespec="minutes") + "Z"
                 if assignment.deadline

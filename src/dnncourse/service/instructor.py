@@ -171,7 +171,8 @@ def _grades_table(service, request, db):
     subs = _subs(db, a.name)
     max_score = grades.max_score(service.config.root, a.name)
     extensions = _extensions(db, a.name)
-    table = grades.rows(_students(db), list(subs), a, max_score, extensions)
+    manual = grades.manual_scores(service.config.gradebook, a.name)
+    table = grades.rows(_students(db), list(subs), a, max_score, extensions, manual)
     return a, subs, max_score, table
 
 
