@@ -261,7 +261,7 @@ def _paths(server, people) -> list[tuple[str, str]]:
     uid = query(server, "SELECT id FROM users WHERE login = 'alice'")[0][0]
     values = {
         "name": HW, "id": str(people["alice_sub"]), "uid": str(uid),
-        "notebook": NAME, "token": "not-a-token",
+        "notebook": NAME, "token": "not-a-token", "file": f"{NAME}.ipynb",
     }  # fmt: skip
     out = []
     for route in ROUTES:
@@ -300,6 +300,7 @@ def test_students_reach_only_their_own_submissions(server, people):
         f"/submissions/{sub}",
         f"/submissions/{sub}.json",
         f"/submissions/{sub}/feedback/{NAME}",
+        f"/submissions/{sub}/files/{NAME}.ipynb",
     ):
         response = bob.get(path)
         assert response.status_code == 404, path

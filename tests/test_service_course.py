@@ -199,6 +199,13 @@ def test_own_files_hand_ins_left_links_as_csv_drop_and_the_audit_log(app):
     assert "alice" not in table(prof.get(f"/instructor/assignments/{HW}/grades.csv"))
     with app.state.service.sessions() as db:
         assert db.get(Submission, sub) is not None
+    token = csrf(prof, "/instructor")
+    back = {"roster": ("r.csv", "student_id,name\nalice,Alice\n", "text/csv")}
+    assert prof.post("/instructor/roster", data={"csrf": token}, files=back).status_code == 200
+    assert login(client(app, "10.3.0.3"), "alice", PASSWORD.format("alice")).status_code == 303
+    assert "alice" in table(prof.get(f"/instructor/assignments/{HW}/grades.csv"))
+    token = csrf(prof, "/instructor")
+    prof.post(f"/instructor/students/{uid(app, 'bob')}/signout", data={"csrf": token})
     # the audit log: who did what, never a link's token
     token = csrf(prof, f"/instructor/assignments/{HW}")
     prof.post(f"/instructor/assignments/{HW}/regrade", data={"student": "", "csrf": token})
@@ -206,10 +213,14 @@ def test_own_files_hand_ins_left_links_as_csv_drop_and_the_audit_log(app):
     log = prof.get("/instructor/audit")
     assert log.status_code == 200
     for what in ("roster", "links", "drop", "regrade", "settings", "sign-in links for carol",
+                 "sign-out", "bob: 1 sessions ended",
                  f"{HW}: everyone", "5/hour"):  # fmt: skip
         assert what in log.text, what
     assert link.rsplit("/", 1)[1] not in log.text
     assert alice.get("/instructor/audit").status_code in (303, 401, 403)
+    assert bob.get("/instructor/audit").status_code == 303  # signed out by the instructor
+    bob = client(app, "10.3.0.4")
+    assert login(bob, "bob", PASSWORD.format("bob")).status_code == 303
     assert bob.get("/instructor/audit").status_code == 403
 
 
