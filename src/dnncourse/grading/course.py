@@ -21,7 +21,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import nbformat
-from nbgrader import utils as nbutils
 from nbgrader.api import Gradebook
 from sqlalchemy import create_engine, make_url, text
 from sqlalchemy.pool import NullPool
@@ -230,8 +229,3 @@ def save_result(course: Course, result: Result) -> tuple[float, float]:
 def max_score(course: Course) -> float:
     with gradebook(course) as gb:
         return float(gb.find_assignment(course.assignment).max_score)
-
-
-def is_test(cell) -> bool:
-    """A graded test cell (a grade cell that is not an answer)."""
-    return cell.cell_type == "code" and nbutils.is_grade(cell) and not nbutils.is_solution(cell)
