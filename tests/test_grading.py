@@ -341,6 +341,26 @@ def test_an_unknown_comparison_is_an_error_at_release_not_a_silent_default():
     assert len(found) == 1 and "unknown comparison 'closee'" in found[0]
 
 
+def test_nbgrader_grading_settings_are_refused_not_ignored(tmp_path):
+    """``c.Execute.timeout`` and ``c.LimitOutput.*`` are nbgrader autograde's: dnncourse
+    refuses a course that sets them, naming its own option, before grading anything."""
+    from dnncourse.grading.course import prepare, refuse_grading_settings
+
+    config = tmp_path / "nbgrader_config.py"
+    plain = (ROOT / "nbgrader_config.py").read_text()
+    config.write_text(plain)
+    refuse_grading_settings(config)  # the course's own settings pass
+    config.write_text(plain + "c.Execute.timeout = 30\nc.LimitOutput.max_lines = 10\n")
+    with pytest.raises(ValueError) as error:
+        refuse_grading_settings(config)
+    message = str(error.value)
+    assert "c.Execute.timeout, c.LimitOutput.max_lines" in message
+    assert "--cell-timeout" in message and "Limits" in message
+    with pytest.raises(ValueError, match=r"c\.Execute\.timeout"):
+        prepare(tmp_path, "hw1", tmp_path / "out")
+    assert not (tmp_path / "out").exists(), "refused before anything was written"
+
+
 def test_students_and_a_safe_zip(tmp_path):
     import zipfile
 

@@ -36,7 +36,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
-from ..grading.course import Course, make_bundle, prepare
+from ..grading.course import Course, make_bundle, prepare, refuse_grading_settings
 from ..grading.engine import EngineError, Session, check_scheduler, complete, store
 from ..grading.protocol import Bundle, Result, Task, failed
 from ..homework import hidden_lines
@@ -74,6 +74,7 @@ class Grader:
         self.config = config
         self.base = config.data / "grading"
         self.base.mkdir(parents=True, exist_ok=True)
+        refuse_grading_settings(config.root / "nbgrader_config.py")  # at start, not per hand-in
         try:
             check_scheduler(config.scheduler)
         except EngineError as error:
