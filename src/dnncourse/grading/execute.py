@@ -37,7 +37,7 @@ from nbclient.exceptions import CellTimeoutError, DeadKernelError
 
 from . import sandbox as sandboxes
 from .probe import MIME
-from .protocol import Limits, Status
+from .protocol import Limits, Status, encode
 
 __all__ = ["Execution", "Limits", "SandboxedKernelManager", "execute"]
 
@@ -235,11 +235,7 @@ def _execute_once(nb, cwd: Path, limits: Limits, sandbox: bool, data: Path | Non
     result = Execution()
     work = _kernel_folder()
     config = work / "limits.json"
-    config.write_text(
-        json.dumps(
-            {"memory_limit_mb": limits.memory_limit_mb, "file_limit_mb": limits.file_limit_mb}
-        )
-    )
+    config.write_text(encode(limits))  # the kernel reads memory_limit_mb and file_limit_mb
     box = None
     if sandbox:
         env = {k: v for k, v in os.environ.items() if k.endswith("_NUM_THREADS")}
