@@ -82,7 +82,7 @@ def run(solution: Path, limits: Limits, sandbox: bool = True) -> dict[str, list[
     """Execute the solution notebook (with its folder's data files); its records by cell.
 
     It runs as a student's notebook does: in the sandbox (unless ``sandbox=False``), with the
-    data files copied into the kernel's working folder.
+    data files in the kernel's working folder, read-only (one copy, made here).
     """
     nb = nbformat.read(solution, as_version=4)
     for cell in nb.cells:
