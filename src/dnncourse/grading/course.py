@@ -219,12 +219,15 @@ def register(course: Course, students: list[str]) -> None:
 
 def _by_hand(graded: dict[str, bytes]) -> dict[tuple[str, str], float | None]:
     """nbgrader's automatic score of each answer graded by hand (a written answer, a code
-    answer with points): 0 if left as released, else None (a person grades it)."""
+    answer with points): 0 if left as released, else None (a person grades it); None for a
+    task (nbgrader's ``SaveAutoGrades`` never scores one)."""
     scores = {}
     for name, data in graded.items():
         nb = nbformat.reads(data, as_version=4)
         for cell in nb.cells:
-            if nbutils.is_grade(cell) and not is_test(cell):
+            if nbutils.is_task(cell):
+                scores[(name, cell.metadata.nbgrader["grade_id"])] = None
+            elif nbutils.is_grade(cell) and not is_test(cell):
                 gid = cell.metadata.nbgrader["grade_id"]
                 scores[(name, gid)] = nbutils.determine_grade(cell)[0]
     return scores

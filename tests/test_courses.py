@@ -1,0 +1,248 @@
+"""Courses that no one here wrote: nbgrader's quickstart course, classic assert tests, data files.
+
+``nbgrader quickstart course101`` makes nbgrader's own example course (``source/ps1``: two
+notebooks, an image, a header notebook; classic assert tests, answers graded by hand). It is
+released and graded by ``dnncourse`` as it comes, with and without its image, and the same
+submissions are graded by plain ``nbgrader autograde``: every score and every cell's
+automatic score must be the same (nbgrader is the oracle). An assignment of our own mixes
+probes and asserts, reads a CSV data set from a subfolder and imports a helper module.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import textwrap
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+from nbgrader.api import Gradebook
+
+from dnncourse.grading import sandbox
+from dnncourse.grading.api import grade, leaks, release_and_validate
+from dnncourse.homework import layout, nbgrader, tool_env
+
+ROOT = Path(__file__).resolve().parents[1]
+STUB = "    # YOUR CODE HERE\n    raise NotImplementedError()"  # in a function's body
+needs_sandbox = pytest.mark.skipif(
+    sandbox.problem() is not None, reason=f"no sandbox on this host: {sandbox.problem()}"
+)
+
+
+def quickstart(where: Path) -> Path:
+    """nbgrader's example course, made by nbgrader itself."""
+    where.mkdir(parents=True, exist_ok=True)
+    nbgrader(where, "quickstart", "course101")
+    return where / "course101"
+
+
+# -- the course's layout ----------------------------------------------------------------------
+def test_the_layout_comes_from_the_courses_nbgrader_config(tmp_path):
+    ours = layout(ROOT)
+    assert (ours.source, ours.release, ours.course_id) == ("solutions", "exercises", "dnncourse")
+    course = quickstart(tmp_path)
+    theirs = layout(course)  # sets only course_id: nbgrader's default folders
+    assert (theirs.source, theirs.release, theirs.course_id) == ("source", "release", "course101")
+    (course / "nbgrader_config.py").write_text(
+        "c = get_config()\nc.CourseDirectory.source_directory = 'masters'\n"
+        "c.CourseDirectory.release_directory = 'handouts'\n"
+        "c.CourseDirectory.ignore = ['*.tmp']\n"
+    )
+    custom = layout(course)
+    assert (custom.source, custom.release, custom.ignore) == ("masters", "handouts", ("*.tmp",))
+    (course / "nbgrader_config.py").write_text("c = get_config()\n")
+    (course / "solutions").mkdir()  # unset, with our folder: ours
+    assert (layout(course).source, layout(course).release) == ("solutions", "exercises")
+    assert layout(course).ignored(Path("sub/__pycache__/helper.cpython-311.pyc"))
+
+
+def test_a_hint_in_the_statement_is_not_a_leak_but_a_hidden_line_is(tmp_path):
+    (tmp_path / "nbgrader_config.py").write_text("c = get_config()\n")
+    hint = "assert total(3) == 6, 'the sum of 1, 2 and 3'"
+    secret = "assert total(10) == 55, 'hidden'"
+    test = f"{hint}\n### BEGIN HIDDEN TESTS\n{hint}\n{secret}\n### END HIDDEN TESTS\n"
+    nb = new_notebook(
+        cells=[new_markdown_cell(f"For example:\n\n    {hint}"), new_code_cell(test)]
+    )
+    (tmp_path / "solutions" / "a").mkdir(parents=True)
+    nbformat.write(nb, tmp_path / "solutions" / "a" / "a.ipynb")
+    (tmp_path / "exercises" / "a").mkdir(parents=True)
+    released = new_notebook(cells=[new_markdown_cell(f"For example:\n\n    {hint}")])
+    nbformat.write(released, tmp_path / "exercises" / "a" / "a.ipynb")
+    assert leaks(tmp_path, "a") == []  # the instructor shows the hint on purpose
+    released.cells.append(new_code_cell(secret))  # control: a hidden line that got out
+    nbformat.write(released, tmp_path / "exercises" / "a" / "a.ipynb")
+    assert [p.split(": ", 1)[1] for p in leaks(tmp_path, "a")] == [
+        f"shows hidden lines, e.g. {secret!r}"
+    ]
+
+
+# -- data files, as an ordinary user ----------------------------------------------------------
+@needs_sandbox
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run a process as another user")
+def test_data_files_are_readable_and_read_only_for_an_ordinary_user():
+    """The sandbox made by a user that is not root (a user namespace): the data folder is
+    theirs, private (0700, a 0600 file), and still readable inside, and not writable."""
+    home = Path(tempfile.mkdtemp(prefix="dnncourse-nobody-"))
+    try:
+        data = home / "data"
+        (data / "sub").mkdir(parents=True)
+        (data / "sub" / "points.csv").write_text("x,y\n1,2\n")
+        (data / "helper.py").write_text("ANSWER = 42\n")
+        (data / "helper.py").chmod(0o600)
+        data.chmod(0o700)
+        for path in [home, *home.rglob("*")]:
+            os.chown(path, 65534, 65534)
+        code = textwrap.dedent(
+            f"""
+            import json, sys
+            from pathlib import Path
+            sys.path.insert(0, {str(ROOT / "src")!r})
+            from dnncourse.grading import sandbox
+            inner = (
+                "import json, os, helper\\n"
+                "seen = dict(uid=os.getuid(), helper=helper.ANSWER, csv=open('sub/points.csv')"
+                ".read())\\n"
+                "try:\\n open('helper.py', 'a')\\nexcept OSError as e: seen['write'] = e.errno\\n"
+                "print('SEEN', json.dumps(seen))\\n"
+            )
+            proc = sandbox._run_inside(inner, data=Path({str(data)!r}))
+            print(proc.stdout, proc.stderr[-2000:])
+            """
+        )
+        env = {**tool_env(), "HOME": str(home), "TMPDIR": str(home)}
+        proc = subprocess.run(
+            [sys.executable, "-c", code],
+            user=65534,
+            group=65534,
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=home,
+            timeout=120,
+        )
+        lines = [ln for ln in proc.stdout.splitlines() if "SEEN " in ln]
+        assert lines, proc.stdout + proc.stderr
+        seen = json.loads(lines[0].split("SEEN ", 1)[1])
+        assert seen["uid"] == 65534 and seen["helper"] == 42 and seen["csv"] == "x,y\n1,2\n"
+        assert seen["write"] in (13, 30)  # EACCES or EROFS: read-only
+        assert (data / "helper.py").read_text() == "ANSWER = 42\n"
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+
+
+# -- nbgrader's quickstart course, end to end -------------------------------------------------
+def answer(nb, grade_id: str, code: str) -> None:
+    """Write ``code`` into the body of the answer cell ``grade_id`` of a released notebook."""
+    (cell,) = [c for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade_id") == grade_id]
+    assert STUB in cell.source
+    cell.source = cell.source.replace(STUB, textwrap.indent(textwrap.dedent(code).strip(), "    "))
+
+
+SQUARES = """
+if n < 1:
+    raise ValueError("n must be at least 1")
+return [i ** 2 for i in range(1, n + 1)]
+"""
+
+
+def submissions(course: Path, where: Path) -> dict[str, Path]:
+    """Five students' ps1 folders: the solution, the untouched release, three others."""
+    release = course / "release" / "ps1"
+    folders = {"solution": course / "source" / "ps1", "stub": release}
+    p1 = nbformat.read(release / "problem1.ipynb", as_version=4)
+    # off by one, and no ValueError: fails everything but "uses squares"
+    wrong = nbformat.from_dict(json.loads(json.dumps(p1)))
+    answer(wrong, "squares", "return [i ** 2 for i in range(n)]")
+    answer(wrong, "sum_of_squares", "return sum(squares(n))")
+    # right, but sum_of_squares reimplemented; written answers filled in (graded by hand)
+    partial = nbformat.from_dict(json.loads(json.dumps(p1)))
+    answer(partial, "squares", SQUARES)
+    answer(partial, "sum_of_squares", "return sum(i * i for i in range(1, n + 1))")
+    for cell in partial.cells:
+        if cell.metadata.get("nbgrader", {}).get("grade_id") == "sum_of_squares_equation":
+            cell.source = "$\\sum_{i=1}^n i^2$"
+    # right, but squares writes to stderr: nbgrader fails every test cell that shows it
+    noisy = nbformat.from_dict(json.loads(json.dumps(p1)))
+    answer(noisy, "squares", "import sys\n\nprint('debug', file=sys.stderr)\n" + SQUARES)
+    answer(noisy, "sum_of_squares", "return sum(squares(n))")
+    for name, nb in (("wrong", wrong), ("partial", partial), ("noisy", noisy)):
+        folder = where / name
+        shutil.copytree(release, folder)
+        nbformat.write(nb, folder / "problem1.ipynb")
+        folders[name] = folder
+    return folders
+
+
+def nbgrader_autograde(course: Path, students: dict[str, Path]) -> dict:
+    """Plain ``nbgrader autograde`` of ``students`` in ``course``: scores by student and cell."""
+    nbgrader(course, "generate_assignment", "ps1")
+    for student, folder in students.items():
+        shutil.copytree(folder, course / "submitted" / student / "ps1")
+    nbgrader(course, "autograde", "ps1", "--force")
+    return gradebook_scores(f"sqlite:///{course / 'gradebook.db'}", list(students))
+
+
+def gradebook_scores(db_url: str, students: list[str]) -> dict:
+    with Gradebook(db_url) as gb:
+        found = {}
+        for student in students:
+            sub = gb.find_submission("ps1", student)
+            cells = {
+                (nb.name, g.name): (g.auto_score, g.needs_manual_grade)
+                for nb in sub.notebooks
+                for g in nb.grades
+            }
+            found[student] = (sub.score, sub.max_score, cells)
+        return found
+
+
+@needs_sandbox
+@pytest.mark.slow
+def test_quickstart_course_released_and_graded_as_nbgrader_grades_it(tmp_path):
+    course = quickstart(tmp_path / "dnncourse")
+    validation = release_and_validate(["ps1"], root=course)["ps1"]
+    assert validation.problems == []
+    (asserted,) = [w for w in validation.warnings if "decided by their asserts" in w]
+    assert "problem1/correct_squares" in asserted and "problem1/squares_invalid_input" in asserted
+    assert any("10 of 13 points are graded by hand" in w for w in validation.warnings)
+    released = course / "release" / "ps1"
+    assert sorted(p.name for p in released.iterdir()) == [
+        "jupyter.png",
+        "problem1.ipynb",
+        "problem2.ipynb",
+    ]
+    students = submissions(course, tmp_path / "students")
+    results = {
+        r.student: r
+        for r in grade("ps1", tmp_path / "students", tmp_path / "out", jobs=2, root=course)
+    }
+    students.pop("solution"), students.pop("stub")  # graded by the validation already
+    ours = gradebook_scores(f"sqlite:///{tmp_path / 'out' / 'gradebook.db'}", list(students))
+    theirs = nbgrader_autograde(quickstart(tmp_path / "nbgrader"), students)
+    table = [(s, ours[s][0], theirs[s][0], ours[s][1]) for s in students]
+    print("\n".join(f"{s:<8} dnncourse {a:g}  nbgrader {b:g}  of {m:g}" for s, a, b, m in table))
+    assert ours == theirs
+    assert {s: ours[s][0] for s in students} == {"wrong": 0.5, "partial": 2.5, "noisy": 0.5}
+    kinds = {c.grade_id: c.kind for c in results["wrong"].checks}
+    assert kinds["correct_squares"] == "assert" and results["wrong"].assert_score == 0.5
+    assert all(r.status == "ok" for r in results.values()), results
+    page = (tmp_path / "out" / "feedback" / "wrong" / "problem1.html").read_text()
+    assert "raised AssertionError" in page and "inside your notebook" in page
+
+
+@needs_sandbox
+@pytest.mark.slow
+def test_quickstart_course_without_its_image(tmp_path):
+    course = quickstart(tmp_path)
+    (course / "source" / "ps1" / "jupyter.png").unlink()
+    validation = release_and_validate(["ps1"], root=course)["ps1"]
+    assert validation.problems == [] and validation.warnings
+    assert sorted(p.name for p in (course / "release" / "ps1").iterdir()) == [
+        "problem1.ipynb",
+        "problem2.ipynb",
+    ]
