@@ -8,6 +8,7 @@ automatic score must be the same (nbgrader is the oracle). An assignment of our 
 probes and asserts, reads a CSV data set from a subfolder and imports a helper module.
 """
 
+import csv
 import json
 import os
 import shutil
@@ -79,6 +80,36 @@ def test_a_hint_in_the_statement_is_not_a_leak_but_a_hidden_line_is(tmp_path):
     assert [p.split(": ", 1)[1] for p in leaks(tmp_path, "a")] == [
         f"shows hidden lines, e.g. {secret!r}"
     ]
+
+
+# -- which cells were decided where: summary, dashboard -----------------------------------------
+def test_the_summary_and_the_dashboard_say_which_cells_asserts_decided():
+    from types import SimpleNamespace
+
+    from dnncourse.grading.engine import summary
+    from dnncourse.grading.protocol import Check, Result
+    from dnncourse.service.instructor import decided_by
+
+    checks = (
+        Check("lab", "fit_probe", 0.0, 2.0, False, "", kind="probe"),
+        Check("lab", "fit_asserts", 1.0, 1.0, True, "", kind="assert"),
+    )
+    result = Result("ann", "lab", "ok", 1.0, 3.0, checks=checks)
+    assert result.assert_score == 1.0 and result.row()["assert_score"] == 1.0
+    text = summary([result])
+    assert "1 decided by probes" in text and "1 by their asserts inside it" in text
+    assert text.rstrip().endswith("lab/fit_asserts")
+    assert "asserts" not in summary([Result("bob", "lab", "ok", 0.0, 2.0, checks=checks[:1])])
+    stored = [{"notebook": c.notebook, "name": c.grade_id, "kind": c.kind} for c in checks]
+    subs = [
+        SimpleNamespace(state="graded", checks=stored),
+        SimpleNamespace(state="queued", checks=[]),
+        SimpleNamespace(state="graded", checks=[{"notebook": "lab", "name": "old"}]),
+    ]
+    assert decided_by(subs) == {
+        "probe": ["lab/fit_probe", "lab/old"],
+        "assert": ["lab/fit_asserts"],
+    }
 
 
 # -- data files, as an ordinary user ----------------------------------------------------------
@@ -246,3 +277,134 @@ def test_quickstart_course_without_its_image(tmp_path):
         "problem1.ipynb",
         "problem2.ipynb",
     ]
+
+
+# -- probes and asserts in one assignment, a CSV data set and a helper module ------------------
+LAB_TESTS = {
+    "fit_probe": (
+        2,
+        '"""Check that fit_line recovers the line through the data set."""\n'
+        "slope, intercept = fit_line(X, y)\n"
+        "assert abs(slope - 2) < 1e-9, f'expected slope 2, got {slope}'\n"
+        "### BEGIN HIDDEN TESTS\n"
+        "from dnncourse.grading.probe import probe\n"
+        "\n"
+        "# exact data y = 2x + 1: least squares in float64 is exact to ~1e-15; a swapped\n"
+        "# or unfitted answer is off by 1 or more\n"
+        "probe('fit', lambda: list(fit_line(X, y)), atol=1e-9, what='the data set')\n"
+        "probe('shifted', lambda: list(fit_line(X, y + 3)), atol=1e-9, what='y + 3')\n"
+        "### END HIDDEN TESTS",
+    ),
+    "fit_asserts": (
+        1,
+        '"""Check the intercept (a classic nbgrader test)."""\n'
+        "### BEGIN HIDDEN TESTS\n"
+        "assert abs(fit_line(X, y)[1] - 1) < 1e-9\n"
+        "assert abs(fit_line(X, 3 * y)[1] - 3) < 1e-9\n"
+        "### END HIDDEN TESTS",
+    ),
+}
+
+
+def guide_probe() -> str:
+    """The guide's example of an assert test turned into a probe (its second code block of
+    the section "Classic nbgrader tests")."""
+    text = (ROOT / "book" / "instructors.md").read_text()
+    section = text[text.index("## Classic nbgrader tests") :]
+    return section.split("```python\n")[2].split("```")[0].strip()
+
+
+def lab_course(root: Path) -> Path:
+    """A course of our layout with one assignment: a CSV in a subfolder, a helper module,
+    probes and asserts (and the guide's probe version of nbgrader's ``squares`` test)."""
+    shutil.copy2(ROOT / "nbgrader_config.py", root / "nbgrader_config.py")
+    lab = root / "solutions" / "lab"
+    (lab / "data").mkdir(parents=True)
+    rows = "\n".join(f"{x},{2 * x + 1}" for x in range(-3, 5))
+    (lab / "data" / "points.csv").write_text(f"x,y\n{rows}\n")
+    (lab / "helpers.py").write_text(
+        "import numpy as np\n\n\ndef load_points(path):\n"
+        "    data = np.loadtxt(path, delimiter=',', skiprows=1)\n"
+        "    return data[:, 0], data[:, 1]\n"
+    )
+    meta = {"schema_version": 3, "locked": False}
+    cells = [
+        new_markdown_cell(
+            "Fit a line to `data/points.csv`. For example, `fit_line(X, 3 * y)` gives "
+            "an intercept of 3:\n\n    assert abs(fit_line(X, 3 * y)[1] - 3) < 1e-9"
+        ),
+        new_code_cell("from helpers import load_points\n\nX, y = load_points('data/points.csv')"),
+        new_code_cell(
+            "import numpy as np\n\n\ndef fit_line(X, y):\n    ### BEGIN SOLUTION\n"
+            "    A = np.stack([X, np.ones_like(X)], axis=1)\n"
+            "    slope, intercept = np.linalg.lstsq(A, y, rcond=None)[0]\n"
+            "    return float(slope), float(intercept)\n    ### END SOLUTION",
+            metadata={"nbgrader": {**meta, "grade": False, "solution": True, "grade_id": "fit"}},
+        ),
+    ]
+    squares = "def squares(n):\n    ### BEGIN SOLUTION" + textwrap.indent(SQUARES, "    ")
+    solution = {**meta, "grade": False, "solution": True, "grade_id": "squares"}
+    cells.append(new_code_cell(squares + "    ### END SOLUTION", metadata={"nbgrader": solution}))
+    for gid, (points, source) in {**LAB_TESTS, "squares_probe": (1, guide_probe())}.items():
+        nbgrader_meta = {**meta, "grade": True, "solution": False, "grade_id": gid}
+        cells.append(
+            new_code_cell(source, metadata={"nbgrader": {**nbgrader_meta, "points": points}})
+        )
+    nb = new_notebook(cells=cells)
+    nb.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+    }
+    nbformat.write(nb, lab / "lab.ipynb")
+    return root
+
+
+@needs_sandbox
+@pytest.mark.slow
+def test_probes_asserts_a_data_set_and_a_helper_module(tmp_path):
+    course = lab_course(tmp_path / "course")
+    validation = release_and_validate(["lab"], root=course)["lab"]
+    assert validation.problems == []  # solution 3/3, stub 0; the statement's hint no leak
+    assert [w for w in validation.warnings if "lab/fit_asserts" in w]
+    assert not [w for w in validation.warnings if "fit_probe" in w]
+    released = course / "exercises" / "lab"
+    assert sorted(p.relative_to(released).as_posix() for p in released.rglob("*.*")) == [
+        "data/points.csv",
+        "helpers.py",
+        "lab.ipynb",
+    ]
+    stub = nbformat.read(released / "lab.ipynb", as_version=4)
+    students = tmp_path / "students"
+    for name, body in {
+        "swapped": "    return 1.0, 2.0",  # wrong: both cells fail
+        # wrong, and hides every error of its process: the assert cell is fooled (as in
+        # plain nbgrader), the probes are not
+        "forger": "    get_ipython().showtraceback = lambda *a, **k: None\n    return 0.0, 0.0",
+    }.items():
+        nb = nbformat.from_dict(json.loads(json.dumps(stub)))
+        (cell,) = [c for c in nb.cells if "def fit_line" in c.source]
+        cell.source = cell.source.replace(STUB, body)
+        if name == "swapped":  # and squares off by one, as in nbgrader's example
+            (cell,) = [c for c in nb.cells if "def squares" in c.source]
+            cell.source = cell.source.replace(STUB, "    return [i**2 for i in range(n)]")
+        if name == "forger":
+            cell.source += "\n\nfit_line(X, y)"  # arms it
+        shutil.copytree(released, students / name)
+        nbformat.write(nb, students / name / "lab.ipynb")
+    results = {r.student: r for r in grade("lab", students, tmp_path / "out", jobs=2, root=course)}
+    points = {s: {c.grade_id: (c.points, c.kind) for c in r.checks} for s, r in results.items()}
+    assert points["swapped"] == {
+        "fit_probe": (0.0, "probe"),
+        "fit_asserts": (0.0, "assert"),
+        "squares_probe": (0.0, "probe"),
+    }
+    assert points["forger"] == {
+        "fit_probe": (0.0, "probe"),
+        "fit_asserts": (1.0, "assert"),
+        "squares_probe": (0.0, "probe"),
+    }
+    assert results["forger"].assert_score == 1.0 and results["forger"].status == "ok"
+    with open(tmp_path / "out" / "grades.csv") as f:
+        rows = {r["student_id"]: r for r in csv.DictReader(f)}
+    assert rows["forger"]["assert_score"] == "1.0" and rows["swapped"]["assert_score"] == "0.0"

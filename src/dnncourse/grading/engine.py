@@ -354,6 +354,14 @@ def summary(results: list[Result], sandbox: bool | None = None) -> str:
         total = sum(r.score for r in results) / len(results)
         top = max(r.max_score for r in results)
         lines.append(f"{'all':<18}{len(results):>9}{total:>12.2f}  (of {top:g})")
+    kinds = {(c.notebook, c.grade_id): c.kind for r in results for c in r.checks}
+    asserted = sorted(f"{nb}/{gid}" for (nb, gid), kind in kinds.items() if kind == "assert")
+    if asserted:
+        lines.append(
+            f"graded cells: {len(kinds) - len(asserted)} decided by probes (outside the "
+            f"student's process), {len(asserted)} by their asserts inside it (forgeable, as "
+            f"in plain nbgrader): {', '.join(asserted)}"
+        )
     if sandbox is not None:
         from .sandbox import summary_line
 

@@ -34,7 +34,7 @@ import time
 from collections import defaultdict
 from contextlib import ExitStack
 from dataclasses import dataclass
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 
 import psutil
 
@@ -52,7 +52,7 @@ from ..grading.engine import (
 from ..grading.feedback import notice_page
 from ..grading.protocol import Bundle, Result, Task
 from ..grading.worker import failed, kill_grader, kill_tree, zero_checks
-from ..homework import hidden_lines
+from ..homework import hidden_lines, layout
 from .config import ServiceConfig
 
 MESSAGE_CHARS = 500
@@ -177,9 +177,13 @@ class Grader:
             pass
 
     # -- assignments ---------------------------------------------------------------------------
+    def source(self, assignment: str) -> Path:
+        """The instructor's folder of ``assignment`` (the course's layout: nbgrader_config.py)."""
+        return self.config.root / layout(self.config.root).source / assignment
+
     def notebooks(self, assignment: str) -> list[str]:
         """The notebook names (no ``.ipynb``) of ``assignment``, as released."""
-        source = self.config.root / "solutions" / assignment
+        source = self.source(assignment)
         return sorted(p.stem for p in source.glob("*.ipynb"))
 
     def _prepare(self, assignment: str) -> Prepared:
@@ -197,7 +201,7 @@ class Grader:
             stamp.write_text(source)
         bundle = make_bundle(course, self.config.limits)  # the reference run: cached
         secret = set()
-        for notebook in (self.config.root / "solutions" / assignment).glob("*.ipynb"):
+        for notebook in (self.source(assignment)).glob("*.ipynb"):
             secret |= hidden_lines(notebook, min_length=12)
         cells = json.loads(bundle.files["gradebook.json"])
         return Prepared(course, bundle, cells, secret)
@@ -206,7 +210,7 @@ class Grader:
         """What a prepared course depends on: the instructor's files and the gradebook URL."""
         h = hashlib.sha256(self.config.gradebook.encode())
         files = [self.config.root / "nbgrader_config.py"]
-        files += sorted((self.config.root / "solutions" / assignment).rglob("*"))
+        files += sorted((self.source(assignment)).rglob("*"))
         for path in files:
             if path.is_file():
                 h.update(str(path.relative_to(self.config.root)).encode() + b"\0")
