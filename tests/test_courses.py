@@ -21,6 +21,7 @@ from pathlib import Path
 import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+from nbgrader import utils as nbutils
 from nbgrader.api import Gradebook
 
 from dnncourse.grading import sandbox
@@ -80,6 +81,49 @@ def test_a_hint_in_the_statement_is_not_a_leak_but_a_hidden_line_is(tmp_path):
     assert [p.split(": ", 1)[1] for p in leaks(tmp_path, "a")] == [
         f"shows hidden lines, e.g. {secret!r}"
     ]
+
+
+# -- classic tests: nbgrader's score, messages from closed sets --------------------------------
+def test_an_assert_cell_scores_as_nbgrader_and_its_message_quotes_nothing():
+    from nbformat.v4 import new_output
+
+    from dnncourse.grading import verdict
+
+    def cell(*outputs, count=1):
+        meta = {"grade": True, "solution": False, "grade_id": "t", "points": 2}
+        c = new_code_cell("assert f() == 55", metadata={"nbgrader": meta})
+        c.outputs, c.execution_count = list(outputs), count
+        return c
+
+    secret = "expected 55 (the hidden value)"
+    cases = {
+        "ok": (cell(new_output("stream", name="stdout", text="hi")), 2.0, "ran without error"),
+        "assert": (
+            cell(new_output("error", ename="AssertionError", evalue=secret, traceback=[secret])),
+            0.0,
+            "raised AssertionError",
+        ),
+        "made-up": (
+            cell(new_output("error", ename="Expected55Error", evalue=secret, traceback=[])),
+            0.0,
+            "raised an exception",
+        ),
+        "stderr": (cell(new_output("stream", name="stderr", text=secret)), 0.0, "stderr"),
+        "partial": (
+            cell(new_output("execute_result", data={"text/plain": "0.5"}, execution_count=1)),
+            0.5,
+            "partial credit",
+        ),
+        "not run": (cell(count=None), 0.0, "not run: the grading stopped earlier (timeout)"),
+    }
+    for name, (c, points, words) in cases.items():
+        nb = new_notebook(cells=[c])
+        (check,) = verdict.decide(nb, {"t": []}, "nb", stopped="timeout")
+        assert (check.kind, check.points, check.max_points) == ("assert", points, 2.0), name
+        assert words in check.message and "55" not in check.message, (name, check.message)
+        assert check.passed == (points == 2.0)
+        if name != "not run":  # nbgrader's own verdict on the same cell
+            assert check.points == float(nbutils.determine_grade(c)[0])
 
 
 # -- which cells were decided where: summary, dashboard -----------------------------------------
@@ -317,6 +361,7 @@ def guide_probe() -> str:
 def lab_course(root: Path) -> Path:
     """A course of our layout with one assignment: a CSV in a subfolder, a helper module,
     probes and asserts (and the guide's probe version of nbgrader's ``squares`` test)."""
+    root.mkdir(parents=True, exist_ok=True)
     shutil.copy2(ROOT / "nbgrader_config.py", root / "nbgrader_config.py")
     lab = root / "solutions" / "lab"
     (lab / "data").mkdir(parents=True)

@@ -137,7 +137,7 @@ class Result:
     @property
     def assert_score(self) -> float:
         """The points of cells decided by asserts inside the student's process (forgeable)."""
-        return sum(c.points for c in self.checks if c.kind == "assert")
+        return float(sum(c.points for c in self.checks if c.kind == "assert"))
 
     def row(self) -> dict:
         """The row of ``grades.csv``."""
