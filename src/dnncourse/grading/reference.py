@@ -26,7 +26,7 @@ import nbformat
 from ..homework import Layout
 from . import probe, verdict
 from .execute import execute
-from .protocol import Limits
+from .protocol import Comparison, Limits, Status
 
 
 class ReferenceError(RuntimeError):
@@ -56,14 +56,9 @@ def checksum(solution: Path, layout: Layout | None = None) -> str:
     return h.hexdigest()[:32]
 
 
-def assert_only(records: dict[str, list[dict]]) -> list[str]:
-    """The graded cells that record no probe: decided by their asserts, as nbgrader does."""
-    return [gid for gid, recs in records.items() if not recs]
-
-
 def problems(records: dict[str, list[dict]]) -> list[str]:
     """What makes these records unusable as a reference (a cell without probes is not:
-    it is a classic nbgrader test, see :func:`assert_only`)."""
+    it is a classic nbgrader test, decided by :func:`.verdict.by_asserts`)."""
     found = []
     for gid, recs in records.items():
         names = [r["name"] for r in recs]
@@ -71,6 +66,10 @@ def problems(records: dict[str, list[dict]]) -> list[str]:
             f"{gid}: probe {n!r} recorded twice" for n in sorted(set(names)) if names.count(n) > 1
         ]
         for rec in recs:
+            try:
+                Comparison.of(rec)
+            except ValueError as error:
+                found.append(f"{gid}: {error}")
             try:
                 value = verdict.decode(rec.get("value"))
             except verdict.Unreadable:
@@ -109,7 +108,7 @@ def run(
             shutil.copy2(extra, target)
         data = Path(tmp) if any(Path(tmp).iterdir()) else None
         result = execute(nb, Path(tmp), limits, sandbox=sandbox, data=data)
-    if result.status != "ok":
+    if result.status != Status.OK:
         raise ReferenceError(
             f"the reference run of {solution.name} ended with {result.status}: "
             + "; ".join(result.details)
