@@ -175,9 +175,13 @@ def _inside(path: Path, folder: Path) -> bool:
 
 # -- the data files ---------------------------------------------------------------------------
 def data_entries(data: Path | None) -> list[Path]:
-    """The top-level entries of the data folder that the sandbox shows (no links)."""
+    """The top-level entries of the data folder that the sandbox shows (no links). A folder
+    that is gone is returned itself: bwrap then refuses to start and names it (the kernel
+    did not start, a grader error, never the student's)."""
     if data is None:
         return []
+    if not data.is_dir():
+        return [data]
     return [e for e in sorted(data.iterdir()) if not e.is_symlink()]
 
 
@@ -192,7 +196,7 @@ def share_data(data: Path | None) -> None:
     owned by root, was unreadable there, and the kernel died at start. Folders get
     ``a+rx``, files ``a+r``; nothing gets write access.
     """
-    if data is None:
+    if data is None or not data.is_dir():
         return
     key = (data.resolve(), data.stat().st_ino, data.stat().st_mtime_ns)
     if key in _SHARED:
