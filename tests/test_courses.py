@@ -291,6 +291,8 @@ def test_quickstart_course_released_and_graded_as_nbgrader_grades_it(tmp_path):
         "problem1.ipynb",
         "problem2.ipynb",
     ]
+    header = nbformat.read(released / "problem1.ipynb", as_version=4).cells[0].source
+    assert header.startswith("Before you turn this problem in")  # the course's header notebook
     students = submissions(course, tmp_path / "students")
     results = {
         r.student: r

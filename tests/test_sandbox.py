@@ -188,8 +188,10 @@ def test_work_folder_has_the_data_read_only_and_a_size_cap(tmp_path):
     (data / "sub" / "more.txt").write_text("more")
     (data / "helper.py").write_text("ANSWER = 42\n")
     (data / "helper.py").chmod(0o600)
+    (data / "big.bin").write_bytes(b"d" * 12 * 2**20)  # more than the folder's 8 MiB cap
     seen = run_inside(
         """
+        seen["big"] = os.path.getsize("big.bin")
         seen["files"] = sorted(os.path.relpath(os.path.join(d, f)) for d, _, fs in os.walk(".")
                                for f in fs)
         seen["read"] = [open("points.csv").read(), open("sub/more.txt").read()]
@@ -207,7 +209,8 @@ def test_work_folder_has_the_data_read_only_and_a_size_cap(tmp_path):
         data=data,
         workdir_mb=8,
     )
-    assert seen["files"][:3] == ["helper.py", "points.csv", "sub/more.txt"], seen["files"]
+    assert seen["files"][:4] == ["big.bin", "helper.py", "points.csv", "sub/more.txt"]
+    assert seen["big"] == 12 * 2**20  # a bind, not a copy: the cap does not apply
     assert seen["read"] == ["x,y\n1,2\n", "more"] and seen["helper"] == 42
     assert seen["change"][0] in ("PermissionError", "OSError"), seen["change"]
     assert seen["remove"][0] in ("PermissionError", "OSError"), seen["remove"]
