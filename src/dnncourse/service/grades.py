@@ -7,8 +7,8 @@ submissions do not count at all (they are still graded, so the student sees the 
 
 A submission counts with the result of its last finished grading: while a regrade grades it
 again, its previous score stands, so no grade falls back to an older submission meanwhile.
-The assignment's ``max_score`` is the sum of the points of its graded cells in
-``solutions/``, known before anybody hands in. A manual grade entered in nbgrader's formgrader
+The assignment's ``max_score`` is the sum of the points of its graded cells in the
+instructor's notebooks (``solutions/``), known before anybody hands in. A manual grade entered in nbgrader's formgrader
 after the grading counts for the submission the gradebook holds (the student's last graded):
 when that one counts, its score is the gradebook's.
 """
@@ -28,6 +28,7 @@ from sqlalchemy.exc import OperationalError
 
 from ..grading.course import COURSE_ID
 from ..grading.protocol import Status
+from ..homework import layout
 from .models import Assignment, Submission
 
 log = logging.getLogger("dnncourse.service")
@@ -77,9 +78,10 @@ def for_student(assignment: Assignment, deadline: datetime | None = None):
 
 
 def max_score(root: Path, assignment: str) -> float:
-    """The points of ``assignment``: its graded cells' points in the instructor's notebooks."""
+    """The points of ``assignment``: its graded cells' points in the instructor's notebooks
+    (the course's source folder, ``solutions/`` here)."""
     total = 0.0
-    for path in sorted((root / "solutions" / assignment).glob("*.ipynb")):
+    for path in sorted((root / layout(root).source / assignment).glob("*.ipynb")):
         for cell in json.loads(path.read_text()).get("cells", []):
             meta = cell.get("metadata", {}).get("nbgrader", {})
             if meta.get("grade"):

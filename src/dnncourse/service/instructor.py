@@ -181,6 +181,16 @@ def _extensions(db, name: str) -> dict[int, datetime]:
     return {e.user_id: e.deadline for e in found}
 
 
+def decided_by(subs) -> dict[str, list[str]]:
+    """The graded cells by what decided them ("probe": outside; "assert": inside the
+    student's process, forgeable as in plain nbgrader), from the graded submissions."""
+    kinds = {}
+    for sub in (s for s in subs if s.state == GRADED):
+        for c in sub.checks or []:
+            kinds[f"{c['notebook']}/{c['name']}"] = c.get("kind", "probe")
+    return {k: sorted(n for n, v in kinds.items() if v == k) for k in ("probe", "assert")}
+
+
 @page(role="instructor")
 def dashboard(service, request, db, user, form):
     a, subs, max_score, table = _grades_table(service, request, db)
@@ -202,6 +212,7 @@ def dashboard(service, request, db, user, form):
         max_score=max_score,
         questions=grades.questions(table, subs),
         extensions=db.scalars(select(Extension).where(Extension.assignment == a.name)).all(),
+        decided=decided_by(subs),
         message=request.query_params.get("message"),
     )
 

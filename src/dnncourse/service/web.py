@@ -28,7 +28,7 @@ from starlette.responses import (
     Response,
 )
 
-from ..homework import assignments
+from ..homework import assignments, layout
 from . import auth, grades
 from .config import ServiceConfig, private_files, private_folder
 from .grader import Grader
@@ -135,7 +135,8 @@ class Service:
         known = assignments(config.root)
         unknown = sorted(set(config.assignments) - set(known))
         if unknown:
-            raise ValueError(f"unknown assignments {unknown}; solutions/ holds {known}")
+            source = layout(config.root).source
+            raise ValueError(f"unknown assignments {unknown}; {source}/ holds {known}")
         self.names = config.assignments or known
         config.assignments = self.names
         with self.sessions() as db:
