@@ -8,9 +8,9 @@ submissions do not count at all (they are still graded, so the student sees the 
 A submission counts with the result of its last finished grading: while a regrade grades it
 again, its previous score stands, so no grade falls back to an older submission meanwhile.
 The assignment's ``max_score`` is the sum of the points of its graded cells in the
-instructor's notebooks (``solutions/``), known before anybody hands in. A manual grade entered in nbgrader's formgrader
-after the grading counts for the submission the gradebook holds (the student's last graded):
-when that one counts, its score is the gradebook's.
+instructor's notebooks (``solutions/``), known before anybody hands in. A manual grade
+entered in nbgrader's formgrader after the grading counts for the submission the gradebook
+holds (the student's last graded): when that one counts, its score is the gradebook's.
 """
 
 import csv
