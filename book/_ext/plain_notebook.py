@@ -7,10 +7,13 @@ MyST directives (```` ```{exercise} ````, ```` ```{prf:algorithm} ````, admoniti
 
 * admonitions, algorithms and exercises become block quotes with a bold title;
 * a ``{solution}`` directive becomes a folded ``<details>`` block; a gated solution
-  (``solution-start`` ... ``solution-end``, spanning code cells) is removed, with a pointer to
-  the online book, so that no solution is in plain view;
+  (``solution-start`` ... ``solution-end``, spanning code cells) keeps its code: its prose is
+  folded in ``<details>`` blocks and its code cells are collapsed (JupyterLab's
+  ``jupyter.source_hidden``, Colab's form view under a ``# @title``), so that the reader can
+  run and read the solution but no solution is in plain view;
 * citations become author-year text (from the book's ``.bib`` files), ``{doc}`` a link to the
-  sibling notebook, ``{numref}``/``{ref}``/``{prf:ref}`` the text the book shows;
+  sibling notebook, ``{numref}``/``{ref}``/``{prf:ref}`` the text the book shows, and a
+  ``{glue:text}`` or ``{glue}`` role the value the notebook's code glued (``Resolver.glue``);
 * target labels ``(name)=`` and MyST comments ``% ...`` are dropped.
 
 :data:`MYST_MARKUP` finds what is left; the book's tests use it on every download.
@@ -22,6 +25,8 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from myst_nb.core.variables import format_plain_text
+
 MYST_MARKUP = re.compile(r"^\s*(`{3,}|:{3,})\{[\w:-]+\}|\{[\w:-]+\}`[^`]*`", re.M)
 """A MyST directive fence or role; plain Markdown never holds one."""
 
@@ -29,7 +34,8 @@ _FENCE = re.compile(r"^(`{3,}|:{3,})\{([\w:-]+)\}[ \t]*(.*)$")
 _ROLE = re.compile(r"\{([\w:-]+)\}`([^`]*)`")
 _EXPLICIT = re.compile(r"^(.*?)\s*<([^<>]+)>$", re.S)
 _LABEL_LINE = re.compile(r"^\([\w:.-]+\)=\s*$")
-SOLUTION_NOTE = "*The solution, with its code, is in the online book.*"
+SOLUTION_NOTE = "**Solution** (folded below; its code cells are collapsed: expand them to read)"
+SOLUTION_TITLE = "# @title Solution code (collapsed: show the code to read it)"
 
 
 @dataclass
@@ -40,6 +46,7 @@ class Resolver:
     doc: Callable[[str], tuple[str, str]] = lambda target: (target, f"{target}.ipynb")
     numref: Callable[[str], str] = lambda label: label
     ref: Callable[[str], str] = lambda label: label
+    glue: dict[str, str] = field(default_factory=dict)
     counters: dict[str, int] = field(default_factory=dict)
 
     def number(self, kind: str) -> int:
@@ -61,6 +68,13 @@ def _role(match: re.Match, resolver: Resolver) -> str:
         return title or (resolver.numref if name == "numref" else resolver.ref)(target)
     if name == "math":
         return f"${content}$"
+    if name in {"glue", "glue:text", "glue:any"}:
+        key, spec = content, ""
+        if name == "glue:text" and ":" in content:
+            key, spec = content.rsplit(":", 1)
+        if key not in resolver.glue:
+            raise KeyError(f"nothing was glued under {key!r}")
+        return format_plain_text(resolver.glue[key], spec)
     return f"`{content}`"  # an unknown role: show its content as code
 
 
@@ -134,30 +148,66 @@ def plain_markdown(text: str, resolver: Resolver) -> tuple[str, list[str]]:
     return "\n".join(out), markers
 
 
+def glued(nb: dict) -> dict[str, str]:
+    """What the notebook's code glued (myst-nb ``glue``): name -> its ``text/plain``."""
+    values = {}
+    for cell in nb["cells"]:
+        for output in cell.get("outputs", []):
+            name = output.get("metadata", {}).get("scrapbook", {}).get("name")
+            if name is None:
+                continue
+            for mime, value in output.get("data", {}).items():
+                if mime.endswith("text/plain"):
+                    values[name] = "".join(value) if isinstance(value, list) else value
+    return values
+
+
+def _fold(text: str, continued: bool) -> str:
+    summary = "Solution (continued)" if continued else "Solution"
+    return f"<details>\n<summary>{summary}</summary>\n\n{text.strip()}\n\n</details>"
+
+
+def _collapse(cell: dict) -> None:
+    """Hide a solution's code: JupyterLab folds the input, Colab shows only the title."""
+    source = "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
+    if not source.startswith("# @title"):
+        cell["source"] = f"{SOLUTION_TITLE}\n{source}"
+    metadata = cell.setdefault("metadata", {})
+    metadata.setdefault("jupyter", {})["source_hidden"] = True
+    metadata["cellView"] = "form"
+
+
 def plain_notebook(nb: dict, resolver: Resolver) -> dict:
     """Rewrite every markdown cell of a notebook (a dict in nbformat 4) in place; return it.
 
-    Cells between a ``solution-start`` and its ``solution-end`` (markdown or code) are
-    dropped and replaced by :data:`SOLUTION_NOTE`.
+    Between a ``solution-start`` and its ``solution-end`` the prose is folded in
+    ``<details>`` and the code cells are collapsed (see the module docstring); the values
+    the code glued fill the ``glue`` roles.
     """
-    cells, inside = [], False
+    resolver.glue = {**glued(nb), **resolver.glue}
+    cells, inside, folded = [], False, 0
     for cell in nb["cells"]:
         source = "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
         if cell["cell_type"] != "markdown":
-            if not inside:
-                cells.append(cell)
+            if inside and cell["cell_type"] == "code":
+                _collapse(cell)
+            cells.append(cell)
             continue
         text, _ = plain_markdown(source, resolver)
         kept = []
         for part in re.split(r"(\0[\w-]+\0)", text):
             if part == "\0solution-start\0":
-                inside = True
+                inside, folded = True, 0
                 kept.append(SOLUTION_NOTE)
             elif part == "\0solution-end\0":
                 inside = False
-            elif not part.startswith("\0") and not inside:
-                kept.append(part)
-        text = "\n".join(p.strip("\n") for p in kept if p.strip())
+            elif not part.startswith("\0") and part.strip():
+                if inside:
+                    kept.append(_fold(part, continued=folded > 0))
+                    folded += 1
+                else:
+                    kept.append(part)
+        text = "\n\n".join(p.strip("\n") for p in kept if p.strip())
         if text.strip():
             cell["source"] = text
             cells.append(cell)
