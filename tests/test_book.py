@@ -146,6 +146,37 @@ def test_chapter_structure(book, name):
     assert re.match(r"\d+\.\s*\S", h1), f"{name}: chapter title is not numbered: {h1!r}"
 
 
+def _silent_solution_cells(main) -> list[str]:
+    """Code cells inside a solution whose output in the page is empty: '<solution id> #k'."""
+    silent = []
+    for solution in main.select(".solution"):
+        for k, cell in enumerate(solution.select("div.cell"), start=1):
+            outputs = cell.select(".cell_output")
+            shown = any(o.get_text(strip=True) or o.select("img, svg, table") for o in outputs)
+            if not shown:
+                silent.append(f"{solution.get('id', '?')} cell {k}")
+    return silent
+
+
+def test_silent_solution_cells_are_found():
+    """The check below can fail: a solution cell without output is reported, one with is not."""
+    html = """<article><div class="solution" id="s1">
+      <div class="cell"><div class="cell_input">x = 1</div></div>
+      <div class="cell"><div class="cell_input">print(x)</div>
+        <div class="cell_output"><pre>1</pre></div></div>
+      <div class="cell"><div class="cell_input">plot()</div>
+        <div class="cell_output"><img src="a.svg"/></div></div></div></article>"""
+    assert _silent_solution_cells(BeautifulSoup(html, "html.parser")) == ["s1 cell 1"]
+
+
+@pytest.mark.parametrize("name", chapter_files())
+def test_solution_code_shows_its_evidence(book, name):
+    """Each code cell of an exercise solution prints or plots something in the built page
+    (what the solution's prose cites): a solution cell that only computes shows nothing."""
+    silent = _silent_solution_cells(article(page(name)))
+    assert not silent, f"{name}: solution code cells without output: {silent}"
+
+
 @pytest.mark.parametrize("name", chapter_files())
 def test_chapter_launch_and_download_buttons(book, name):
     soup = page(name)

@@ -660,3 +660,13 @@ def test_fit_mlp_seeds_the_network_and_the_batches_from_one_seed():
         [4, 8, 3], sgd, (X, y), (Xv, y[:8]), num_epochs=3, batch_size=8, seed=6, device=CPU
     )
     assert other.history.batch_loss != score.history.batch_loss, "the seed changes the run"
+    normalized, _ = fit_mlp(
+        [4, 8, 3],
+        sgd,
+        (X, y),
+        (Xv, y[:8]),
+        num_epochs=1,
+        mlp_options={"norm": nn.BatchNorm1d},
+        device=CPU,
+    )
+    assert isinstance(normalized[1], nn.BatchNorm1d), "mlp_options reach mlp"

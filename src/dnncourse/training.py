@@ -365,6 +365,7 @@ def fit_mlp(
     seed: int = 0,
     batch_size: int | None = None,
     activation: str | Callable[[], nn.Module] = "relu",
+    mlp_options: dict | None = None,
     device: torch.device | str | None = None,
     **fit_kwargs,
 ) -> tuple[nn.Sequential, Score]:
@@ -378,6 +379,8 @@ def fit_mlp(
 
     Args:
         sizes, activation: as for :func:`dnncourse.models.mlp`.
+        mlp_options: more arguments of :func:`dnncourse.models.mlp` (``init``, ``norm``,
+            ``norm_position``, ``dropout`` ...).
         make_optimizer, train_data, val_data, num_epochs, batch_size: as for
             :func:`fit_classifier`.
         seed: seeds both the initialization and the batch order.
@@ -399,6 +402,7 @@ def fit_mlp(
         activation=activation,
         generator=torch.Generator().manual_seed(seed),
         device=device,
+        **(mlp_options or {}),
     )
     score = fit_classifier(
         model,
