@@ -14,13 +14,18 @@ MyST directives (```` ```{exercise} ````, ```` ```{prf:algorithm} ````, admoniti
 * citations become author-year text (from the book's ``.bib`` files), ``{doc}`` a link to the
   sibling notebook, ``{numref}``/``{ref}``/``{prf:ref}`` the text the book shows, and a
   ``{glue:text}`` or ``{glue}`` role the value the notebook's code glued (``Resolver.glue``);
-* target labels ``(name)=`` and MyST comments ``% ...`` are dropped.
+* target labels ``(name)=`` and MyST comments ``% ...`` are dropped;
+* the first inline mention of a PyTorch API (```torch.optim.SGD```, ```nn.Dropout(p)```)
+  becomes a link to its page in PyTorch's documentation (:func:`pytorch_doc_url`, also used
+  by the book's pages).
 
 :data:`MYST_MARKUP` finds what is left; the book's tests use it on every download.
 """
 
 from __future__ import annotations
 
+import importlib
+import inspect
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -38,6 +43,84 @@ SOLUTION_NOTE = "**Solution** (folded below; its code cells are collapsed: expan
 SOLUTION_TITLE = "# @title Solution code (collapsed: show the code to read it)"
 
 
+PYTORCH_DOCS = "https://docs.pytorch.org/docs/stable/"
+_API = re.compile(r"^(?:torch|nn|F)(?:\.[A-Za-z_]\w*)+(?=\(.*\)$|$)")
+_ALIASES = {"nn": "torch.nn", "F": "torch.nn.functional"}
+# modules whose members are documented on the module's own page, not a generated one
+_MODULE_PAGES = {
+    "torch.nn.init": "nn.init.html",
+    "torch.testing": "testing.html",
+    "torch.nn": "nn.html",
+    "torch.nn.functional": "nn.functional.html",
+    "torch.optim": "optim.html",
+    "torch.optim.lr_scheduler": "optim.html#how-to-adjust-learning-rate",
+    "torch.autograd": "autograd.html",
+    "torch.random": "random.html",
+}
+
+
+def _resolve(name: str):
+    """The object ``name`` names (``torch.optim.SGD``), or None if there is none."""
+    module, *rest = name.split(".")
+    obj = importlib.import_module(module)
+    for part in rest:
+        if hasattr(obj, part):
+            obj = getattr(obj, part)
+            continue
+        try:
+            obj = importlib.import_module(f"{obj.__name__}.{part}")
+        except (ImportError, AttributeError):
+            return None
+    return obj
+
+
+def pytorch_doc_url(text: str) -> tuple[str, str] | None:
+    """``(full name, URL)`` of PyTorch's documentation for an API written as inline code.
+
+    ``torch.optim.SGD``, ``nn.Dropout(p=0.2)`` and ``F.relu`` name APIs (``nn`` and ``F``
+    as the chapters import them); the name must exist in the installed torch. Classes and
+    functions have a generated page each; members of ``torch.nn.init`` and
+    ``torch.testing`` an anchor on their module's page; a method an anchor on its class's.
+    """
+    match = _API.match(text.strip())
+    if match is None:
+        return None
+    head, _, tail = match.group(0).partition(".")
+    name = f"{_ALIASES.get(head, head)}.{tail}"
+    try:
+        obj = _resolve(name)
+    except ImportError:
+        return None
+    if obj is None:
+        return None
+    if inspect.ismodule(obj):
+        page = _MODULE_PAGES.get(name)
+        return (name, PYTORCH_DOCS + page) if page else None
+    parent, _, _ = name.rpartition(".")
+    if parent in {"torch.nn.init", "torch.testing", "torch.random"}:
+        return name, f"{PYTORCH_DOCS}{_MODULE_PAGES[parent]}#{name}"
+    owner = _resolve(parent)
+    if inspect.isclass(owner) and parent != "torch.Tensor":  # Tensor methods: own pages
+        return name, f"{PYTORCH_DOCS}generated/{parent}.html#{name}"
+    return name, f"{PYTORCH_DOCS}generated/{name}.html"
+
+
+_INLINE_CODE = re.compile(r"(?<![`\[])`([^`\n]+)`(?![`\]])")
+
+
+def _link_apis(line: str, resolver: Resolver) -> str:
+    """The first mention of each PyTorch API in inline code becomes a link to its docs."""
+
+    def link(match: re.Match) -> str:
+        found = pytorch_doc_url(match.group(1))
+        if found is None or found[0] in resolver.linked:
+            return match.group(0)
+        resolver.linked.add(found[0])
+        return f"[{match.group(0)}]({found[1]})"
+
+    return _INLINE_CODE.sub(link, line)
+
+
 @dataclass
 class Resolver:
     """The text the book shows for a cross-reference (callables given by the extension)."""
@@ -47,6 +130,7 @@ class Resolver:
     numref: Callable[[str], str] = lambda label: label
     ref: Callable[[str], str] = lambda label: label
     glue: dict[str, str] = field(default_factory=dict)
+    linked: set[str] = field(default_factory=set)  # PyTorch APIs linked so far
     counters: dict[str, int] = field(default_factory=dict)
 
     def number(self, kind: str) -> int:
@@ -143,7 +227,7 @@ def plain_markdown(text: str, resolver: Resolver) -> tuple[str, list[str]]:
             out.extend(lines[i : j + 1])
             i = j + 1
             continue
-        out.append(_ROLE.sub(lambda m: _role(m, resolver), line))
+        out.append(_link_apis(_ROLE.sub(lambda m: _role(m, resolver), line), resolver))
         i += 1
     return "\n".join(out), markers
 
