@@ -388,7 +388,9 @@ def link_pytorch_apis(app: Sphinx, doctree: nodes.document, docname: str) -> Non
         (
             section
             for section in doctree.findall(nodes.section)
-            if section.next_node(nodes.title).astext().endswith("Summary")
+            if section.children
+            and isinstance(section[0], nodes.title)
+            and section[0].astext().endswith("Summary")
         ),
         None,
     )
