@@ -183,11 +183,13 @@ SOLUTIONS_IN_PROGRESS = {
 }
 
 
-def _solution_cases():
+def _solution_cases() -> list:
+    cases = []
     for name in chapter_files():
         reason = SOLUTIONS_IN_PROGRESS.get(name)
         marks = [pytest.mark.xfail(reason=reason, strict=False)] if reason else []
-        yield pytest.param(name, marks=marks, id=name)
+        cases.append(pytest.param(name, marks=marks, id=name))
+    return cases
 
 
 @pytest.mark.parametrize("name", _solution_cases())
