@@ -150,7 +150,14 @@ def _resolver(app: Sphinx, docname: str) -> Resolver:
     def ref(label: str) -> str:
         return labels.get(label, (None, None, label))[2] or label
 
-    return Resolver(cite=cite, doc=doc, numref=numref, ref=ref)
+    # what the chapter's code glued, as myst-nb stored it (removed cells included)
+    stored = Path(app.outdir).parent / "jupyter_execute" / f"{docname}.glue.json"
+    glue = {}
+    if stored.is_file():
+        for key, output in json.loads(stored.read_text(encoding="utf8")).items():
+            if "text/plain" in output.get("data", {}):
+                glue[key] = output["data"]["text/plain"]
+    return Resolver(cite=cite, doc=doc, numref=numref, ref=ref, glue=glue)
 
 
 def _project(root: Path) -> dict:
