@@ -24,6 +24,7 @@ from plain_notebook import (  # noqa: E402
     Resolver,
     plain_markdown,
     plain_notebook,
+    pytorch_doc_url,
 )
 
 CHAPTERS = sorted(ROOT.glob("book/[0-9][0-9]_*.md"))
@@ -155,6 +156,29 @@ def test_chapter_becomes_plain_markdown(path):
     ), "a code cell went missing"
     hidden = [c for c in code if c.metadata.get("jupyter", {}).get("source_hidden")]
     assert bool(hidden) == bool(gated), f"{path.name}: solution code is not collapsed"
+
+
+def test_pytorch_apis_link_to_their_pages():
+    """Classes and functions have pages; methods and module members anchors; a constant
+    or an unknown name nothing. Only the first mention in a notebook is linked."""
+    base = "https://docs.pytorch.org/docs/stable/"
+    assert pytorch_doc_url("nn.Dropout(p=0.2)") == (
+        "torch.nn.Dropout",
+        base + "generated/torch.nn.Dropout.html",
+    )
+    assert pytorch_doc_url("F.relu")[1] == base + "generated/torch.nn.functional.relu.html"
+    assert pytorch_doc_url("torch.nn.init.kaiming_normal_")[1] == (
+        base + "nn.init.html#torch.nn.init.kaiming_normal_"
+    )
+    assert pytorch_doc_url("torch.nn.Module.state_dict")[1] == (
+        base + "generated/torch.nn.Module.html#torch.nn.Module.state_dict"
+    )
+    for text in ("torch.float32", "torch.nope", "model.eval()", "nn", "x"):
+        assert pytorch_doc_url(text) is None, text
+    out, _ = plain_markdown("`torch.optim.SGD`, again `torch.optim.SGD`", _resolver())
+    assert out == (
+        f"[`torch.optim.SGD`]({base}generated/torch.optim.SGD.html), again `torch.optim.SGD`"
+    )
 
 
 def test_package_hash_follows_code_and_figure_style(tmp_path):

@@ -96,6 +96,8 @@ def pytorch_doc_url(text: str) -> tuple[str, str] | None:
     if inspect.ismodule(obj):
         page = _MODULE_PAGES.get(name)
         return (name, PYTORCH_DOCS + page) if page else None
+    if not callable(obj):  # a constant (torch.float32, torch.pi): no page of its own
+        return None
     parent, _, _ = name.rpartition(".")
     if parent in {"torch.nn.init", "torch.testing", "torch.random"}:
         return name, f"{PYTORCH_DOCS}{_MODULE_PAGES[parent]}#{name}"
