@@ -54,6 +54,8 @@ class Limits:
     cell_output_bytes: int = 100_000
     notebook_output_bytes: int = 2_000_000
     probe_output_bytes: int = 32 * 2**20  # the hidden tests' probe records, per notebook
+    message_bytes: int = 16 * 2**20  # one frame of a kernel message (larger: refused by ZMQ)
+    grader_memory_mb: float | None = 1024  # growth of the grading process while a kernel runs
     processes: int = 256
     workdir_mb: float = 512
 

@@ -54,6 +54,7 @@ from .course import is_test
 from .execute import execute
 from .feedback import feedback_page, notice_page
 from .protocol import Bundle, Check, Limits, Result, Status, Task
+from .safe_html import safe_cells
 
 RESULT_PREFIX = "@@dnncourse-result "
 NO_SANDBOX = "graded without a sandbox (--no-sandbox)"
@@ -156,6 +157,7 @@ def grade_notebook(bundle: Path, task: dict, folder: Path, name: str) -> dict:
         shutil.rmtree(work, ignore_errors=True)
     checks = decide(bundle, name, nb, run)
     nb, resources = LimitOutput().preprocess(nb, resources)
+    safe_cells(nb)  # the graded notebook is rendered unsanitized by nbgrader's formgrader
     page = feedback_page(nb, _released_tests(release), checks, resources)
     status = Status.RENAMED if renamed and run.status == Status.OK else Status(run.status)
     return {
