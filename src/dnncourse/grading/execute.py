@@ -38,7 +38,7 @@ from nbclient.exceptions import CellTimeoutError, DeadKernelError
 
 from . import sandbox as sandboxes
 from .messages import GradingClient, MemoryWatch, number_prompts, truncated_note
-from .protocol import Limits
+from .protocol import Limits, Status, encode
 
 __all__ = ["Execution", "Limits", "SandboxedKernelManager", "execute"]
 
@@ -109,7 +109,7 @@ class SandboxedKernelManager(AsyncKernelManager):
 class Execution:
     """What happened: a status and details for humans (no verdict: see verdict.py)."""
 
-    status: str = "ok"
+    status: Status = Status.OK
     details: list[str] = field(default_factory=list)
     stopped_at: int | None = None  # index of the cell where the run stopped (limits)
 
@@ -204,11 +204,11 @@ def _run_cells(client, nb, limits: Limits, result: Execution, watchdog, refused)
             client.execute_cell(cell, index, execution_count=count)
         except CellTimeoutError:
             if _near_memory_limit(client, limits):
-                result.status = "memory limit"
+                result.status = Status.MEMORY_LIMIT
                 result.details.append(f"cell {index + 1} hung at the memory limit")
                 stop = "this cell hit the memory limit"
             else:
-                result.status = "timeout"
+                result.status = Status.TIMEOUT
                 result.details.append(
                     f"cell {index + 1} ran longer than {limits.cell_timeout:g} s"
                 )
@@ -222,7 +222,7 @@ def _run_cells(client, nb, limits: Limits, result: Execution, watchdog, refused)
                 )
                 stop = "this cell's output was too large"
             else:
-                result.status = "kernel died"
+                result.status = Status.KERNEL_DIED
                 result.details.append(f"the kernel died in cell {index + 1}")
                 stop = "the kernel died while running this cell"
         number_prompts(cell, count)
@@ -237,7 +237,7 @@ def _run_cells(client, nb, limits: Limits, result: Execution, watchdog, refused)
     return None, index
 
 
-NOT_STARTED = "grader error"  # protocol.Status.GRADER_ERROR: no student code ran
+NOT_STARTED = Status.GRADER_ERROR  # the kernel did not start: no student code ran
 
 
 def execute(
@@ -266,11 +266,7 @@ def _execute_once(nb, cwd: Path, limits: Limits, sandbox: bool, data: Path | Non
     result = Execution()
     work = _kernel_folder()
     config = work / "limits.json"
-    config.write_text(
-        json.dumps(
-            {"memory_limit_mb": limits.memory_limit_mb, "file_limit_mb": limits.file_limit_mb}
-        )
-    )
+    config.write_text(encode(limits))  # the kernel reads memory_limit_mb and file_limit_mb
     box = None
     if sandbox:
         env = {k: v for k, v in os.environ.items() if k.endswith("_NUM_THREADS")}
@@ -332,7 +328,7 @@ def _execute_once(nb, cwd: Path, limits: Limits, sandbox: bool, data: Path | Non
     except RuntimeError as error:
         index = max(client.current, 0)
         if started:  # the kernel went away in a way nbclient does not name
-            result.status = "kernel died"
+            result.status = Status.KERNEL_DIED
             result.details.append(f"the kernel stopped in cell {index + 1}: {str(error)[:200]}")
         else:  # the kernel did not start: no student code ran yet
             said = stderr.text()
@@ -355,15 +351,19 @@ def _execute_once(nb, cwd: Path, limits: Limits, sandbox: bool, data: Path | Non
     result.stopped_at = stopped_at
     if client.truncated:
         result.details.append(f"output truncated in {len(client.truncated)} cell(s)")
-        if result.status == "ok":
-            result.status = "output limit"
-    if watchdog is not None and watchdog.fired and result.status in ("kernel died", "timeout"):
-        result.status = "output limit"  # the kernel was stopped for the grader's memory
+        if result.status == Status.OK:
+            result.status = Status.OUTPUT_LIMIT
+    if (
+        watchdog is not None
+        and watchdog.fired
+        and result.status in (Status.KERNEL_DIED, Status.TIMEOUT)
+    ):
+        result.status = Status.OUTPUT_LIMIT  # the kernel was stopped for the grader's memory
     memory = [
         i for i, c in enumerate(nb.cells) if any(map(_is_memory_error, c.get("outputs", [])))
     ]
     if memory:
         result.details.append(f"memory limit reached in cell(s) {[i + 1 for i in memory]}")
-        if result.status in ("ok", "kernel died"):
-            result.status = "memory limit"
+        if result.status in (Status.OK, Status.KERNEL_DIED):
+            result.status = Status.MEMORY_LIMIT
     return result
