@@ -11,6 +11,7 @@ grew by the flood, or the run crashed (a ``grader error`` for the whole notebook
 """
 
 import json
+import re
 import subprocess
 import sys
 import textwrap
@@ -21,8 +22,6 @@ import pytest
 
 from dnncourse.grading.execute import execute
 from dnncourse.grading.protocol import Limits
-
-pytestmark = pytest.mark.slow
 
 SEND = """\
 ip = get_ipython()
@@ -84,6 +83,7 @@ def stored_bytes(nb) -> int:
     return sum(len(json.dumps(c.get("outputs", []))) for c in nb.cells)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("attack", sorted(ATTACKS))
 def test_a_flood_of_any_message_costs_only_its_student(tmp_path, attack):
     nb = notebook(attack)
@@ -127,6 +127,7 @@ print(json.dumps({"outcome": outcome, "bytes": size, "counts": str(counts)[:100]
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("attack", ["display updates", "comm messages", "malformed"])
 def test_control_plain_nbclient_keeps_the_flood_or_crashes(tmp_path, attack):
     """Without the screen: the flood is kept (megabytes in the graded notebook and in the
@@ -141,7 +142,7 @@ def test_control_plain_nbclient_keeps_the_flood_or_crashes(tmp_path, attack):
     got = json.loads(proc.stdout.splitlines()[-1])
     if attack == "display updates":
         assert got["outcome"] == "ran" and got["bytes"] > 100 * 2**20, got
-        assert "10000000" in got["counts"], "the kernel's own huge prompt number"
+        assert re.search(r"\d{30}", got["counts"]), "the kernel's own huge prompt number"
     else:  # nbclient fails on the message: the notebook would be a grader error
         assert got["outcome"] != "ran", got
 
@@ -185,6 +186,7 @@ def grader_growth(folder: Path, cap_mb: float) -> dict:
     return json.loads(proc.stdout.splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_the_grading_process_has_a_memory_cap_of_its_own(tmp_path):
     """Messages of many frames, each under the frame limit: without the cap the grading
     process grows by about a gigabyte; with a cap of 200 MiB the kernel is stopped and the
@@ -197,3 +199,11 @@ def test_the_grading_process_has_a_memory_cap_of_its_own(tmp_path):
     free = grader_growth(tmp_path / "off", 0)
     assert (tmp_path / "off" / "armed").is_file(), "the attack ran to its end"
     assert free["grew_mb"] > 900, free
+
+
+def test_the_guide_states_the_message_limits():
+    guide = Path(__file__).resolve().parents[1] / "book" / "instructors.md"
+    text = " ".join(guide.read_text().split())
+    limits = Limits()
+    assert limits.message_bytes == 16 * 2**20 and "a frame over 16 MiB is refused" in text
+    assert limits.grader_memory_mb == 1024 and "grows by more than 1 GiB" in text

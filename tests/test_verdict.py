@@ -253,3 +253,14 @@ def test_a_cells_message_is_capped(capsys):
     nb = nbformat.v4.new_notebook(cells=[cell])
     (check,) = V.decide(nb, {"t": ref}, "nb")
     assert not check.passed and len(check.message) <= V.MAX_MESSAGE
+
+
+def test_the_guide_states_the_caps_of_a_message():
+    from pathlib import Path
+
+    guide = Path(__file__).resolve().parents[1] / "book" / "instructors.md"
+    text = " ".join(guide.read_text().split())
+    assert f"a count up to {V.MAX_COUNT}" in text
+    assert f"cut at {V.MAX_FAILURE} characters, a cell's message at {V.MAX_MESSAGE:,}" in text
+    assert "an exception's name only from Python's built-in ones" in text
+    assert {"OutOfMemoryError", "ValueError", "StopIteration"} <= V.EXCEPTIONS

@@ -229,6 +229,7 @@ def _run_cells(client, nb, limits: Limits, result: Execution, watchdog, refused)
         if refused.seen() > refused.noted:  # a frame was refused in this cell
             refused.noted = refused.count
             client.truncated.add(index)
+            refused.reconnected()
         if index in client.truncated:
             cell.outputs.append(truncated_note())
         if stop:

@@ -216,13 +216,14 @@ def number_prompts(cell, count: int) -> None:
 
 class Refusals:
     """Notices IOPub frames that ZMQ refused (larger than ``Limits.message_bytes``): the
-    socket drops its connection to the kernel (and connects again); its monitor says so."""
+    socket drops its connection to the kernel and connects again, which its monitor
+    reports; :meth:`reconnected` waits for that, so the next cell's output is not lost."""
 
     def __init__(self, socket):
-        self.count, self.noted = 0, 0
+        self.count, self.noted, self.connected = 0, 0, True
         address = f"inproc://dnncourse-monitor-{secrets.token_hex(8)}"
         self.socket = socket
-        socket.monitor(address, zmq.EVENT_DISCONNECTED)
+        socket.monitor(address, zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED)
         pair = zmq.Context.shadow(socket.context.underlying).socket(zmq.PAIR)
         pair.connect(address)
         self.monitors = [pair]
@@ -236,13 +237,25 @@ class Refusals:
         except zmq.ZMQError:
             pass
 
-    def seen(self) -> int:
+    def seen(self, wait: float = 0.0) -> int:
         """How many times a connection was dropped since the kernel started."""
         for pair in self.monitors:
-            while pair.poll(0):
-                pair.recv_multipart()
-                self.count += 1
+            while pair.poll(int(wait * 1000)):
+                event = int.from_bytes(pair.recv_multipart()[0][:2], "little")
+                if event == zmq.EVENT_DISCONNECTED:
+                    self.count += 1
+                    self.connected = False
+                else:
+                    self.connected = True
+                    return self.count
         return self.count
+
+    def reconnected(self, timeout: float = 10.0) -> None:
+        """Wait (up to ``timeout`` s) until the IOPub socket is connected again."""
+        deadline = time.monotonic() + timeout
+        while not self.connected and time.monotonic() < deadline:
+            self.seen(wait=0.1)
+        time.sleep(0.2)  # the subscription reaches the kernel's side
 
 
 class MemoryWatch:
