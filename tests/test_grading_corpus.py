@@ -510,9 +510,10 @@ def build(folder: Path, target: dict | None = None) -> dict[str, tuple[float, st
     nb = notebook(correct=ALL[1:3], replace=EXFILTRATE)  # fit_cubic uses the gradients
     nb["cells"].append(code(SHOW_EXFIL, "exfil-show"))
     put("exfiltrator", nb, 5)
-    for name, flood in FLOODS.items():
+    for name, flood in FLOODS.items():  # last: a frame over the limit stops the run
         armed = "" if name == "huge_traceback" else f"\nprint('armed: {name}')"
-        nb = insert_after(notebook(correct=ALL), "setup", code(flood + armed, f"f-{name}"))
+        nb = notebook(correct=ALL)
+        nb["cells"].append(code(flood + armed, f"f-{name}"))
         put(name, nb, 10, "output limit")
     if target is None:
         return expected

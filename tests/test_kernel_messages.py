@@ -94,11 +94,14 @@ def test_a_flood_of_any_message_costs_only_its_student(tmp_path, attack):
     assert run.status == expected, (run.status, run.details)
     assert stored_bytes(nb) <= limits.notebook_output_bytes + 10_000
     assert "nbformat" not in json.dumps(nb.metadata.get("widgets", {}))
-    # the grader numbers the prompts: 1, 2, 3, 4, whatever the kernel said
-    assert [c.execution_count for c in nb.cells] == [1, 2, 3, 4]
+    counts = [c.execution_count for c in nb.cells]
     results = [o for c in nb.cells for o in c.outputs if o.output_type == "execute_result"]
-    assert [o.execution_count for o in results][:1] == [1]  # after a refused frame, the
-    assert {o.execution_count for o in results} <= {1, 3}  # kernel's next lines may be lost
+    if attack == "huge traceback":  # a frame over the limit: the run stops there
+        assert run.stopped_at == 1 and counts == [1, 2, None, None], counts
+        return
+    # the grader numbers the prompts: 1, 2, 3, 4, whatever the kernel said
+    assert counts == [1, 2, 3, 4]
+    assert [o.execution_count for o in results] == [1, 3]
     assert "last" in "".join(o.get("text", "") for o in nb.cells[3].outputs), "the run went on"
     outputs = json.dumps([c.outputs for c in nb.cells])
     assert "dnncourse_unknown" not in outputs and "x" * 1000 not in outputs
@@ -158,10 +161,10 @@ MEMORY = textwrap.dedent(
     source = '''
     ip = get_ipython()
     session, iopub = ip.kernel.session, ip.kernel.iopub_socket
-    frame = memoryview(bytearray(8 * 2**20))
-    for _ in range(3):  # one message of 120 frames of 8 MiB: 960 MiB held by ZMQ until whole
+    frame = bytes(8 * 2**20)
+    for _ in range(6):  # messages of 40 frames of 8 MiB: 320 MiB held by ZMQ until whole
         session.send(iopub, "display_data", {"data": {}, "metadata": {}},
-                     parent=ip.kernel.get_parent(), buffers=[frame] * 120)
+                     parent=ip.kernel.get_parent(), buffers=[frame] * 40)
     open("armed", "w").write("armed")
     '''
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(source),
@@ -189,16 +192,17 @@ def grader_growth(folder: Path, cap_mb: float) -> dict:
 @pytest.mark.slow
 def test_the_grading_process_has_a_memory_cap_of_its_own(tmp_path):
     """Messages of many frames, each under the frame limit: without the cap the grading
-    process grows by about a gigabyte; with a cap of 200 MiB the kernel is stopped and the
-    student's row says ``output limit``."""
+    process grows by several such messages (320 MiB each); with a cap of 100 MiB the kernel
+    is stopped and the student's row says ``output limit``."""
     (tmp_path / "on").mkdir()
     (tmp_path / "off").mkdir()
-    capped = grader_growth(tmp_path / "on", 200)
+    capped = grader_growth(tmp_path / "on", 100)
     assert capped["status"] == "output limit", capped
-    assert capped["grew_mb"] < 200 + 300, capped  # the cap, and what one poll interval lets in
+    assert "the kernel was stopped" in capped["details"][0]
+    assert capped["grew_mb"] < 100 + 200, capped  # the cap, and what one poll interval lets in
     free = grader_growth(tmp_path / "off", 0)
     assert (tmp_path / "off" / "armed").is_file(), "the attack ran to its end"
-    assert free["grew_mb"] > 900, free
+    assert free["grew_mb"] > 500, free
 
 
 def test_the_guide_states_the_message_limits():

@@ -226,10 +226,11 @@ def _run_cells(client, nb, limits: Limits, result: Execution, watchdog, refused)
                 result.details.append(f"the kernel died in cell {index + 1}")
                 stop = "the kernel died while running this cell"
         number_prompts(cell, count)
-        if refused.seen() > refused.noted:  # a frame was refused in this cell
-            refused.noted = refused.count
+        if refused.seen() and not stop:  # a frame was refused: IOPub is gone for good
             client.truncated.add(index)
-            refused.reconnected()
+            mib = f"{limits.message_bytes / 2**20:g} MiB"
+            result.details.append(f"cell {index + 1} sent a message frame over {mib}: stopped")
+            stop = "this cell's output was too large"
         if index in client.truncated:
             cell.outputs.append(truncated_note())
         if stop:

@@ -12,9 +12,9 @@ any message it likes, of any type, size, shape and number, to the grading proces
   type (outputs, display updates, ``clear_output``, errors and their tracebacks, comms,
   unknown ones), probe records to a budget of their own; past a budget, messages are dropped
   as they arrive and the student's status is ``output limit``;
-* no single frame may exceed ``Limits.message_bytes``: ZMQ refuses it before allocating it
-  (``ZMQ_MAXMSGSIZE``) and drops the connection, which a socket monitor reports
-  (:class:`Refusals`: ``output limit`` as well);
+* no single IOPub frame may exceed ``Limits.message_bytes``: ZMQ refuses it before
+  allocating it (``ZMQ_MAXMSGSIZE``) and drops the connection, which a socket monitor
+  reports (:class:`Refusals`): the run stops there, ``output limit``;
 * the grading process has a memory cap of its own (:class:`MemoryWatch`): when it has grown
   by more than ``Limits.grader_memory_mb`` since the kernel started (a message of many
   frames, each under the limit), the kernel is killed and the student's status is
@@ -216,14 +216,14 @@ def number_prompts(cell, count: int) -> None:
 
 class Refusals:
     """Notices IOPub frames that ZMQ refused (larger than ``Limits.message_bytes``): the
-    socket drops its connection to the kernel and connects again, which its monitor
-    reports; :meth:`reconnected` waits for that, so the next cell's output is not lost."""
+    socket drops its connection to the kernel (and does not get it back), which its
+    monitor reports; the run stops there (``output limit``)."""
 
     def __init__(self, socket):
-        self.count, self.noted, self.connected = 0, 0, True
+        self.count = 0
         address = f"inproc://dnncourse-monitor-{secrets.token_hex(8)}"
         self.socket = socket
-        socket.monitor(address, zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED)
+        socket.monitor(address, zmq.EVENT_DISCONNECTED)
         pair = zmq.Context.shadow(socket.context.underlying).socket(zmq.PAIR)
         pair.connect(address)
         self.monitors = [pair]
@@ -237,25 +237,13 @@ class Refusals:
         except zmq.ZMQError:
             pass
 
-    def seen(self, wait: float = 0.0) -> int:
-        """How many times a connection was dropped since the kernel started."""
+    def seen(self) -> int:
+        """How many times the connection was dropped since the kernel started."""
         for pair in self.monitors:
-            while pair.poll(int(wait * 1000)):
-                event = int.from_bytes(pair.recv_multipart()[0][:2], "little")
-                if event == zmq.EVENT_DISCONNECTED:
-                    self.count += 1
-                    self.connected = False
-                else:
-                    self.connected = True
-                    return self.count
+            while pair.poll(0):
+                pair.recv_multipart()
+                self.count += 1
         return self.count
-
-    def reconnected(self, timeout: float = 10.0) -> None:
-        """Wait (up to ``timeout`` s) until the IOPub socket is connected again."""
-        deadline = time.monotonic() + timeout
-        while not self.connected and time.monotonic() < deadline:
-            self.seen(wait=0.1)
-        time.sleep(0.2)  # the subscription reaches the kernel's side
 
 
 class MemoryWatch:
