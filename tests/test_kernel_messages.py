@@ -192,17 +192,18 @@ def grader_growth(folder: Path, cap_mb: float) -> dict:
 @pytest.mark.slow
 def test_the_grading_process_has_a_memory_cap_of_its_own(tmp_path):
     """Messages of many frames, each under the frame limit: without the cap the grading
-    process grows by several such messages (320 MiB each); with a cap of 100 MiB the kernel
-    is stopped and the student's row says ``output limit``."""
+    process grows by several such messages (320 MiB each); with a cap of 64 MiB the kernel
+    is stopped and the student's row says ``output limit``. (On an idle machine the process
+    grew by 656 MiB without the cap, by 108 MiB with a cap of 100 MiB.)"""
     (tmp_path / "on").mkdir()
     (tmp_path / "off").mkdir()
-    capped = grader_growth(tmp_path / "on", 100)
+    capped = grader_growth(tmp_path / "on", 64)
     assert capped["status"] == "output limit", capped
     assert "the kernel was stopped" in capped["details"][0]
-    assert capped["grew_mb"] < 100 + 200, capped  # the cap, and what one poll interval lets in
+    assert capped["grew_mb"] < 64 + 100, capped  # the cap, and what one poll interval lets in
     free = grader_growth(tmp_path / "off", 0)
     assert (tmp_path / "off" / "armed").is_file(), "the attack ran to its end"
-    assert free["grew_mb"] > 500, free
+    assert free["grew_mb"] > capped["grew_mb"] + 100, (free, capped)
 
 
 def test_the_guide_states_the_message_limits():
