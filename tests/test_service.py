@@ -127,6 +127,19 @@ def test_a_manual_grade_counts_only_for_the_submission_the_gradebook_holds():
     assert (row["submission"], row["score"], row["raw_score"]) == (2, 6.0, 6.0)
 
 
+def test_the_service_adds_its_mathjax_to_a_stored_page():
+    from dnncourse.service.web import OWN_MATHJAX, with_mathjax
+
+    scrubbed = "<html><head><title>x</title></head><body><p>$x^2$</p></body></html>"
+    assert with_mathjax(scrubbed).index(OWN_MATHJAX) < with_mathjax(scrubbed).index("</head>")
+    old = (
+        '<head><script src="https://cdnjs.cloudflare.com/ajax/libs/mathjax/2.7.7/latest.js?'
+        'config=TeX-AMS_CHTML-full,Safe"> </script><script type="text/x-mathjax-config">'
+        "init_mathjax()</script></head>"
+    )
+    assert with_mathjax(old) == f"<head>{OWN_MATHJAX}</head>"
+
+
 def test_histogram_counts_each_score_once():
     svg = grades.histogram_svg([0, 0, 5, 9.99, 10, 10], 10.0, bins=10)
     counts = [int(n) for n in re.findall(r": (\d+)</title>", svg)]
@@ -661,7 +674,7 @@ def test_the_new_pages_in_the_browser(server, people, driver, tmp_path):
     _browser_login(driver, server, "alice", "alice hands in notebooks")
     # the math of the statement is typeset, by the service's own MathJax, in the frame
     stored = (server.data / "feedback" / str(people["alice_sub"]) / f"{NAME}.html").read_text()
-    assert r"$\hat y = a + bx" in stored and "cdnjs" in stored  # control: TeX, a CDN's script
+    assert r"$\hat y = a + bx" in stored and "<script" not in stored  # control: TeX, no script
     driver.get(f"{server.url}/submissions/{people['alice_sub']}")
     driver.switch_to.frame(driver.find_element("css selector", "iframe.feedback"))
     _wait(driver, lambda: driver.execute_script(
