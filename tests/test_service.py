@@ -388,15 +388,16 @@ def test_script_in_outputs_and_html_in_messages_never_run(server, people, driver
     page = mallory.get(f"/submissions/{sub}").text
     assert "raised ValueError" in page and "PWNED-MSG" not in page
     assert '<iframe sandbox="allow-scripts"' in page  # without allow-same-origin
-    # The attack ran: the graded notebook (stored for formgrader) holds the payload as HTML.
+    # The attack ran: the graded notebook (stored for formgrader) holds the display's output;
+    # its HTML was dropped before storing (grading.safe_html), only the text form is left.
     graded = server.data / "grading" / HW / "course" / "autograded" / "mallory" / HW
     outputs = [
         o for c in json.loads((graded / f"{NAME}.ipynb").read_text())["cells"]
         for o in c.get("outputs", [])
     ]  # fmt: skip
-    live = [o["data"]["text/html"] for o in outputs if "text/html" in o.get("data", {})]
-    live = ["".join(h) if isinstance(h, list) else h for h in live]
-    assert any("<script>console.log('PWNED-RAN')" in h for h in live), "the attack ran"
+    shown = ["".join(o.get("data", {}).get("text/plain", "")) for o in outputs]
+    assert "<IPython.core.display.HTML object>" in shown, "the attack ran"
+    assert not any("text/html" in o.get("data", {}) for o in outputs)
     fb = mallory.get(f"/submissions/{sub}/feedback/{NAME}")
     assert "<script>console.log('PWNED-RAN')" not in fb.text, "outputs shown as text only"
     assert "<b id='xss'>" not in fb.text
@@ -407,10 +408,10 @@ def test_script_in_outputs_and_html_in_messages_never_run(server, people, driver
     assert scripts == [f"{server.url}/mathjax/", f"{server.url}/static/mathjax-config.js"]
     if driver is None:
         pytest.skip("chromium not installed: the headers and markup were checked")
-    # Control: the output the notebook made, shown as HTML, runs (and the log shows it).
+    # Control: the HTML the notebook displayed, shown as HTML, runs (and the log shows it).
     driver.get("about:blank")
     driver.execute_script(
-        "document.open(); document.write(arguments[0]); document.close();", live[0]
+        "document.open(); document.write(arguments[0]); document.close();", PAYLOAD
     )
     time.sleep(0.5)
     assert any("PWNED-RAN" in e["message"] for e in driver.get_log("browser")), "control"
