@@ -56,6 +56,7 @@ class Limits:
     probe_output_bytes: int = 32 * 2**20  # the hidden tests' probe records, per notebook
     processes: int = 256
     workdir_mb: float = 512
+    cpu_seconds: float | None = 600.0  # CPU time of all the student's processes together
 
 
 @dataclass(frozen=True)
