@@ -69,7 +69,8 @@ def parser() -> argparse.ArgumentParser:
         "--memory-limit",
         type=_positive,
         default=4096.0,
-        help="MiB of address space for a student's kernel (0: no limit; "
+        help="MiB of memory for all a student's processes together, and of address space "
+        "for each (0: no limit; "
         "use 0 on a GPU machine, see the instructor's guide)",
     )
     g.add_argument(
