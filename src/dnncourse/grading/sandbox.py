@@ -9,18 +9,23 @@ one on PATH) makes new pid, network, mount, ipc and uts namespaces and a root ho
   nothing of the repository; the real ``dnncourse`` package is covered if it lies inside;
 * a *stub* ``dnncourse`` package (:func:`stub_package`) on ``PYTHONPATH``: the kernel
   launcher and the probe API only, never the reference implementation of the homework;
-* private, empty, size-capped tmpfs folders: ``/tmp``, ``/dev/shm`` and HOME
-  (``/home/student``), whose ``work`` folder is the kernel's working folder; the
-  assignment's data files are copied into it by the launcher from a read-only folder;
-* the per-kernel folder (connection file and ZMQ ``ipc://`` sockets), at its own path.
+* private, empty, size-capped tmpfs folders, the only ones it may write: ``/tmp``,
+  ``/dev/shm`` and HOME (``/home/student``), whose ``work`` folder is the kernel's working
+  folder (the assignment's data files are copied into it by the launcher from a read-only
+  folder), and ``/run/kernel`` (64 KiB), where the kernel binds its ZMQ ``ipc://`` sockets;
+  the grader reaches them through ``/proc/<kernel>/root``;
+* the per-kernel folder (the connection file), read-only, at its own path.
 
-The environment is built from scratch (``--clearenv``). Identity: run as root, bwrap keeps
-only the capabilities to change user, and the launcher (:func:`dnncourse.grading.kernel.
-drop_privileges`) becomes uid/gid 65534 with no capabilities before any student code; run as
-another user, bwrap makes a user namespace mapping that user to 65534, without capabilities.
-Processes: a cgroup ``pids`` controller where one is writable (as root), else
-``RLIMIT_NPROC`` (per user namespace). Everything the student starts dies with the kernel:
-bwrap's pid 1 owns the pid namespace, and ``--die-with-parent`` ties it to the worker.
+The environment is built from scratch (``--clearenv``), and bwrap itself starts with an empty
+one; the kernel is the sandbox's pid 1 (``--as-pid-1``), so no process of bwrap's is inside.
+Identity: run as root, bwrap keeps only the capabilities to change user, and the launcher
+(:func:`dnncourse.grading.kernel.prepare_sandbox`) becomes a uid of its own
+(:class:`.totals.Uid`) with no capabilities before any student code; run as another user,
+bwrap makes a user namespace mapping that user to 65534, without capabilities. Then the
+launcher joins a fresh session keyring and loads a seccomp filter (keyrings, ptrace, ...).
+Limits of the sandbox as a whole (memory, CPU time, processes): :mod:`.totals` (cgroups as
+root, a watchdog and rlimits as a user). Everything the student starts dies with the kernel:
+the sandbox's pid 1 owns the pid namespace, and ``--die-with-parent`` ties it to the worker.
 
 :func:`checks` is what ``dnncourse doctor`` prints; :func:`problem` is the one-line reason
 ``dnncourse grade`` stops on a host where no sandbox can be made.
@@ -35,6 +40,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from .totals import UID_BASE, UID_SLOTS, Cgroup, Uid, Watchdog, _v2_root, cgroup_roots
+
 NOBODY = 65534
 HOME = "/home/student"
 WORK = f"{HOME}/work"
@@ -46,8 +53,8 @@ ETC = (
     "ld.so.cache ld.so.conf ld.so.conf.d localtime alternatives fonts mime.types "
     "nsswitch.conf".split()
 )
-CGROUP_ROOTS = (Path("/sys/fs/cgroup/pids"), Path("/sys/fs/cgroup"))
 STUB_MODULES = ("kernel.py", "probe.py")  # the in-kernel modules of dnncourse.grading
+TMPFS = ("/tmp", "/dev/shm", HOME)  # the sandbox's writable folders (memory, counted)
 
 
 def bwrap() -> str | None:
@@ -66,196 +73,6 @@ def bwrap() -> str | None:
 def privileged() -> bool:
     """Are we root (then no user namespace is needed, and the kernel drops to 65534)?"""
     return os.geteuid() == 0
-
-
-# -- limits of the sandbox as a whole: cgroups (root) -------------------------------------------
-CONTROLLERS = ("pids", "memory", "cpuacct")  # v1 names; on v2: pids, memory and cpu.stat
-
-
-def _v2_root() -> Path | None:
-    root = Path("/sys/fs/cgroup")
-    return root if (root / "cgroup.controllers").exists() else None
-
-
-@functools.cache
-def cgroup_roots() -> dict[str, Path]:
-    """Writable cgroup folders for each controller there is (``dnncourse`` in each).
-
-    cgroup v1 (one hierarchy per controller, ``/sys/fs/cgroup/<name>``) or v2 (one hierarchy,
-    the controllers enabled in ``cgroup.subtree_control``); only as root (an ordinary user has
-    no writable cgroup: then :class:`Watchdog` and rlimits stand in).
-    """
-    if not privileged():
-        return {}
-    roots = {}
-    v2 = _v2_root()
-    if v2 is not None:
-        ours = v2 / "dnncourse"
-        try:
-            ours.mkdir(exist_ok=True)
-        except OSError:
-            return {}
-        for name in ("pids", "memory"):
-            try:
-                (ours / "cgroup.subtree_control").write_text(f"+{name}")
-            except OSError:
-                pass
-        enabled = (ours / "cgroup.subtree_control").read_text().split()
-        roots = {name: ours for name in ("pids", "memory") if name in enabled}
-        roots["cpuacct"] = ours  # cpu.stat is there in every v2 group
-        return roots
-    for name in CONTROLLERS:
-        folder = Path("/sys/fs/cgroup") / name
-        if not (folder / "cgroup.procs").exists():
-            continue
-        try:
-            (folder / "dnncourse").mkdir(exist_ok=True)
-        except OSError:
-            continue
-        roots[name] = folder / "dnncourse"
-    return roots
-
-
-def _sweep(root: Path) -> None:
-    """Remove empty cgroups left by workers that were killed (their pid is gone)."""
-    for group in root.glob("*-*"):
-        owner = group.name.split("-", 1)[0]
-        if owner.isdigit() and not Path(f"/proc/{owner}").exists():
-            try:
-                group.rmdir()
-            except OSError:
-                pass
-
-
-class Cgroup:
-    """One kernel's cgroups (a folder per v1 controller, or one v2 folder) and their limits;
-    the kernel's wrapper enters them before it execs bwrap."""
-
-    def __init__(self, roots: dict[str, Path], processes: int, memory_bytes: int | None):
-        self.paths: dict[str, Path] = {}
-        made: dict[Path, Path] = {}
-        for name, root in roots.items():
-            if root not in made:
-                _sweep(root)
-                made[root] = Path(tempfile.mkdtemp(prefix=f"{os.getpid()}-", dir=root))
-            self.paths[name] = made[root]
-        self.folders = list(made.values())
-        self.v2 = _v2_root() is not None
-        if "pids" in self.paths:
-            (self.paths["pids"] / "pids.max").write_text(str(processes))
-        if "memory" in self.paths and memory_bytes:
-            folder = self.paths["memory"]
-            names = (
-                ("memory.max", "memory.swap.max")
-                if self.v2
-                else ("memory.limit_in_bytes", "memory.memsw.limit_in_bytes")
-            )
-            for name, value in zip(
-                names, (memory_bytes, 0 if self.v2 else memory_bytes), strict=True
-            ):
-                if (folder / name).exists():
-                    (folder / name).write_text(str(value))
-            if (folder / "memory.oom.group").exists():  # v2: an OOM kill takes the whole group
-                (folder / "memory.oom.group").write_text("1")
-
-    def procs(self) -> list[Path]:
-        return [folder / "cgroup.procs" for folder in self.folders]
-
-    def cpu_seconds(self) -> float | None:
-        """CPU time of all the group's processes, those that ended included."""
-        folder = self.paths.get("cpuacct")
-        try:
-            if folder is None:
-                return None
-            if self.v2:
-                stat = dict(
-                    line.split() for line in (folder / "cpu.stat").read_text().splitlines()
-                )
-                return int(stat["usage_usec"]) / 1e6
-            return int((folder / "cpuacct.usage").read_text()) / 1e9
-        except (OSError, KeyError, ValueError):
-            return None
-
-    def memory_exceeded(self) -> bool:
-        """Did the group's memory limit kill a process (the OOM killer ran in it)?"""
-        folder = self.paths.get("memory")
-        try:
-            if folder is None:
-                return False
-            if self.v2:
-                events = dict(
-                    line.split() for line in (folder / "memory.events").read_text().splitlines()
-                )
-                return int(events.get("oom_kill", 0)) > 0
-            text = (folder / "memory.oom_control").read_text().split()
-            return "oom_kill" in text and int(text[text.index("oom_kill") + 1]) > 0
-        except (OSError, ValueError):
-            return False
-
-    def kill(self) -> None:
-        """SIGKILL every process still in the groups, then remove them."""
-        import signal
-        import time
-
-        for folder in self.folders:
-            for _ in range(50):
-                try:
-                    pids = (folder / "cgroup.procs").read_text().split()
-                except OSError:
-                    break
-                for pid in pids:
-                    try:
-                        os.kill(int(pid), signal.SIGKILL)
-                    except (ProcessLookupError, ValueError):
-                        pass
-                try:
-                    folder.rmdir()
-                    break
-                except OSError:
-                    time.sleep(0.02)
-
-
-# -- a uid of its own per kernel (root) ---------------------------------------------------------
-UID_BASE = 0x70000000  # past systemd's container range (524288-1879048191): no user of the host
-UID_SLOTS = 65536
-
-
-class Uid:
-    """A uid (and gid of the same number) that no other kernel of this host holds meanwhile.
-
-    Taken at random from ``UID_BASE + [0, UID_SLOTS)`` and held by a lock on a file named after
-    it (``/run/dnncourse-uids``): a lock goes with the process that holds it, so a killed
-    grader frees its uids. Only as root (an ordinary user cannot switch uids).
-    """
-
-    def __init__(self):
-        import fcntl
-        import secrets
-
-        folder = Path("/run/dnncourse-uids")
-        if not os.access("/run", os.W_OK):
-            folder = Path(tempfile.gettempdir()) / "dnncourse-uids"
-        folder.mkdir(mode=0o700, exist_ok=True)
-        start = secrets.randbelow(UID_SLOTS)
-        for step in range(UID_SLOTS):
-            uid = UID_BASE + (start + step) % UID_SLOTS
-            path = folder / str(uid)
-            fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                if os.stat(path).st_ino == os.fstat(fd).st_ino:  # not unlinked meanwhile
-                    self.uid, self.path, self.fd = uid, path, fd
-                    return
-            except OSError:
-                pass
-            os.close(fd)
-        raise RuntimeError("no free uid for a sandbox")
-
-    def release(self) -> None:
-        if self.fd is not None:
-            self.path.unlink(missing_ok=True)
-            os.close(self.fd)
-            self.fd = None
 
 
 # -- the stub package --------------------------------------------------------------------------
@@ -465,116 +282,6 @@ def launcher_config(options: Options, cgroup: "Cgroup | None", uid: int = NOBODY
     }
 
 
-TMPFS = ("/tmp", "/dev/shm", HOME)  # the sandbox's writable folders (memory, counted)
-
-
-def usage(kernel: int) -> tuple[int, float]:
-    """Memory (bytes) and CPU time (s) of the sandbox whose pid 1 is host process ``kernel``.
-
-    Read from the sandbox's own ``/proc`` (``/proc/<kernel>/root/proc``: its processes only,
-    not the host's thousands). Memory: the proportional set size (PSS: a page shared by n
-    processes counts 1/n in each, so forked children sharing the kernel's pages are not
-    counted twice) of every process (the resident size of a kernel alone: cheaper to read,
-    never smaller), plus what the sandbox's tmpfs folders hold. CPU: user and system time of
-    every process and of the children it waited for. Raises ``ProcessLookupError`` once the
-    sandbox is gone.
-    """
-    root = f"/proc/{kernel}/root"
-    try:
-        pids = [p for p in os.listdir(root + "/proc") if p.isdigit()]
-    except OSError:
-        raise ProcessLookupError(kernel) from None
-    memory, ticks = 0, 0
-    page, hertz = os.sysconf("SC_PAGE_SIZE"), os.sysconf("SC_CLK_TCK")
-    for pid in pids:
-        folder = f"{root}/proc/{pid}"
-        try:
-            with open(f"{folder}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            ticks += sum(int(x) for x in fields[11:15])  # utime stime cutime cstime
-            if len(pids) == 1:
-                with open(f"{folder}/statm") as f:
-                    memory += int(f.read().split()[1]) * page
-            else:
-                with open(f"{folder}/smaps_rollup") as f:
-                    pss = [ln for ln in f if ln.startswith("Pss:")]
-                memory += int(pss[0].split()[1]) * 1024 if pss else 0
-        except (OSError, ValueError, IndexError):
-            pass  # it ended meanwhile
-    for folder in TMPFS:
-        try:
-            stat = os.statvfs(root + folder)
-            memory += (stat.f_blocks - stat.f_bfree) * stat.f_frsize
-        except OSError:
-            pass
-    return memory, ticks / hertz
-
-
-class Watchdog:
-    """Looks at a sandbox's totals every ``interval`` seconds and kills it over a limit.
-
-    Memory where no cgroup limits it (an ordinary user), CPU time always (a cgroup counts it,
-    this kills). What the sandbox can allocate between two looks passes the total by that
-    much; each process stays under its own rlimits (address space, CPU time) meanwhile.
-    """
-
-    def __init__(self, box: "KernelBox", pid: int, interval: float = 0.2):
-        import threading
-
-        self.box, self.pid, self.interval = box, pid, interval
-        self.reason: str | None = None
-        self.stopped = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True, name="sandbox-watchdog")
-        self.thread.start()
-
-    def _run(self) -> None:
-        import psutil
-
-        options, group = self.box.options, self.box.group
-        memory_cap = options.memory_mb and (
-            None if group and "memory" in group.paths else options.memory_mb * 2**20
-        )
-        kernel = None
-        while not self.stopped.wait(self.interval):
-            cpu, memory = group.cpu_seconds() if group else None, 0
-            if memory_cap or (cpu is None and options.cpu_seconds):
-                try:
-                    if kernel is None:  # the sandbox's pid 1: bwrap's child, for good
-                        children = psutil.Process(self.pid).children()
-                        if not children:
-                            continue
-                        kernel = children[0].pid
-                    memory, counted = usage(kernel)
-                except (psutil.Error, ProcessLookupError):
-                    return  # the sandbox is gone
-                cpu = counted if cpu is None else cpu
-            if (memory_cap and memory > memory_cap) or (group and group.memory_exceeded()):
-                self.reason = "memory"
-            elif options.cpu_seconds and cpu is not None and cpu > options.cpu_seconds:
-                self.reason = "cpu"
-            if self.reason:
-                self.kill()
-                return
-
-    def kill(self) -> None:
-        import psutil
-
-        try:
-            top = psutil.Process(self.pid)
-            family = [top, *top.children(recursive=True)]
-        except psutil.Error:
-            return
-        for proc in family:
-            try:
-                proc.kill()
-            except psutil.Error:
-                pass
-
-    def stop(self) -> None:
-        self.stopped.set()
-        self.thread.join(5)
-
-
 class KernelBox:
     """One kernel's sandbox: its private folder, cgroups, uid and watchdog; closed once."""
 
@@ -620,7 +327,10 @@ class KernelBox:
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline:
             try:
-                children = psutil.Process(pid).children()
+                outer = psutil.Process(pid)
+                if outer.status() == psutil.STATUS_ZOMBIE:
+                    break  # bwrap gave up (it said why on stderr)
+                children = outer.children()
             except psutil.Error:
                 break
             if children:
@@ -632,6 +342,8 @@ class KernelBox:
                     pass
             time.sleep(0.005)
         return f"/proc/{pid}/root{self.sockets}"  # it died: no socket will answer there
+
+    tmpfs = TMPFS
 
     def watch(self, pid: int) -> None:
         """Start the watchdog on the sandbox started as process ``pid``."""
