@@ -800,3 +800,77 @@ def test_every_writable_folder_is_capped_storage(mode, tmp_path):
             assert kind != "ok" and "No space left" not in message, (folder, seen)
     kind, message = seen["per-kernel folder"]
     assert kind == "OSError" and "Read-only file system" in message, seen
+
+
+SYSCALLS = """
+import ctypes, mmap
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+def call(*args):
+    if libc.syscall(*args) < 0:
+        raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
+    return "done"
+attempt("memfd_create", lambda: os.memfd_create("hidden"))
+attempt("shmget", lambda: call(29, 0, 2**20, 0o1600))  # IPC_PRIVATE, IPC_CREAT | 0600
+attempt("unshare user", lambda: call(272, 0x10000000))  # unshare(CLONE_NEWUSER)
+attempt("mount", lambda: call(165, b"none", b"/tmp", b"tmpfs", 0, None))
+attempt("bpf", lambda: call(321, 0, None, 0))
+attempt("perf_event_open", lambda: call(298, None, 0, -1, -1, 0))
+attempt("userfaultfd", lambda: call(323, 0))
+attempt("io_uring_setup", lambda: call(425, 1, ctypes.create_string_buffer(120)))
+pid = os.fork()
+if pid == 0:
+    os._exit(0)
+seen["fork"] = ["ok", os.waitpid(pid, 0)[1]]
+"""
+
+
+@MODES
+def test_system_calls_no_notebook_needs_are_denied(mode):
+    """Memory no process maps (memfd, System V), namespaces and mounts of its own, and the
+    kernel's rarely used interfaces fail with EPERM (x86-64 numbers). The control without the
+    filter: memfd, System V memory and a user namespace of its own are there to be had."""
+    if os.uname().machine != "x86_64":
+        pytest.skip("system call numbers of x86-64")
+    snippet = SYSCALLS
+    seen = run_inside(snippet, mode)
+    for name in (
+        "memfd_create",
+        "shmget",
+        "unshare user",
+        "mount",
+        "bpf",
+        "perf_event_open",
+        "userfaultfd",
+        "io_uring_setup",
+    ):
+        assert "Operation not permitted" in seen[name][1], (name, seen[name])
+    assert seen["fork"] == ["ok", 0], "an ordinary fork (clone without namespaces) still works"
+    control = run_inside(snippet, mode, seccomp=False)
+    for name in ("memfd_create", "shmget", "unshare user"):
+        assert control[name][0] == "ok", (name, control[name])
+
+
+@pytest.mark.slow
+def test_a_notebook_over_the_total_memory_gets_memory_limit(tmp_path):
+    """A cell forks ten processes of 160 MiB, each far under the address-space limit of one
+    process; together over the student's 1600 MiB, the sandbox is stopped and the student's
+    status is ``memory limit``, with what happened in the details."""
+    import nbformat
+
+    from dnncourse.grading.execute import Limits, execute
+
+    bomb = (
+        "import os, time\nfor i in range(10):\n    if os.fork() == 0:\n"
+        "        block = b'x' * (160 * 2**20)\n        print('alive', i, flush=True)\n"
+        "        time.sleep(60)\n        os._exit(0)\n    time.sleep(0.5)\nprint('all alive')"
+    )
+    nb = nbformat.v4.new_notebook(
+        cells=[nbformat.v4.new_code_cell("print('before')"), nbformat.v4.new_code_cell(bomb)]
+    )
+    run = execute(nb, tmp_path, Limits(memory_limit_mb=1600, cell_timeout=60))
+    assert run.status == "memory limit", run.details
+    assert any("all processes together used more than 1600 MiB" in d for d in run.details)
+    assert nb.cells[0].outputs[0]["text"] == "before\n"
+    text = "".join(o.get("text", "") for o in nb.cells[1].outputs)
+    assert "alive 0" in text and "all alive" not in text, nb.cells[1].outputs
