@@ -40,7 +40,16 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .totals import UID_BASE, UID_SLOTS, Cgroup, Uid, Watchdog, _v2_root, cgroup_roots
+from .totals import (
+    UID_BASE,
+    UID_SLOTS,
+    Cgroup,
+    Uid,
+    Watchdog,
+    _v2_root,
+    cgroup_roots,
+    library_bytes,
+)
 
 NOBODY = 65534
 HOME = "/home/student"
@@ -504,10 +513,16 @@ def limits_in_force(limits=None) -> list[CheckResult]:
     rows = []
     memory = f"{limits.memory_limit_mb:g} MiB for all processes and tmpfs folders together"
     if "memory" in roots:
-        how = f"cgroup {v} memory controller ({roots['memory']}), the sandbox killed on OOM"
+        how = (
+            f"counted by the cgroup {v} memory controller ({roots['memory']}; anonymous and "
+            f"tmpfs memory), the sandbox killed over it; the cgroup's hard limit is "
+            f"{library_bytes() / 2**20:.0f} MiB higher (the page cache of the libraries)"
+        )
     else:
-        how = "no writable cgroup: a watchdog sums the processes' PSS and the tmpfs folders "
-        how += "every 0.2 s and kills the sandbox over it"
+        how = (
+            "no writable cgroup: a watchdog sums the processes' PSS and the tmpfs folders "
+            "every 0.2 s and kills the sandbox over it"
+        )
     rows.append(
         CheckResult(
             "memory total",

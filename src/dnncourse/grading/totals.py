@@ -99,12 +99,12 @@ class Cgroup:
             (self.paths["pids"] / "pids.max").write_text(str(processes))
         if "memory" in self.paths and memory_bytes:
             try:
-                self._limit_memory(memory_bytes)
+                self._limit_memory(memory_bytes + library_bytes())
             except OSError:  # a cgroup that does not take it: the watchdog counts instead
                 del self.paths["memory"]
 
     def _limit_memory(self, memory_bytes: int) -> None:
-        """The limit, without swap (v1: memory and memory+swap equal; v2: no swap)."""
+        """The hard limit, without swap (v1: memory and memory+swap equal; v2: no swap)."""
         folder = self.paths["memory"]
         names = ("memory.max", "memory.swap.max", "memory.oom.group")
         values = (memory_bytes, 0, 1)  # oom.group: an OOM kill takes the whole group
@@ -130,6 +130,19 @@ class Cgroup:
                 )
                 return int(stat["usage_usec"]) / 1e6
             return int((folder / "cpuacct.usage").read_text()) / 1e9
+        except (OSError, KeyError, ValueError):
+            return None
+
+    def charged(self) -> int | None:
+        """The memory the group's processes allocated (anonymous) and wrote to tmpfs (shmem):
+        the page cache of files they read is not counted (it is reclaimable)."""
+        folder = self.paths.get("memory")
+        try:
+            if folder is None:
+                return None
+            stat = dict(line.split() for line in (folder / "memory.stat").read_text().splitlines())
+            names = ("anon", "shmem") if self.v2 else ("total_rss", "total_shmem")
+            return sum(int(stat[name]) for name in names)
         except (OSError, KeyError, ValueError):
             return None
 
@@ -170,6 +183,22 @@ class Cgroup:
                     break
                 except OSError:
                     time.sleep(0.02)
+
+
+@functools.cache
+def library_bytes() -> int:
+    """The size of the files this process maps (interpreter, torch's and numpy's libraries,
+    ~0.5 GiB): what a kernel maps too. A cgroup's hard limit counts their page cache when the
+    kernel is the first to read them; it gets this much room above the student's total, so
+    that reclaim does not take the kernel's own code away from under it (a thrashing kernel
+    hangs instead of being stopped). The total itself is checked by :class:`Watchdog`."""
+    files = set()
+    with open("/proc/self/maps") as f:
+        for line in f:
+            parts = line.split(maxsplit=5)
+            if len(parts) == 6 and parts[5].startswith("/"):
+                files.add(parts[5].strip())
+    return sum(os.path.getsize(path) for path in files if os.path.isfile(path))
 
 
 # -- a uid of its own per kernel (root) ---------------------------------------------------------
@@ -260,9 +289,10 @@ def usage(kernel: int, folders=()) -> tuple[int, float]:
 class Watchdog:
     """Looks at a sandbox's totals every ``interval`` seconds and kills it over a limit.
 
-    Memory where no cgroup limits it (an ordinary user), CPU time always (a cgroup counts it,
-    this kills). What the sandbox can allocate between two looks passes the total by that
-    much; each process stays under its own rlimits (address space, CPU time) meanwhile.
+    Memory and CPU time, counted by the cgroup where there is one (as root: exact, the page
+    cache left out; its hard limit stops a burst between two looks) or from the sandbox's
+    processes (:func:`usage`, as a user: a burst between two looks passes the total by what
+    it allocates meanwhile, each process under its own rlimits).
     """
 
     def __init__(self, box, pid: int, interval: float = 0.2):  # box: a sandbox.KernelBox
@@ -278,24 +308,26 @@ class Watchdog:
         import psutil
 
         options, group = self.box.options, self.box.group
-        memory_cap = options.memory_mb and (
-            None if group and "memory" in group.paths else options.memory_mb * 2**20
-        )
+        memory_cap = options.memory_mb and options.memory_mb * 2**20
         kernel = None
         while not self.stopped.wait(self.interval):
-            cpu, memory = group.cpu_seconds() if group else None, 0
-            if memory_cap or (cpu is None and options.cpu_seconds):
+            cpu = group.cpu_seconds() if group else None
+            memory = group.charged() if group else None
+            if (memory_cap and memory is None) or (cpu is None and options.cpu_seconds):
                 try:
                     if kernel is None:  # the sandbox's pid 1: bwrap's child, for good
                         children = psutil.Process(self.pid).children()
                         if not children:
                             continue
                         kernel = children[0].pid
-                    memory, counted = usage(kernel, self.box.tmpfs)
+                    counted = usage(kernel, self.box.tmpfs)
                 except (psutil.Error, ProcessLookupError):
                     return  # the sandbox is gone
-                cpu = counted if cpu is None else cpu
-            if (memory_cap and memory > memory_cap) or (group and group.memory_exceeded()):
+                memory = counted[0] if memory is None else memory
+                cpu = counted[1] if cpu is None else cpu
+            if (memory_cap and memory and memory > memory_cap) or (
+                group and group.memory_exceeded()
+            ):
                 self.reason = "memory"
             elif options.cpu_seconds and cpu is not None and cpu > options.cpu_seconds:
                 self.reason = "cpu"
