@@ -486,7 +486,7 @@ for name in ("dnncourse", "dnncourse.grading"):
     module = sys.modules[name] = types.ModuleType(name)
     module.__path__, module.__file__ = spec.submodule_search_locations, spec.origin
 from dnncourse.grading import sandbox
-print("DOCTOR " + json.dumps([[c.name, c.ok, c.detail] for c in sandbox.checks()]))
+print("DOCTOR " + json.dumps([[c.name, c.ok, c.detail] for c in sandbox.requirements()]))
 """
 
 
@@ -497,7 +497,7 @@ def test_doctor_shows_each_limit_and_how_it_is_enforced(mode):
     if mode == "root":
         if os.geteuid() != 0:
             pytest.skip("grading as root needs root")
-        results = {c.name: (c.ok, c.detail) for c in sandbox.checks()}
+        results = {c.name: (c.ok, c.detail) for c in sandbox.requirements()}
     else:
         user = ordinary_user()
         if isinstance(user, str):

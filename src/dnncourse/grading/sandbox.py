@@ -27,7 +27,7 @@ Limits of the sandbox as a whole (memory, CPU time, processes): :mod:`.totals` (
 root, a watchdog and rlimits as a user). Everything the student starts dies with the kernel:
 the sandbox's pid 1 owns the pid namespace, and ``--die-with-parent`` ties it to the worker.
 
-:func:`checks` is what ``dnncourse doctor`` prints; :func:`problem` is the one-line reason
+:func:`requirements` is what ``dnncourse doctor`` prints; :func:`problem` is the one-line reason
 ``dnncourse grade`` stops on a host where no sandbox can be made.
 """
 
@@ -443,7 +443,9 @@ def problem() -> str | None:
 
 
 @dataclass
-class CheckResult:
+class Requirement:
+    """One thing ``dnncourse doctor`` needs of this host, and whether it has it."""
+
     name: str
     ok: bool
     detail: str
@@ -503,7 +505,7 @@ print("CHECK " + json.dumps(out))
 """
 
 
-def limits_in_force(limits=None) -> list[CheckResult]:
+def limits_in_force(limits=None) -> list[Requirement]:
     """How each limit of the sandbox as a whole is enforced here (root or user, cgroups)."""
     from .protocol import Limits
 
@@ -524,7 +526,7 @@ def limits_in_force(limits=None) -> list[CheckResult]:
             "every 0.2 s and kills the sandbox over it"
         )
     rows.append(
-        CheckResult(
+        Requirement(
             "memory total",
             True,
             f"{memory}: {how}; address space per process "
@@ -538,7 +540,7 @@ def limits_in_force(limits=None) -> list[CheckResult]:
         else "counted by the watchdog from the processes' times"
     )
     rows.append(
-        CheckResult(
+        Requirement(
             "CPU time total",
             True,
             f"{cpu}: {how}, the sandbox killed over it; "
@@ -550,31 +552,31 @@ def limits_in_force(limits=None) -> list[CheckResult]:
         if "pids" in roots
         else "RLIMIT_NPROC (no writable cgroup)"
     )
-    rows.append(CheckResult("processes", True, f"{limits.processes} (threads included): {how}"))
+    rows.append(Requirement("processes", True, f"{limits.processes} (threads included): {how}"))
     return rows
 
 
-def checks() -> list[CheckResult]:
-    """The checks of ``dnncourse doctor``: can this host sandbox a kernel, and how well?"""
+def requirements() -> list[Requirement]:
+    """What ``dnncourse doctor`` reports: can this host sandbox a kernel, and how well?"""
     import json
 
     from .protocol import Limits
 
     results = []
     exe = bwrap()
-    results.append(CheckResult("bwrap found", exe is not None, exe or "not found"))
+    results.append(Requirement("bwrap found", exe is not None, exe or "not found"))
     if exe is None:
         return results
     version = subprocess.run([exe, "--version"], capture_output=True, text=True)
-    results.append(CheckResult("bwrap runs", version.returncode == 0, version.stdout.strip()))
+    results.append(Requirement("bwrap runs", version.returncode == 0, version.stdout.strip()))
     mode = "root: no user namespace needed, each kernel drops to a uid of its own"
     if not privileged():
         path = Path("/proc/sys/user/max_user_namespaces")
         count = path.read_text().strip() if path.exists() else "?"
         mode = f"user namespaces (user.max_user_namespaces = {count})"
-        results.append(CheckResult("user namespaces", count not in ("0",), mode))
+        results.append(Requirement("user namespaces", count not in ("0",), mode))
     why = problem()
-    results.append(CheckResult("sandbox starts", why is None, why or mode))
+    results.append(Requirement("sandbox starts", why is None, why or mode))
     if why is not None:
         return results
     limits = Limits()
@@ -582,7 +584,7 @@ def checks() -> list[CheckResult]:
     proc = _run_inside(PROBE, processes=32, workdir_mb=limits.workdir_mb)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("CHECK ")]
     if not lines:
-        results.append(CheckResult("probe ran inside", False, proc.stderr.strip()[-300:]))
+        results.append(Requirement("probe ran inside", False, proc.stderr.strip()[-300:]))
         return results
     seen = json.loads(lines[0][6:])
     caps = seen["caps"][:3] + seen["caps"][4:]
@@ -592,16 +594,16 @@ def checks() -> list[CheckResult]:
     else:
         who = f"uid {seen['uid']} in a user namespace of its own (your uid outside)"
         own = seen["uid"] == NOBODY
-    results.append(CheckResult("uid", own and seen["uid"] != 0, who))
+    results.append(Requirement("uid", own and seen["uid"] != 0, who))
     results.append(
-        CheckResult("no capabilities", all(int(c, 16) == 0 for c in caps), " ".join(seen["caps"]))
+        Requirement("no capabilities", all(int(c, 16) == 0 for c in caps), " ".join(seen["caps"]))
     )
     results.append(
-        CheckResult("seccomp filter", seen["seccomp"] == "2", f"Seccomp: {seen['seccomp']}")
+        Requirement("seccomp filter", seen["seccomp"] == "2", f"Seccomp: {seen['seccomp']}")
     )
     keys = seen["keyring"] != "allowed" and seen["proc keys"] == 0
     results.append(
-        CheckResult(
+        Requirement(
             "keyring",
             keys,
             f"a fresh session keyring, keyctl/add_key/request_key denied ({seen['keyring']}), "
@@ -609,7 +611,7 @@ def checks() -> list[CheckResult]:
         )
     )
     results.append(
-        CheckResult(
+        Requirement(
             "ptrace",
             seen["ptrace"] != "allowed" and seen["pid"] == 1,
             f"denied ({seen['ptrace']}); the kernel is the sandbox's pid 1, bwrap started "
@@ -617,7 +619,7 @@ def checks() -> list[CheckResult]:
         )
     )
     results.append(
-        CheckResult(
+        Requirement(
             "network off",
             seen["network"] != "connected" and seen["interfaces"] == ["lo"],
             f"interfaces {seen['interfaces']}; connect to 1.1.1.1:53: {seen['network']}",
@@ -629,25 +631,25 @@ def checks() -> list[CheckResult]:
     }
     fine = all(kind == "tmpfs" and size > 0 for kind, size in seen["writable"].values())
     results.append(
-        CheckResult(
+        Requirement(
             "writable folders",
             fine,
             ", ".join(f"{k} ({v})" for k, v in capped.items()) + "; nothing else is writable",
         )
     )
     results.append(
-        CheckResult("own pid namespace", seen["pids"] <= 3, f"{seen['pids']} processes seen")
+        Requirement("own pid namespace", seen["pids"] <= 3, f"{seen['pids']} processes seen")
     )
     stopped = seen.get("fork_stopped")
-    results.append(CheckResult("fork bomb stopped", stopped is not None, stopped or "not stopped"))
+    results.append(Requirement("fork bomb stopped", stopped is not None, stopped or "not stopped"))
     results.append(
-        CheckResult(
+        Requirement(
             "course package hidden",
             not seen["reference"],
             "dnncourse.optim " + ("importable!" if seen["reference"] else "not importable"),
         )
     )
-    results.append(CheckResult("filesystem", True, "/ holds " + " ".join(seen["visible"])))
+    results.append(Requirement("filesystem", True, "/ holds " + " ".join(seen["visible"])))
     return results
 
 
