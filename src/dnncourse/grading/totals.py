@@ -300,40 +300,51 @@ class Watchdog:
 
         self.box, self.pid, self.interval = box, pid, interval
         self.reason: str | None = None
+        self.failures: list[str] = []  # looks that raised (none expected)
         self.stopped = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True, name="sandbox-watchdog")
         self.thread.start()
 
     def _run(self) -> None:
+        kernel = None
+        while not self.stopped.wait(self.interval):
+            try:
+                kernel = self._look(kernel)
+            except ProcessLookupError:
+                return  # the sandbox is gone
+            except Exception as error:  # a look that failed: the next one may not
+                self.failures.append(repr(error))
+                continue
+            if self.reason:
+                self.kill()
+                return
+
+    def _look(self, kernel: int | None) -> int | None:
+        """One look at the totals (``self.reason`` set over a limit); returns the host pid of
+        the sandbox's pid 1 once known, raises ProcessLookupError once the sandbox is gone."""
         import psutil
 
         options, group = self.box.options, self.box.group
         memory_cap = options.memory_mb and options.memory_mb * 2**20
-        kernel = None
-        while not self.stopped.wait(self.interval):
-            cpu = group.cpu_seconds() if group else None
-            memory = group.charged() if group else None
-            if (memory_cap and memory is None) or (cpu is None and options.cpu_seconds):
-                try:
-                    if kernel is None:  # the sandbox's pid 1: bwrap's child, for good
-                        children = psutil.Process(self.pid).children()
-                        if not children:
-                            continue
-                        kernel = children[0].pid
-                    counted = usage(kernel, self.box.tmpfs)
-                except (psutil.Error, ProcessLookupError):
-                    return  # the sandbox is gone
-                memory = counted[0] if memory is None else memory
-                cpu = counted[1] if cpu is None else cpu
-            if (memory_cap and memory and memory > memory_cap) or (
-                group and group.memory_exceeded()
-            ):
-                self.reason = "memory"
-            elif options.cpu_seconds and cpu is not None and cpu > options.cpu_seconds:
-                self.reason = "cpu"
-            if self.reason:
-                self.kill()
-                return
+        cpu = group.cpu_seconds() if group else None
+        memory = group.charged() if group else None
+        if (memory_cap and memory is None) or (cpu is None and options.cpu_seconds):
+            try:
+                if kernel is None:  # the sandbox's pid 1: bwrap's child, for good
+                    children = psutil.Process(self.pid).children()
+                    if not children:
+                        return None
+                    kernel = children[0].pid
+            except psutil.Error:
+                raise ProcessLookupError(self.pid) from None
+            counted = usage(kernel, self.box.tmpfs)
+            memory = counted[0] if memory is None else memory
+            cpu = counted[1] if cpu is None else cpu
+        if (memory_cap and memory and memory > memory_cap) or (group and group.memory_exceeded()):
+            self.reason = "memory"
+        elif options.cpu_seconds and cpu is not None and cpu > options.cpu_seconds:
+            self.reason = "cpu"
+        return kernel
 
     def kill(self) -> None:
         import psutil
