@@ -182,6 +182,10 @@ class Check:
     max_points: float
     passed: bool
     message: str = ""  # written outside the sandbox; never student output or hidden source
+    # "probe": decided outside, from probe records; "assert": a cell without probes, scored
+    # as nbgrader scores it (its points if it ran without error), inside the student's
+    # process: forgeable, as in plain nbgrader
+    kind: str = "probe"
 
 
 @dataclass(frozen=True)
@@ -249,6 +253,11 @@ class Result:
     feedback: dict[str, str] = field(default_factory=dict)  # notebook -> HTML page
     graded: dict[str, bytes] = field(default_factory=dict)  # notebook -> graded .ipynb
 
+    @property
+    def assert_score(self) -> float:
+        """The points of cells decided by asserts inside the student's process (forgeable)."""
+        return float(sum(c.points for c in self.checks if c.kind == "assert"))
+
     def row(self) -> dict:
         """The row of ``grades.csv``."""
         return {name: getattr(self, attr) for name, attr in _CSV.items()}
@@ -262,6 +271,7 @@ _CSV = {
     "status": "status",
     "detail": "detail",
     "seconds": "seconds",
+    "assert_score": "assert_score",
 }
 COLUMNS = list(_CSV)
 

@@ -259,6 +259,7 @@ class Jobs:
                 "max_points": c.max_points,
                 "passed": c.passed,
                 "message": c.message,
+                "kind": c.kind,
             }
             for c in result.checks
         ]
