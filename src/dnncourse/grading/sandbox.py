@@ -11,7 +11,9 @@ one on PATH) makes new pid, network, mount, ipc and uts namespaces and a root ho
   launcher and the probe API only, never the reference implementation of the homework;
 * private, empty, size-capped tmpfs folders: ``/tmp``, ``/dev/shm`` and HOME
   (``/home/student``), whose ``work`` folder is the kernel's working folder; the
-  assignment's data files are copied into it by the launcher from a read-only folder;
+  assignment's data files (images, CSV, a helper module, subfolders) are bound into it
+  read-only, entry by entry (:func:`share_data`): one copy per worker, never one per student,
+  and never counted against the folder's cap;
 * the per-kernel folder (connection file and ZMQ ``ipc://`` sockets), at its own path.
 
 The environment is built from scratch (``--clearenv``). Identity: run as root, bwrap keeps
@@ -22,7 +24,7 @@ Processes: a cgroup ``pids`` controller where one is writable (as root), else
 ``RLIMIT_NPROC`` (per user namespace). Everything the student starts dies with the kernel:
 bwrap's pid 1 owns the pid namespace, and ``--die-with-parent`` ties it to the worker.
 
-:func:`checks` is what ``dnncourse doctor`` prints; :func:`problem` is the one-line reason
+:func:`requirements` is what ``dnncourse doctor`` prints; :func:`problem` is the one-line reason
 ``dnncourse grade`` stops on a host where no sandbox can be made.
 """
 
@@ -39,7 +41,6 @@ NOBODY = 65534
 HOME = "/home/student"
 WORK = f"{HOME}/work"
 STUB = "/opt/dnncourse"  # the stub package's folder inside the sandbox (on PYTHONPATH)
-DATA = "/opt/assignment"  # the assignment's data files, read-only, copied into WORK
 ETC = (
     "ld.so.cache ld.so.conf ld.so.conf.d localtime alternatives fonts mime.types "
     "nsswitch.conf".split()
@@ -172,6 +173,42 @@ def _inside(path: Path, folder: Path) -> bool:
     return path == folder or folder in path.parents
 
 
+# -- the data files ---------------------------------------------------------------------------
+def data_entries(data: Path | None) -> list[Path]:
+    """The top-level entries of the data folder that the sandbox shows (no links). A folder
+    that is gone is returned itself: bwrap then refuses to start and names it (the kernel
+    did not start, a grader error, never the student's)."""
+    if data is None:
+        return []
+    if not data.is_dir():
+        return [data]
+    return [e for e in sorted(data.iterdir()) if not e.is_symlink()]
+
+
+_SHARED: set[tuple] = set()  # (path, inode, mtime) of the data folders made readable
+
+
+def share_data(data: Path | None) -> None:
+    """Make the data folder readable by the sandbox's user (once per folder and process).
+
+    The sandbox's user (65534) reads them through bind mounts that keep the host's owner and
+    mode: a folder made by ``tempfile`` (0700) or a file copied from a private one (0600),
+    owned by root, was unreadable there, and the kernel died at start. Folders get
+    ``a+rx``, files ``a+r``; nothing gets write access.
+    """
+    if data is None or not data.is_dir():
+        return
+    key = (data.resolve(), data.stat().st_ino, data.stat().st_mtime_ns)
+    if key in _SHARED:
+        return
+    for folder, dirs, files in os.walk(data):
+        for name in [*dirs, *files]:
+            path = Path(folder) / name
+            if not path.is_symlink():
+                path.chmod(path.stat().st_mode | (0o555 if path.is_dir() else 0o444))
+    _SHARED.add(key)
+
+
 # -- the command -------------------------------------------------------------------------------
 @dataclass
 class Layout:
@@ -223,7 +260,7 @@ class Options:
     """Per-kernel settings of the sandbox."""
 
     folder: Path  # the per-kernel folder (connection file, sockets), bound read-write
-    data: Path | None = None  # the assignment's data files, copied into WORK
+    data: Path | None = None  # the assignment's data files, bound read-only into WORK
     workdir_mb: float = 512
     processes: int = 256
     env: dict | None = None  # extra environment variables (threads, the guard's config)
@@ -257,14 +294,14 @@ def command(inner: list[str], options: Options, cgroup: Path | None = None) -> l
     args += lay.system
     args += ["--ro-bind", str(stub / "etc" / "passwd"), "/etc/passwd"]
     args += ["--ro-bind", str(stub / "etc" / "group"), "/etc/group"]
-    args += _dirs([*lay.interpreter, STUB, DATA], made)
+    args += _dirs([*lay.interpreter, STUB], made)
     for folder in lay.interpreter:
         args += ["--ro-bind", str(folder), str(folder)]
     for folder in lay.hidden:
         args += ["--tmpfs", str(folder), "--remount-ro", str(folder)]
     args += ["--ro-bind", str(stub / "python"), STUB]
-    if options.data is not None:
-        args += ["--ro-bind", str(options.data), DATA]
+    for entry in data_entries(options.data):  # read-only, inside the working folder
+        args += ["--ro-bind", str(entry), f"{WORK}/{entry.name}"]
     args += _dirs([options.folder], made)
     args += ["--bind", str(options.folder), str(options.folder)]
     for dev in sorted(Path("/dev").glob("nvidia*")):  # a GPU, where there is one
@@ -291,12 +328,11 @@ def command(inner: list[str], options: Options, cgroup: Path | None = None) -> l
 
 
 def launcher_config(options: Options, cgroup: Path | None) -> dict:
-    """What the kernel launcher does before student code (identity, processes, data)."""
+    """What the kernel launcher does before student code (identity, processes)."""
     return {
         "uid": NOBODY if privileged() else None,
         "gid": NOBODY if privileged() else None,
         "processes": None if cgroup is not None else options.processes,
-        "data": DATA if options.data is not None else None,
     }
 
 
@@ -309,6 +345,7 @@ class KernelBox:
         self.group = ProcessGroup(root, options.processes) if root else None
         options.folder.chmod(0o700)
         self.hand_over()
+        share_data(options.data)
 
     def hand_over(self) -> None:
         """Give the per-kernel folder and its files to the sandbox's user (when root)."""
@@ -385,7 +422,9 @@ def problem() -> str | None:
 
 
 @dataclass
-class CheckResult:
+class Requirement:
+    """One thing ``dnncourse doctor`` needs of this host, and whether it has it."""
+
     name: str
     ok: bool
     detail: str
@@ -422,30 +461,30 @@ print("CHECK " + json.dumps(out))
 """
 
 
-def checks() -> list[CheckResult]:
-    """The checks of ``dnncourse doctor``: can this host sandbox a kernel, and how well?"""
+def requirements() -> list[Requirement]:
+    """What ``dnncourse doctor`` reports: can this host sandbox a kernel, and how well?"""
     import json
 
     results = []
     exe = bwrap()
-    results.append(CheckResult("bwrap found", exe is not None, exe or "not found"))
+    results.append(Requirement("bwrap found", exe is not None, exe or "not found"))
     if exe is None:
         return results
     version = subprocess.run([exe, "--version"], capture_output=True, text=True)
-    results.append(CheckResult("bwrap runs", version.returncode == 0, version.stdout.strip()))
+    results.append(Requirement("bwrap runs", version.returncode == 0, version.stdout.strip()))
     mode = "root: no user namespace needed, kernel drops to uid 65534"
     if not privileged():
         path = Path("/proc/sys/user/max_user_namespaces")
         count = path.read_text().strip() if path.exists() else "?"
         mode = f"user namespaces (user.max_user_namespaces = {count})"
-        results.append(CheckResult("user namespaces", count not in ("0",), mode))
+        results.append(Requirement("user namespaces", count not in ("0",), mode))
     why = problem()
-    results.append(CheckResult("sandbox starts", why is None, why or mode))
+    results.append(Requirement("sandbox starts", why is None, why or mode))
     if why is not None:
         return results
     root = pids_cgroup_root()
     results.append(
-        CheckResult(
+        Requirement(
             "process limit",
             True,
             f"cgroup pids controller ({root})" if root else "RLIMIT_NPROC (no writable cgroup)",
@@ -454,33 +493,33 @@ def checks() -> list[CheckResult]:
     proc = _run_inside(PROBE, processes=32)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("CHECK ")]
     if not lines:
-        results.append(CheckResult("probe ran inside", False, proc.stderr.strip()[-300:]))
+        results.append(Requirement("probe ran inside", False, proc.stderr.strip()[-300:]))
         return results
     seen = json.loads(lines[0][6:])
     identity = f"uid {seen['uid']}, gid {seen['gid']}"
-    results.append(CheckResult("unprivileged", seen["uid"] != 0, identity))
+    results.append(Requirement("unprivileged", seen["uid"] != 0, identity))
     no_caps = all(int(c, 16) == 0 for c in seen["caps"][:3] + seen["caps"][4:])
-    results.append(CheckResult("no capabilities", no_caps, " ".join(seen["caps"])))
+    results.append(Requirement("no capabilities", no_caps, " ".join(seen["caps"])))
     results.append(
-        CheckResult(
+        Requirement(
             "network off",
             seen["network"] != "connected" and seen["interfaces"] == ["lo"],
             f"interfaces {seen['interfaces']}; connect to 1.1.1.1:53: {seen['network']}",
         )
     )
     results.append(
-        CheckResult("own pid namespace", seen["pids"] <= 3, f"{seen['pids']} processes seen")
+        Requirement("own pid namespace", seen["pids"] <= 3, f"{seen['pids']} processes seen")
     )
     stopped = seen.get("fork_stopped")
-    results.append(CheckResult("fork bomb stopped", stopped is not None, stopped or "not stopped"))
+    results.append(Requirement("fork bomb stopped", stopped is not None, stopped or "not stopped"))
     results.append(
-        CheckResult(
+        Requirement(
             "course package hidden",
             not seen["reference"],
             "dnncourse.optim " + ("importable!" if seen["reference"] else "not importable"),
         )
     )
-    results.append(CheckResult("filesystem", True, "/ holds " + " ".join(seen["visible"])))
+    results.append(Requirement("filesystem", True, "/ holds " + " ".join(seen["visible"])))
     return results
 
 

@@ -104,6 +104,16 @@ def _grades_table(service, request, db):
     return a, subs, max_score, grades.rows(_students(db), list(subs), a, max_score)
 
 
+def decided_by(subs) -> dict[str, list[str]]:
+    """The graded cells by what decided them ("probe": outside; "assert": inside the
+    student's process, forgeable as in plain nbgrader), from the graded submissions."""
+    kinds = {}
+    for sub in (s for s in subs if s.state == GRADED):
+        for c in sub.checks or []:
+            kinds[f"{c['notebook']}/{c['name']}"] = c.get("kind", "probe")
+    return {k: sorted(n for n, v in kinds.items() if v == k) for k in ("probe", "assert")}
+
+
 @page(role="instructor")
 def dashboard(service, request, db, user, form):
     a, subs, max_score, table = _grades_table(service, request, db)
@@ -123,6 +133,7 @@ def dashboard(service, request, db, user, form):
         look=look,
         histogram=grades.histogram_svg(counted, max_score or 1.0),
         max_score=max_score,
+        decided=decided_by(subs),
         message=request.query_params.get("message"),
     )
 

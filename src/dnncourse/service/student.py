@@ -18,6 +18,7 @@ from starlette.responses import (
     RedirectResponse,
 )
 
+from ..homework import layout
 from . import auth, grades
 from .grader import safe_name
 from .jobs import RateLimited
@@ -153,7 +154,7 @@ def download_release(service, request, db, user, form):
     notebook = request.path_params["notebook"]
     if notebook not in service.grader.notebooks(a.name):
         raise Problem(404, "No such notebook.")
-    path = service.config.root / "exercises" / a.name / f"{notebook}.ipynb"
+    path = service.config.root / layout(service.config.root).release / a.name / f"{notebook}.ipynb"
     return FileResponse(path, filename=f"{notebook}.ipynb", media_type="application/x-ipynb+json")
 
 

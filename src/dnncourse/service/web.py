@@ -23,7 +23,7 @@ from starlette.responses import (
     Response,
 )
 
-from ..homework import assignments
+from ..homework import assignments, layout
 from . import auth
 from .config import ServiceConfig
 from .grader import Grader
@@ -100,7 +100,8 @@ class Service:
         known = assignments(config.root)
         unknown = sorted(set(config.assignments) - set(known))
         if unknown:
-            raise ValueError(f"unknown assignments {unknown}; solutions/ holds {known}")
+            source = layout(config.root).source
+            raise ValueError(f"unknown assignments {unknown}; {source}/ holds {known}")
         self.names = config.assignments or known
         config.assignments = self.names
         with self.sessions() as db:
