@@ -96,6 +96,33 @@ def test_gated_solution_with_code_cells_is_removed():
     assert sources[1:] == ["## Next", "visible = 1"]
 
 
+def test_glued_values_are_pasted_as_the_book_formats_them():
+    """{glue:text}`key:spec` becomes the value the executed notebook glued (myst-nb's glue)."""
+
+    def glued(name, text):
+        return {
+            "output_type": "display_data",
+            "metadata": {
+                "scrapbook": {"name": name, "mime_prefix": "application/papermill.record/"}
+            },
+            "data": {"application/papermill.record/text/plain": text},
+        }
+
+    nb = {
+        "cells": [
+            {"cell_type": "code", "metadata": {}, "source": "glue(...)",
+             "outputs": [glued("gap", "0.0123456"), glued("k", "12"), glued("p", "0.4817")]},
+            {"cell_type": "markdown", "metadata": {},
+             "source": "gap {glue:text}`gap:.2e` at step {glue:text}`k`, "
+                       "{glue:text}`p:.0%` wrong, {glue:text}`missing:.1f`"},
+        ]
+    }  # fmt: skip
+    plain_notebook(nb, _resolver())
+    text = nb["cells"][1]["source"]
+    assert text == "gap 1.23e-02 at step 12, 48% wrong, `missing:.1f`", text
+    assert not MYST_MARKUP.search(text)
+
+
 @pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.stem)
 def test_chapter_becomes_plain_markdown(path):
     nb = plain_notebook(jupytext.read(path), _resolver())

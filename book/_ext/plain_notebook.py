@@ -11,7 +11,9 @@ MyST directives (```` ```{exercise} ````, ```` ```{prf:algorithm} ````, admoniti
   the online book, so that no solution is in plain view;
 * citations become author-year text (from the book's ``.bib`` files), ``{doc}`` a link to the
   sibling notebook, ``{numref}``/``{ref}``/``{prf:ref}`` the text the book shows;
-* target labels ``(name)=`` and MyST comments ``% ...`` are dropped.
+* target labels ``(name)=`` and MyST comments ``% ...`` are dropped;
+* a glued number (``{glue:text}`key:.2f` ``, myst-nb's ``glue``) becomes the value the
+  executed notebook glued, formatted as myst-nb formats it.
 
 :data:`MYST_MARKUP` finds what is left; the book's tests use it on every download.
 """
@@ -19,6 +21,7 @@ MyST directives (```` ```{exercise} ````, ```` ```{prf:algorithm} ````, admoniti
 from __future__ import annotations
 
 import re
+from ast import literal_eval
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -41,6 +44,7 @@ class Resolver:
     numref: Callable[[str], str] = lambda label: label
     ref: Callable[[str], str] = lambda label: label
     counters: dict[str, int] = field(default_factory=dict)
+    glue: dict[str, str] = field(default_factory=dict)  # key: text/plain of the value
 
     def number(self, kind: str) -> int:
         self.counters[kind] = self.counters.get(kind, 0) + 1
@@ -61,7 +65,24 @@ def _role(match: re.Match, resolver: Resolver) -> str:
         return title or (resolver.numref if name == "numref" else resolver.ref)(target)
     if name == "math":
         return f"${content}$"
+    if name in {"glue", "glue:", "glue:text", "glue:any"}:
+        key, _, spec = content.rpartition(":") if ":" in content else (content, "", "")
+        if key in resolver.glue:
+            return _format_glued(resolver.glue[key], spec)
     return f"`{content}`"  # an unknown role: show its content as code
+
+
+def _format_glued(text: str, spec: str) -> str:
+    """A glued value as myst-nb's ``{glue:text}`` prints it (``format`` by type character)."""
+    try:
+        value = literal_eval(text)
+    except (SyntaxError, ValueError):
+        value = text
+    if spec and spec[-1] in "bcdoxX":
+        value = int(value)
+    elif spec and spec[-1] in "eEfFgGn%":
+        value = float(value)
+    return format(value, spec) if spec else str(value)
 
 
 def _quote(text: str) -> str:
@@ -140,6 +161,13 @@ def plain_notebook(nb: dict, resolver: Resolver) -> dict:
     Cells between a ``solution-start`` and its ``solution-end`` (markdown or code) are
     dropped and replaced by :data:`SOLUTION_NOTE`.
     """
+    for cell in nb["cells"]:  # the values glued by the executed code (myst-nb's glue)
+        for output in cell.get("outputs", []):
+            name = output.get("metadata", {}).get("scrapbook", {}).get("name")
+            data = output.get("data", {})
+            plain = [v for k, v in data.items() if k.endswith("text/plain")]
+            if name and plain:
+                resolver.glue[name] = "".join(plain[0])
     cells, inside = [], False
     for cell in nb["cells"]:
         source = "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
