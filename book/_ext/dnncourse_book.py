@@ -133,7 +133,11 @@ def _resolver(app: Sphinx, docname: str) -> Resolver:
     def ref(label: str) -> str:
         return labels.get(label, (None, None, label))[2] or label
 
-    return Resolver(cite=cite, doc=doc, numref=numref, ref=ref)
+    # the values the chapter glued (myst-nb writes them beside the executed notebook)
+    glue_file = Path(app.outdir).parent / "jupyter_execute" / f"{docname}.glue.json"
+    glued = json.loads(glue_file.read_text(encoding="utf8")) if glue_file.is_file() else {}
+    glue = {key: value["data"].get("text/plain", "") for key, value in glued.items()}
+    return Resolver(cite=cite, doc=doc, numref=numref, ref=ref, glue=glue)
 
 
 def _make_download(path: Path, repo_url: str, branch: str, resolver: Resolver) -> None:

@@ -13,7 +13,8 @@ MyST directives (```` ```{exercise} ````, ```` ```{prf:algorithm} ````, admoniti
   sibling notebook, ``{numref}``/``{ref}``/``{prf:ref}`` the text the book shows;
 * target labels ``(name)=`` and MyST comments ``% ...`` are dropped;
 * a glued number (``{glue:text}`key:.2f` ``, myst-nb's ``glue``) becomes the value the
-  executed notebook glued, formatted as myst-nb formats it.
+  chapter glued (``Resolver.glue``, filled by the extension from myst-nb's glue file and
+  from the notebook's own outputs), formatted as myst-nb formats it.
 
 :data:`MYST_MARKUP` finds what is left; the book's tests use it on every download.
 """
