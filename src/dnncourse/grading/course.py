@@ -206,17 +206,22 @@ def save_result(course: Course, result: Result) -> tuple[float, float]:
 
     Each grade cell gets its ``auto_score`` (the check's points; zero for a cell without a
     check, as for a notebook that could not be graded); a manual grade an instructor entered
-    stays and the cell is flagged for review, as nbgrader does. The graded notebooks go to
-    ``course/autograded/<student>/<assignment>/``, where the formgrader looks.
+    stays and the cell is flagged for review, as nbgrader does. A cell held by the rules
+    (``Check.review``) is flagged too: the formgrader lists it as needing a manual grade.
+    The graded notebooks go to ``course/autograded/<student>/<assignment>/``, where the
+    formgrader looks.
     """
     points = {(c.notebook, c.grade_id): c.points for c in result.checks}
+    held = {(c.notebook, c.grade_id) for c in result.checks if c.review}
     with gradebook(course) as gb:
         gb.update_or_create_student(result.student)
         submission = gb.update_or_create_submission(course.assignment, result.student)
         for notebook in submission.notebooks:
             for grade in notebook.grades:
                 grade.auto_score = points.get((notebook.name, grade.name), 0.0)
-                grade.needs_manual_grade = grade.manual_score is not None
+                grade.needs_manual_grade = (
+                    grade.manual_score is not None or (notebook.name, grade.name) in held
+                )
         gb.db.commit()
         submission = gb.find_submission(course.assignment, result.student)
         score, max_score = float(submission.score), float(submission.max_score)

@@ -68,6 +68,9 @@ class Check:
     max_points: float
     passed: bool
     message: str = ""  # written outside the sandbox; never student output or hidden source
+    # non-empty: a person must decide this cell (it scores 0 until then); the evidence of
+    # :mod:`~dnncourse.grading.rules`, from closed sets (never the student's text)
+    review: str = ""
 
 
 @dataclass(frozen=True)
@@ -130,6 +133,11 @@ class Result:
     feedback: dict[str, str] = field(default_factory=dict)  # notebook -> HTML page
     graded: dict[str, bytes] = field(default_factory=dict)  # notebook -> graded .ipynb
 
+    @property
+    def review(self) -> str:
+        """The cells held for a person to decide, with the evidence ("" when none)."""
+        return "; ".join(f"{c.grade_id}: {c.review}" for c in self.checks if c.review)
+
     def row(self) -> dict:
         """The row of ``grades.csv``."""
         return {name: getattr(self, attr) for name, attr in _CSV.items()}
@@ -143,6 +151,7 @@ _CSV = {
     "status": "status",
     "detail": "detail",
     "seconds": "seconds",
+    "review": "review",
 }
 COLUMNS = list(_CSV)
 

@@ -28,6 +28,7 @@ COLUMNS = [
     "late_days",
     "raw_score",
     "detail",
+    "review",
 ]
 
 
@@ -89,9 +90,15 @@ def rows(students, subs: list[Submission], assignment: Assignment, max_score: fl
                 "late_days": late_days(sub.created_at, assignment.deadline) if sub else "",
                 "raw_score": sub.score if sub else "",
                 "detail": sub.detail if sub else "no submission that counts",
+                "review": review(sub) if sub else "",
             }
         )
     return out
+
+
+def review(sub: Submission) -> str:
+    """The cells held for the instructor to decide (``Check.review``), with the evidence."""
+    return "; ".join(f"{c.get('name')}: {c['review']}" for c in sub.checks if c.get("review"))
 
 
 def to_csv(table: list[dict]) -> str:

@@ -112,7 +112,9 @@ def dashboard(service, request, db, user, form):
         state: sum(s.state == state for s in subs) for state in ("queued", "grading", "graded")
     }
     fine = (Status.OK.value, Status.RENAMED.value)
-    look = [s for s in subs if s.state == GRADED and s.status not in fine][-50:]
+    look = [s for s in subs if s.state == GRADED and (s.status not in fine or grades.review(s))][
+        -50:
+    ]
     return service.render(
         request,
         "dashboard.html",

@@ -268,6 +268,7 @@ class Jobs:
                 "max_points": c.max_points,
                 "passed": c.passed,
                 "message": c.message,
+                "review": c.review,
             }
             for c in result.checks
         ]

@@ -1,0 +1,294 @@
+"""The statement's rules decided from the student's code (:mod:`dnncourse.grading.rules`).
+
+Three kinds of test:
+
+* precision: every solution notebook of hw1-hw4, every correct and every wrong answer of the
+  mutation check, and ordinary student code around them (an autograd self-check at the top
+  level, magics, a class with its own ``backward``) give no finding at all;
+* the attack corpus (``tests/rule_attacks.py``): each attack's route is found, as a certain
+  use (the cell fails) or as code the analysis cannot follow (the cell is held), in the cell
+  it attacks; statically (fast) and then by grading (slow: each attack really ran and
+  computed the right answer, since its message says every hidden check matched);
+* the decision (:func:`rules.apply`) and where a held cell shows: ``grades.csv``'s ``review``
+  column, the summary, the gradebook's "needs manual grade", the feedback page without the
+  evidence.
+"""
+
+import csv
+import json
+import re
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbgrader.api import Gradebook
+from rule_attacks import ATTACKS
+
+from dnncourse.grading import reference, rules, sandbox
+from dnncourse.grading.api import grade
+from dnncourse.grading.course import COURSE_ID
+from dnncourse.grading.engine import summary
+from dnncourse.grading.protocol import Check, Result, Status
+from dnncourse.homework import assignments
+
+ROOT = Path(__file__).resolve().parents[1]
+MARKER = re.compile(r"^\s*### (BEGIN|END) SOLUTION\n", flags=re.MULTILINE)
+HWS = assignments(ROOT)
+
+
+def solution_path(hw: str) -> Path:
+    (path,) = (ROOT / "solutions" / hw).glob("*.ipynb")
+    return path
+
+
+def graded_notebook(hw: str, replace: dict, extra=()) -> nbformat.NotebookNode:
+    """The notebook as the worker sees it after the rebuild: the instructor's test cells
+    (hidden tests included), the answers of ``replace`` or the instructor's, ``extra`` cells."""
+    nb = nbformat.read(solution_path(hw), as_version=4)
+    for cell in nb.cells:
+        meta = cell.metadata.get("nbgrader", {})
+        if meta.get("solution"):
+            cell.source = replace.get(meta["grade_id"], MARKER.sub("", cell.source))
+    for after, source in extra:
+        ids = [c.metadata.get("nbgrader", {}).get("grade_id") for c in nb.cells]
+        nb.cells.insert(ids.index(after) + 1, nbformat.v4.new_code_cell(source))
+    return nb
+
+
+_REFERENCES = {}
+
+
+def references(hw: str, cache: Path) -> dict:
+    if hw not in _REFERENCES:
+        sandboxed = sandbox.problem() is None
+        _REFERENCES[hw] = reference.records(solution_path(hw), cache, sandbox=sandboxed)
+    return _REFERENCES[hw]
+
+
+def findings(hw, replace, cache, extra=()) -> dict:
+    verdicts = rules.analyze(graded_notebook(hw, replace, extra), references(hw, cache))
+    return {
+        gid: ([str(f) for f in v.used], [str(f) for f in v.opaque])
+        for gid, v in verdicts.items()
+        if v.used or v.opaque
+    }
+
+
+def mutants(hw: str):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"m_{hw}", ROOT / "tests/mutants" / f"{hw}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.WRONG, module.CORRECT
+
+
+# -- precision --------------------------------------------------------------------------------
+@pytest.mark.parametrize("hw", HWS)
+def test_solutions_and_every_mutant_have_no_finding(hw, shared_reference_cache):
+    wrong, correct = mutants(hw)
+    cases = {"the solution": {}, **correct, **{k: v for k, (_, v) in wrong.items()}}
+    verdicts = rules.analyze(graded_notebook(hw, {}), references(hw, shared_reference_cache))
+    assert verdicts, f"{hw}: some test cell has a rule (its probes watch names)"
+    for name, replace in cases.items():
+        assert findings(hw, replace, shared_reference_cache) == {}, name
+
+
+ORDINARY = [  # what students write around their answers: never a finding
+    # a self-check with autograd at the top level: the probes never reach it
+    "x = torch.linspace(-1, 1, 5, requires_grad=True)\n"
+    "c = torch.tensor([0.5, 1.0, -0.2, 0.1], requires_grad=True)\n"
+    "loss = ((c[0] + c[1] * x - torch.sin(x)) ** 2).sum()\n"
+    "loss.backward()\n"
+    "print(c.grad, cubic_gradients(x.detach(), torch.sin(x.detach()), c.detach()))\n"
+    "torch.testing.assert_close(c.grad, cubic_gradients(x.detach(), torch.sin(x), c))\n",
+    "%timeit cubic_gradients(torch.ones(3), torch.ones(3), torch.ones(4))\n"
+    "%matplotlib inline\n!ls\nimport numpy as np\nimport matplotlib.pyplot as plt\n",
+    "%%time\nfor lr in [1e-3, 1e-2]:\n    print(lr, getattr(torch, 'float64'))\n",
+    "import not_installed_here  # fails in the kernel: nothing ran\n",
+    "print(type(torch.ones(1)).__name__, torch.ones(1).__class__)\n",
+]
+
+
+@pytest.mark.parametrize("source", ORDINARY, ids=range(len(ORDINARY)))
+def test_ordinary_student_cells_are_not_flagged(source, shared_reference_cache):
+    extra = [("cubic_gradients", source), ("fit_cubic", source)]
+    assert findings("hw1", {}, shared_reference_cache, extra) == {}
+
+
+def test_a_helper_followed_through_names_and_aliases(shared_reference_cache):
+    helper = (
+        "import torch.autograd as _ag\n\n\n"
+        "def _helper(loss, c):\n    return _ag.grad(loss, c)[0]\n"
+    )
+    answer = (
+        "def cubic_gradients(x, y, coeffs):\n"
+        "    c = coeffs.detach().clone().requires_grad_(True)\n"
+        "    a, b, cc, d = c\n"
+        "    return _helper(((a + b * x + cc * x**2 + d * x**3 - y) ** 2).sum(), c)\n"
+    )
+    found = findings(
+        "hw1", {"cubic_gradients": answer}, shared_reference_cache, [("setup", helper)]
+    )
+    assert found["test_cubic_gradients"] == (
+        [
+            "autograd (a cell added after 'setup', line 5)",  # _ag.grad
+            "autograd (a cell added after 'setup', line 1)",  # the import it follows to
+        ],
+        [],
+    )
+    # the other answers do not call it: their cells are not touched (fit_cubic calls the
+    # gradient, so its cell is)
+    assert "test_central_difference" not in found and "test_fit_cubic" in found
+
+
+def test_a_class_of_ones_own_with_backward_is_held_not_failed(shared_reference_cache):
+    micrograd = """
+class Value:
+    def __init__(self, data):
+        self.data = data
+
+    def backward(self):
+        return self.data
+
+
+def cubic_gradients(x, y, coeffs):
+    a, b, c, d = coeffs
+    r = 2 * (a + b * x + c * x**2 + d * x**3 - y)
+    Value(r).backward()
+    return torch.stack([r.sum(), (r * x).sum(), (r * x**2).sum(), (r * x**3).sum()])
+"""
+    found = findings("hw1", {"cubic_gradients": micrograd}, shared_reference_cache)
+    assert found["test_cubic_gradients"][0] == []
+    assert found["test_cubic_gradients"][1] == [
+        f"{rules.SHARED_NAME} (answer cell 'cubic_gradients', line 13)"
+    ]
+
+
+# -- the attack corpus, statically -----------------------------------------------------------
+@pytest.mark.parametrize("name", sorted(ATTACKS))
+def test_each_attack_is_found(name, shared_reference_cache):
+    attack = ATTACKS[name]
+    found = findings(attack.hw, attack.replace, shared_reference_cache, attack.extra)
+    assert attack.question in found, f"{name}: nothing found in {attack.question}"
+    used, opaque = found[attack.question]
+    if attack.outcome == "fails":
+        assert used, f"{name}: a certain use expected, got {opaque}"
+    else:
+        assert not used and opaque, f"{name}: held expected, got {used}"
+
+
+# -- the decision ----------------------------------------------------------------------------
+def _check(passed=True):
+    return Check("nb", "test_a", 3.0 if passed else 0.0, 3.0, passed, "all 5 hidden checks passed")
+
+
+def test_a_certain_use_fails_the_cell_and_says_the_checks_matched():
+    used = rules.Verdict(used=[rules.Finding(rules.AUTOGRAD, "answer cell 'a'", 4)])
+    (check,) = rules.apply([_check()], {"test_a": used})
+    assert (check.points, check.passed, check.review) == (0.0, False, "")
+    assert check.message == (
+        "every hidden check matched, but your code uses autograd (answer cell 'a', line 4), "
+        "which the statement rules out"
+    )
+    (failed,) = rules.apply([_check(passed=False)], {"test_a": used})
+    assert failed.message.endswith(
+        "and your code uses autograd (answer cell 'a', line 4), which the statement rules out"
+    )
+
+
+def test_opaque_code_holds_a_passing_cell_for_review_at_zero():
+    opaque = rules.Verdict(opaque=[rules.Finding(rules.EXEC, "answer cell 'a'", 2)])
+    (check,) = rules.apply([_check()], {"test_a": opaque})
+    assert (check.points, check.passed) == (0.0, False)
+    assert check.review == "exec, eval or compile (answer cell 'a', line 2)"
+    assert check.message == rules.HELD and "answer cell" not in check.message
+    (failed,) = rules.apply([_check(passed=False)], {"test_a": opaque})
+    assert failed == _check(passed=False), "a failing cell is not held: it has failed"
+
+
+def test_held_cells_show_in_grades_csv_and_the_summary(tmp_path):
+    held = Check("nb", "test_a", 0.0, 3.0, False, rules.HELD, review="exec (answer cell 'a')")
+    row = Result("alice", "hw1", Status.OK, 7.0, 10.0, checks=(held, _check()))
+    assert row.row()["review"] == "test_a: exec (answer cell 'a')"
+    text = summary([row, Result("bob", "hw1", Status.OK, 10.0, 10.0)])
+    assert "held for review: 1 cells of 1 students" in text
+    assert "alice: test_a: exec (answer cell 'a')" in text
+
+
+# -- the attack corpus, graded ----------------------------------------------------------------
+def _graded_class(hw: str, tmp: Path):
+    from test_mutants import student
+
+    names = [n for n, a in ATTACKS.items() if a.hw == hw and a.graded]
+    subs = tmp / "subs"
+    for name in names:
+        attack = ATTACKS[name]
+        notebook, nb = student(hw, attack.replace)
+        for after, source in attack.extra:
+            ids = [c.get("metadata", {}).get("nbgrader", {}).get("grade_id") for c in nb["cells"]]
+            nb["cells"].insert(ids.index(after) + 1, nbformat.v4.new_code_cell(source))
+        (subs / name).mkdir(parents=True)
+        (subs / name / f"{notebook}.ipynb").write_text(json.dumps(nb))
+    rows = {r.student: r for r in grade(hw, subs, tmp / "out", jobs=2, progress=False)}
+    return names, rows, notebook
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("hw", HWS)
+def test_attacks_compute_the_right_answer_and_score_zero_or_are_held(hw, tmp_path):
+    names, rows, notebook = _graded_class(hw, tmp_path)
+    assert names, f"{hw} has attacks"
+    with open(tmp_path / "out" / "grades.csv") as f:
+        csv_rows = {r["student_id"]: r for r in csv.DictReader(f)}
+    text = (tmp_path / "out" / "summary.txt").read_text()
+    with Gradebook(f"sqlite:///{tmp_path / 'out' / 'gradebook.db'}", COURSE_ID) as gb:
+        manual = {
+            name: {
+                g.name: g.needs_manual_grade
+                for g in gb.find_submission_notebook(notebook, hw, name).grades
+            }
+            for name in names
+        }
+    for name in names:
+        attack, row = ATTACKS[name], rows[name]
+        assert row.status == "ok", (name, row.status, row.detail)
+        check = next(c for c in row.checks if c.grade_id == attack.question)
+        assert check.points == 0.0, (name, check)
+        if attack.outcome == "fails":
+            # the control: without the rule every hidden check matched (the right answer)
+            assert check.message.startswith("every hidden check matched, but your code uses")
+            assert not check.review
+        else:
+            assert check.message == rules.HELD, (name, check.message)  # matched, held
+            assert check.review and csv_rows[name]["review"].startswith(attack.question)
+            assert f"  {name}: {attack.question}: " in text
+            assert manual[name][attack.question] is True, "listed for a manual grade"
+            page = (tmp_path / "out" / "feedback" / name / f"{notebook}.html").read_text()
+            assert "held for review by the instructor" in page
+            assert check.review.split(" (")[0] not in page, "the evidence stays with you"
+
+
+# -- fair distribution tests (item 6) ---------------------------------------------------------
+def test_ks_allows_rounding_but_not_a_wrong_share_or_scale():
+    import numpy as np
+    import torch
+
+    from dnncourse.grading import verdict
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.full((100_000,), 3.0)
+    keep = torch.rand(x.shape, generator=gen) >= 0.1
+    want = (x * keep / 0.9).numpy()  # float32 arithmetic
+    rounded = (x.double() * keep / 0.9).float().numpy()  # in float64, then rounded: 1 ulp off
+    assert not np.array_equal(np.unique(want), np.unique(rounded))
+    plain = verdict.ks_statistic(rounded, want)
+    assert plain > 0.8, "without the slack, 1 ulp moves the whole kept share"
+
+    def encode(values):
+        return verdict.Tensor("float32", values.shape, "cpu", values)
+
+    assert verdict.compare_ks(encode(rounded), encode(want), 1e-6) is None
+    fresh = torch.rand(x.shape, generator=gen)
+    for wrong in (x * (fresh >= 0.11) / 0.89, x * (fresh >= 0.1) / 0.1):  # share, scale
+        assert verdict.compare_ks(encode(wrong.numpy()), encode(want), 1e-6) is not None
