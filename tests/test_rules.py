@@ -267,6 +267,26 @@ def test_attacks_compute_the_right_answer_and_score_zero_or_are_held(hw, tmp_pat
             page = (tmp_path / "out" / "feedback" / name / f"{notebook}.html").read_text()
             assert "held for review by the instructor" in page
             assert check.review.split(" (")[0] not in page, "the evidence stays with you"
+    if hw != "hw3":
+        return
+    # a person decides: a manual grade in the gradebook, then the class graded again
+    # (without --resume) counts it
+    name = next(n for n in names if ATTACKS[n].outcome == "held")
+    question = ATTACKS[name].question
+    with Gradebook(f"sqlite:///{tmp_path / 'out' / 'gradebook.db'}", COURSE_ID) as gb:
+        cell = gb.find_grade(question, notebook, hw, name)
+        cell.manual_score = cell.max_score
+        gb.db.commit()
+        points = cell.max_score
+    again = {
+        r.student: r
+        for r in grade(hw, tmp_path / "subs", tmp_path / "out", jobs=2, progress=False)
+    }
+    assert again[name].score == rows[name].score + points
+    with open(tmp_path / "out" / "grades.csv") as f:
+        assert float({r["student_id"]: r for r in csv.DictReader(f)}[name]["score"]) == (
+            again[name].score
+        )
 
 
 # -- fair distribution tests (item 6) ---------------------------------------------------------
@@ -292,3 +312,213 @@ def test_ks_allows_rounding_but_not_a_wrong_share_or_scale():
     fresh = torch.rand(x.shape, generator=gen)
     for wrong in (x * (fresh >= 0.11) / 0.89, x * (fresh >= 0.1) / 0.1):  # share, scale
         assert verdict.compare_ks(encode(wrong.numpy()), encode(want), 1e-6) is not None
+
+
+# -- every route and construct the guide names, statically -------------------------------------
+BODY = (
+    "    a, b, c, d = coeffs\n"
+    "    r = 2 * (a + b * x + c * x**2 + d * x**3 - y)\n"
+    "    return torch.stack([r.sum(), (r * x).sum(), (r * x**2).sum(), (r * x**3).sum()])\n"
+)
+
+
+def answer(line: str, head: str = "") -> dict:
+    """hw1's gradient answer, right, with ``line`` run first in its body."""
+    return {"cubic_gradients": f"{head}def cubic_gradients(x, y, coeffs):\n    {line}\n{BODY}"}
+
+
+USED = {  # a line in the answer's body -> the capability found (the cell fails)
+    "torch.autograd.grad(coeffs.sum(), coeffs)": rules.AUTOGRAD,
+    "coeffs.sum().backward()": rules.AUTOGRAD,
+    "print(coeffs.grad_fn)": rules.AUTOGRAD,
+    "torch.func.jacrev(torch.sin)(x)": rules.AUTOGRAD,
+    "torch.autograd.forward_ad.make_dual(x, x)": rules.AUTOGRAD,
+    "torch.autograd.Variable._execution_engine.run_backward": rules.AUTOGRAD,
+    "torch.ops.aten.tanh_backward(x, x)": rules.AUTOGRAD,
+    "t = torch\n    t.autograd.grad(x.sum(), x)": rules.AUTOGRAD,
+}
+NOT_USED = [  # allowed by the table's exceptions
+    "with torch.autograd.no_grad(): pass",
+    "torch.func.vmap(torch.sin)(x)",
+    "torch.set_grad_enabled(False)",
+]
+OPAQUE_IN_SCOPE = {
+    "exec('pass')": rules.EXEC,
+    "eval('1')": rules.EXEC,
+    "compile('1', 'x', 'eval')": rules.EXEC,
+    "__import__('torch')": rules.DUNDER,
+    "importlib.import_module(name)": rules.DYNAMIC_IMPORT,
+    "getattr(torch, 'auto' + 'grad')": rules.COMPUTED_ATTRIBUTE,
+    "ctypes.pythonapi": rules.NATIVE,
+    "sys.modules['torch']": rules.MODULE_TABLE,
+    "sys.setprofile(None)": rules.TRACING,
+    "sys._getframe(1)": rules.TRACING,
+    "gc.get_objects()": rules.TRACING,
+    "inspect.stack()": rules.TRACING,
+    "print(torch.__dict__)": rules.DUNDER,
+    "print(x.__class__.__subclasses__())": rules.DUNDER,
+    "print(cubic_gradients.__globals__)": rules.DUNDER,
+    "torch._C._get_tracing_state()": rules.TORCH_INTERNALS,
+    "torch.overrides.has_torch_function((x,))": rules.DISPATCH,
+    "torch.library.Library": rules.DISPATCH,
+    "torch.utils._python_dispatch.TorchDispatchMode": rules.DISPATCH,
+    "get_ipython()": rules.IPYTHON,
+    "subprocess.run(['true'])": rules.PROCESS,
+    "os.system('true')": rules.PROCESS,
+    "pickle.loads(b'')": rules.SERIALIZED,
+    "types.FunctionType": rules.SERIALIZED,
+    "print(helper_made_by_exec)": rules.UNBOUND,
+}
+HEAD = "import ctypes, gc, importlib, inspect, os, pickle, subprocess, sys, types\nname = 'x'\n"
+
+
+@pytest.mark.parametrize("line", sorted(USED))
+def test_each_route_to_a_capability_is_a_use(line, shared_reference_cache):
+    found = findings("hw1", answer(line), shared_reference_cache)
+    assert found["test_cubic_gradients"][0][0].startswith(USED[line] + " (answer cell")
+
+
+@pytest.mark.parametrize("line", NOT_USED)
+def test_the_exceptions_are_allowed(line, shared_reference_cache):
+    assert findings("hw1", answer(line), shared_reference_cache) == {}
+
+
+@pytest.mark.parametrize("line", sorted(OPAQUE_IN_SCOPE))
+def test_each_construct_in_the_scope_holds_the_cell(line, shared_reference_cache):
+    found = findings("hw1", answer(line, HEAD), shared_reference_cache)
+    used, opaque = found["test_cubic_gradients"]
+    assert not used
+    assert any(f.startswith(OPAQUE_IN_SCOPE[line] + " (answer cell") for f in opaque), opaque
+
+
+GLOBAL = {  # a top-level statement of an added cell -> held, even out of every scope
+    "exec('x = 1')": rules.EXEC,
+    "globals()['y'] = 1": rules.NAMESPACE,
+    "setattr(torch, 'auto' + 'grad', None)": rules.COMPUTED_SETATTR,
+    "importlib.import_module(name)": rules.DYNAMIC_IMPORT,
+    "sys.modules['x'] = None": rules.MODULE_TABLE,
+    "sys.settrace(None)": rules.TRACING,
+    "print(torch.__dict__)": rules.DUNDER,
+    "torch._C._set_grad_enabled(True)": rules.TORCH_INTERNALS,
+    "torch.overrides.TorchFunctionMode": rules.DISPATCH,
+    "get_ipython().run_line_magic('run', 'x.py')": rules.IPYTHON,
+    "ctypes.CDLL(None)": rules.NATIVE,
+    "pickle.loads(b'')": rules.SERIALIZED,
+    "open('m.py', 'w').write('')\nimport m": rules.WRITTEN_MODULE,
+}
+
+
+@pytest.mark.parametrize("line", sorted(GLOBAL))
+def test_constructs_that_change_every_later_cell_hold_it_from_the_top_level(
+    line, shared_reference_cache
+):
+    found = findings("hw1", {}, shared_reference_cache, [("setup", HEAD + line)])
+    for cell in ("test_cubic_gradients", "test_central_difference", "test_fit_cubic"):
+        used, opaque = found[cell]
+        assert not used and any(f.startswith(GLOBAL[line]) for f in opaque), (cell, opaque)
+
+
+def test_a_shared_object_changed_at_the_top_level_joins_the_scope_when_touched(
+    shared_reference_cache,
+):
+    patch = "def _g(self):\n    return torch.autograd.grad\n\n\ntorch.Tensor.{} = _g\n"
+    touched = answer("coeffs.sneaky()")
+    found = findings("hw1", touched, shared_reference_cache, [("setup", patch.format("sneaky"))])
+    assert found["test_cubic_gradients"][0] == ["autograd (a cell added after 'setup', line 2)"]
+    found = findings("hw1", {}, shared_reference_cache, [("setup", patch.format("sneaky"))])
+    assert found == {}, "nothing the probes reach touches it"
+    thread = "import threading\n\nthreading.Thread(target=lambda: x.backward())\n"
+    found = findings("hw1", {}, shared_reference_cache, [("setup", "x = 1\n" + thread)])
+    assert found["test_central_difference"][0] == ["autograd (a cell added after 'setup', line 4)"]
+
+
+OTHER_RULES = {  # (hw, question, answer grade id, source) -> the capability found
+    ("hw2", "test_heavy_ball", "momentum_sgd"): (
+        "class MomentumSGD(torch.optim.Optimizer):\n"
+        "    def step(self, closure=None):\n"
+        "        torch.optim.NAdam  # any optimizer\n"
+        "        torch._fused_adam_  # a fused kernel\n",
+        rules.OPTIMIZERS,
+    ),
+    ("hw2", "test_staircase", "staircase"): (
+        "class StaircaseLR(torch.optim.lr_scheduler.LRScheduler):\n"
+        "    def get_lr(self):\n"
+        "        return torch.optim.lr_scheduler.CosineAnnealingLR.get_lr(self)\n",
+        rules.SCHEDULES,
+    ),
+    ("hw3", "test_init", "init"): (
+        "def fan_in_and_fan_out(w):\n    return torch.nn.init.calculate_gain('relu')\n",
+        rules.INIT,
+    ),
+    ("hw3", "test_softmax", "softmax"): (
+        "def softmax(z, dim=-1):\n    return torch.nn.Softmax(dim)(z)\n",
+        "Softmax",
+    ),
+    ("hw3", "test_activations", "activations"): (
+        "def leaky_relu(x, negative_slope=0.01):\n"
+        "    return torch.prelu(x, torch.tensor([negative_slope]))\n",
+        "prelu",
+    ),
+    ("hw4", "test_batchnorm_train", "batchnorm"): (
+        "class BatchNorm1d(torch.nn.Module):\n"
+        "    def forward(self, x):\n"
+        "        return torch.nn.functional.group_norm(x, 1)\n",
+        "group_norm",
+    ),
+}
+
+
+@pytest.mark.parametrize("key", sorted(OTHER_RULES))
+def test_other_rules_by_capability_and_twins(key, shared_reference_cache):
+    hw, question, gid = key
+    source, what = OTHER_RULES[key]
+    found = findings(hw, {gid: source}, shared_reference_cache)
+    assert found[question][0] and all(f.startswith(what) for f in found[question][0])
+
+
+def test_the_dashboard_and_its_grades_csv_show_held_cells():
+    from datetime import datetime
+    from types import SimpleNamespace
+
+    from dnncourse.service import grades
+    from dnncourse.service.models import Assignment, Submission
+    from dnncourse.service.web import _env
+
+    held = {"name": "test_a", "points": 0.0, "passed": False, "review": "exec (answer cell 'a')"}
+    sub = Submission(
+        id=7,
+        user_id=1,
+        created_at=datetime(2026, 1, 1),
+        score=7.0,
+        max_score=10.0,
+        state="graded",
+        status="ok",
+        detail="",
+        checks_json=json.dumps([held, {"name": "test_b", "points": 3.0, "review": ""}]),
+    )
+    user = SimpleNamespace(id=1, login="alice", name="Alice")
+    sub.user = user
+    a = Assignment(name="hw1", policy="last", late_penalty=None, deadline=None, per_hour=5)
+    clean = Submission(id=8, state="graded", status="ok", checks_json="[]")
+    assert grades.needs_a_look([sub, clean]) == [sub]
+    table = grades.rows([user], [sub], a, 10.0)
+    assert table[0]["review"] == "test_a: exec (answer cell 'a')"
+    assert "test_a: exec (answer cell 'a')" in grades.to_csv(table)
+    page = (
+        _env()
+        .get_template("dashboard.html")
+        .render(
+            a=a,
+            table=table,
+            states={"queued": 0, "grading": 0, "graded": 1},
+            total=1,
+            look=[sub],
+            histogram="",
+            max_score=10.0,
+            user=None,
+            csrf="",
+        )
+    )
+    look = page[page.index('id="look"') : page.index('id="students"')]
+    assert "Held for review" in look and '<td class="review">test_a</td>' in look
+    assert "test_a: exec (answer cell &#39;a&#39;)" in page[page.index('id="students"') :]

@@ -101,6 +101,12 @@ def review(sub: Submission) -> str:
     return "; ".join(f"{c.get('name')}: {c['review']}" for c in sub.checks if c.get("review"))
 
 
+def needs_a_look(subs: list[Submission], last: int = 50) -> list[Submission]:
+    """Graded submissions with a status other than ok, or with cells held for review."""
+    fine = (Status.OK.value, Status.RENAMED.value)
+    return [s for s in subs if s.state == GRADED and (s.status not in fine or review(s))][-last:]
+
+
 def to_csv(table: list[dict]) -> str:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n")

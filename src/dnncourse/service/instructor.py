@@ -11,7 +11,6 @@ from starlette.responses import (
     RedirectResponse,
 )
 
-from ..grading.protocol import Status
 from . import auth, grades
 from .models import GRADED, Assignment, Submission, User
 from .web import LOGIN, MAX_ROSTER_BYTES, Problem, find_assignment, page
@@ -111,10 +110,7 @@ def dashboard(service, request, db, user, form):
     states = {
         state: sum(s.state == state for s in subs) for state in ("queued", "grading", "graded")
     }
-    fine = (Status.OK.value, Status.RENAMED.value)
-    look = [s for s in subs if s.state == GRADED and (s.status not in fine or grades.review(s))][
-        -50:
-    ]
+    look = grades.needs_a_look(subs)
     return service.render(
         request,
         "dashboard.html",
