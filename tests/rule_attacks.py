@@ -336,6 +336,8 @@ def cubic_gradients(x, y, coeffs):
 MOMENTUM_VIA_SGD = """
 import threading
 
+from torch.optim.sgd import sgd as _update
+
 
 class MomentumSGD(torch.optim.Optimizer):
     def __init__(self, params, lr=1e-3, momentum=0.0, nesterov=False):
@@ -356,20 +358,23 @@ class MomentumSGD(torch.optim.Optimizer):
         return loss
 
     def _delegate(self, p, group):
-        q = p.detach().clone().requires_grad_(True)
-        q.grad = p.grad.clone()
-        mu = group["momentum"]
-        opt = torch.optim.SGD(
-            [q], lr=group["lr"], momentum=mu, nesterov=group["nesterov"], foreach=False
-        )
-        state = self.state[p]
-        if mu != 0 and "momentum_buffer" in state:
-            opt.state[q]["momentum_buffer"] = state["momentum_buffer"]
-        opt.step()
-        with torch.no_grad():
-            p.copy_(q)
+        state, mu = self.state[p], group["momentum"]
+        buffers = [state.get("momentum_buffer")]
+        with torch.no_grad():  # grad mode is per thread
+            _update(
+                [p],
+                [p.grad],
+                buffers,
+                foreach=False,
+                weight_decay=0.0,
+                momentum=mu,
+                lr=group["lr"],
+                dampening=0.0,
+                nesterov=group["nesterov"],
+                maximize=False,
+            )
         if mu != 0:
-            state["momentum_buffer"] = opt.state[q]["momentum_buffer"]
+            state["momentum_buffer"] = buffers[0]
 """
 
 HW2 = {
@@ -389,8 +394,14 @@ HW3 = {
         "hw3",
         "test_softmax",
         {
-            "softmax": "def softmax(z, dim=-1):\n"
-            "    return getattr(torch.special, 'soft' + 'max')(z, dim)\n"
+            "softmax": "import threading\n\n\ndef softmax(z, dim=-1):\n"
+            "    out = {}\n\n"
+            "    def work():\n"
+            "        out['y'] = getattr(torch.special, 'soft' + 'max')(z, dim)\n\n"
+            "    worker = threading.Thread(target=work)\n"
+            "    worker.start()\n"
+            "    worker.join()\n"
+            "    return out['y']\n"
         },
         outcome="held",
     ),
