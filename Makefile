@@ -10,9 +10,15 @@ RUN    := PATH="$(BIN):$$PATH" MPLBACKEND=Agg PYDEVD_DISABLE_FILE_VALIDATION=1
 # (shared with tests/test_book.py and benchmarks/bench_book.py); JBFLAGS replaces its flags.
 JBFLAGS ?=
 
-.PHONY: book test lint format exercises venv clean
+# The Pythons the pinned set installs on: pyproject.toml's requires-python, checked first.
+REQUIRES := $(shell sed -n 's/^requires-python = ">=\([0-9.]*\),<\([0-9.]*\)"$$/\1 \2/p' pyproject.toml)
 
-venv: $(STAMP)
+.PHONY: book test lint format exercises venv clean python-version
+
+python-version:
+	@$(PYTHON) -c 'import sys; lo, hi = [tuple(map(int, v.split("."))) for v in "$(REQUIRES)".split()]; v = sys.version_info[:len(lo)]; sys.exit(0 if lo <= v and sys.version_info[:len(hi)] < hi else "dnncourse needs Python >=$(word 1,$(REQUIRES)),<$(word 2,$(REQUIRES)) (pyproject.toml); $(PYTHON) is %s: run make PYTHON=python3.12, for example" % sys.version.split()[0])'
+
+venv: python-version $(STAMP)
 
 $(STAMP): requirements-lock.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,23 +26,23 @@ $(STAMP): requirements-lock.txt pyproject.toml
 	$(BIN)/python -m pip install --quiet --no-deps --editable .
 	touch $(STAMP)
 
-book: $(STAMP)
+book: python-version $(STAMP)
 	$(BIN)/python -m dnncourse.bookbuild $(JBFLAGS)
 	@test -f _build/html/index.html && echo "Book: $(abspath _build/html/index.html)"
 
-test: $(STAMP)
+test: python-version $(STAMP)
 	$(RUN) $(BIN)/python -m pytest -n 2 --dist loadscope --no-loadscope-reorder
 
-lint: $(STAMP)
+lint: python-version $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-format: $(STAMP)
+format: python-version $(STAMP)
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
 # Regenerate the student notebooks in exercises/ from solutions/ (never edit them by hand).
-exercises: $(STAMP)
+exercises: python-version $(STAMP)
 	$(RUN) $(BIN)/dnncourse release
 
 clean:

@@ -1,6 +1,8 @@
 """The book's build command is defined once (dnncourse.bookbuild) and used by `make book`."""
 
+import ast
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -18,10 +20,39 @@ def test_command_and_environment_use_this_interpreter():
     assert env["MPLBACKEND"] == "Agg"
 
 
-def test_makefile_and_benchmark_build_through_bookbuild():
-    for path in ("Makefile", "benchmarks/bench_book.py", "tests/book_site.py"):
-        text = (ROOT / path).read_text(encoding="utf8")
-        assert "bookbuild" in text, f"{path} does not use dnncourse.bookbuild"
-        assert '"--keep-going"' not in text and "-W -n --keep-going" not in text, (
-            f"{path} repeats the build flags"
-        )
+def builds_elsewhere(source: str) -> str | None:
+    """Why a script's ``source`` builds the book other than through ``bookbuild.build``."""
+    tree = ast.parse(source)
+    calls = {ast.unparse(n.func) for n in ast.walk(tree) if isinstance(n, ast.Call)}
+    if "bookbuild.build" not in calls:
+        return "it never calls bookbuild.build"
+    strings = [n.value for n in ast.walk(tree) if isinstance(n, ast.Constant)]
+    if any(isinstance(v, str) and ("jupyter-book" in v or "--keep-going" in v) for v in strings):
+        return "it runs jupyter-book or repeats its flags itself"
+    return None
+
+
+def test_the_benchmark_and_the_tests_build_through_bookbuild():
+    for path in ("benchmarks/bench_book.py", "tests/book_site.py"):
+        why = builds_elsewhere((ROOT / path).read_text(encoding="utf8"))
+        assert why is None, f"{path}: {why}"
+    # the check can fail: a script that runs jupyter-book itself is caught
+    own = 'import subprocess\nsubprocess.run(["jupyter-book", "build", ".", "--keep-going"])\n'
+    assert builds_elsewhere(own) == "it never calls bookbuild.build"
+    both = "from dnncourse import bookbuild\nbookbuild.build(R)\nflags = ['--keep-going']\n"
+    assert builds_elsewhere(both) == "it runs jupyter-book or repeats its flags itself"
+
+
+def test_make_book_runs_bookbuild_and_nothing_else_builds():
+    """What ``make book`` would run (``make -n``): the module, never jupyter-book itself."""
+    stamp = ROOT / ".venv" / ".installed"
+    proc = subprocess.run(
+        ["make", "-n", "book", f"STAMP={stamp}" if stamp.exists() else "STAMP=Makefile"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = [line.rstrip() for line in proc.stdout.splitlines()]
+    assert [ln for ln in lines if ln.endswith("-m dnncourse.bookbuild")], proc.stdout
+    assert not [ln for ln in lines if "jupyter-book" in ln or "--keep-going" in ln], proc.stdout

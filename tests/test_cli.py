@@ -61,6 +61,40 @@ def test_out_is_required_and_numbers_must_be_positive(capsys):
     assert "expected a number >= 0" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("command", ["grade", "serve"])
+def test_grade_and_serve_read_the_limits_alike(command, capsys):
+    """One definition of the limits (protocol.Limits): the same flags, defaults and help in
+    ``grade`` and ``serve``; 0 is no limit in both, a negative value an error in both."""
+    from dnncourse.grading.protocol import Limits, limits_from_options
+
+    start = {"grade": ["grade", "hw1", "s", "--out", "o"], "serve": ["serve", "--data", "d"]}
+    args = start[command]
+    assert limits_from_options(parser().parse_args(args)) == Limits()
+    zero = ["--timeout", "0", "--cell-timeout", "0", "--memory-limit", "0"]
+    limits = limits_from_options(parser().parse_args([*args, *zero]))
+    assert (limits.timeout, limits.cell_timeout, limits.memory_limit_mb) == (None, None, None)
+    for flag in ("--timeout", "--cell-timeout", "--memory-limit"):
+        with pytest.raises(SystemExit):
+            parser().parse_args([*args, flag, "-1"])
+        assert "expected a number >= 0 (0: no limit), got -1" in capsys.readouterr().err
+
+
+def test_the_help_of_a_limit_is_written_once(capsys):
+    from dnncourse.grading.protocol import Limits
+
+    helps = {}
+    for command in ("grade", "serve"):
+        with pytest.raises(SystemExit):
+            parser().parse_args([command, "--help"])
+        helps[command] = " ".join(capsys.readouterr().out.split())
+    for field in Limits.__dataclass_fields__.values():
+        if field.metadata["flag"]:
+            text = " ".join(field.metadata["help"].split())
+            assert text in helps["grade"] and text in helps["serve"], field.name
+    with pytest.raises(ValueError, match="timeout must be >= 0"):
+        Limits(timeout=-1)
+
+
 def test_missing_submissions_folder_is_a_clear_error(tmp_path, capsys):
     code = main(["grade", "hw1", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o")])
     assert code == 2

@@ -284,6 +284,83 @@ def test_a_result_survives_json_with_its_pages_and_notebooks():
     assert short.feedback == {} and short.graded == {} and short.checks == result.checks
 
 
+def test_a_task_crosses_the_pipe_typed_and_nonsense_is_refused():
+    """The worker's pipe carries a Task (bytes, Limits) through the one codec; a line that
+    is not a well-formed value of the type is an error, never a half-read value."""
+    from dnncourse.grading.protocol import Limits, Task, decode, encode
+    from dnncourse.grading.worker import Job
+
+    task = Task("a", "hw1", {"x/nb.ipynb": b"\x00\xff{}"}, "h", Limits(timeout=0), False)
+    job = decode(Job, encode(Job(task, "/b", "n")))
+    assert job.task == task and job.task.checksum == task.checksum
+    assert job.task.limits.timeout is None and isinstance(job.task.limits, Limits)
+    line = result_to_json(Result("a", "hw1", Status.OK, 1.0, 1.0))
+    for bad in (
+        line.replace('"ok"', '"fine"'),  # not a Status
+        line.replace('"score": 1.0', '"score": "1"'),  # not a number
+        line.replace('"checks": []', '"checks": [{"notebook": 1}]'),
+        line.replace("{", '{"extra": 1, ', 1),  # a field a Result has not
+        "[1]",
+    ):
+        with pytest.raises((TypeError, ValueError)):
+            result_from_json(bad)
+
+
+def test_failed_and_zero_results_are_built_in_one_place():
+    from dnncourse.grading.protocol import failed, zero_checks
+
+    result = failed("a", "hw1", "why", Status.TIMEOUT)
+    assert (result.status, result.score, result.max_score, result.detail) == (
+        Status.TIMEOUT,
+        0.0,
+        0.0,
+        "why",
+    )
+    checks = zero_checks("nb", {"t2": 2.0, "t1": 1.0}, "not graded: timeout")
+    assert [(c.grade_id, c.points, c.max_points, c.passed) for c in checks] == [
+        ("t1", 0.0, 1.0, False),
+        ("t2", 0.0, 2.0, False),
+    ]
+    assert {c.message for c in checks} == {"not graded: timeout"}
+
+
+def test_an_unknown_comparison_is_an_error_at_release_not_a_silent_default():
+    from dnncourse.grading import reference
+    from dnncourse.grading.protocol import Compare, Comparison
+
+    def record(**check):
+        return {"name": "p", "value": {"float": 1.0}, "check": check}
+
+    known = Comparison.of(record(kind="ks", rtol=None, atol=None, what="w", alpha=0.01))
+    assert (known.kind, known.alpha, known.what) == (Compare.KS, 0.01, "w")
+    assert Comparison.of(record()) == Comparison()  # probe() always writes the kind
+    with pytest.raises(ValueError, match="unknown comparison 'closee'"):
+        Comparison.of(record(kind="closee"))
+    assert reference.problems({"t": [record(kind="close")]}) == []
+    found = reference.problems({"t": [record(kind="closee")]})
+    assert len(found) == 1 and "unknown comparison 'closee'" in found[0]
+
+
+def test_nbgrader_grading_settings_are_refused_not_ignored(tmp_path):
+    """``c.Execute.timeout`` and ``c.LimitOutput.*`` are nbgrader autograde's: dnncourse
+    refuses a course that sets them, naming its own option, before grading anything."""
+    from dnncourse.grading.course import prepare, refuse_grading_settings
+
+    config = tmp_path / "nbgrader_config.py"
+    plain = (ROOT / "nbgrader_config.py").read_text()
+    config.write_text(plain)
+    refuse_grading_settings(config)  # the course's own settings pass
+    config.write_text(plain + "c.Execute.timeout = 30\nc.LimitOutput.max_lines = 10\n")
+    with pytest.raises(ValueError) as error:
+        refuse_grading_settings(config)
+    message = str(error.value)
+    assert "c.Execute.timeout, c.LimitOutput.max_lines" in message
+    assert "--cell-timeout" in message and "Limits" in message
+    with pytest.raises(ValueError, match=r"c\.Execute\.timeout"):
+        prepare(tmp_path, "hw1", tmp_path / "out")
+    assert not (tmp_path / "out").exists(), "refused before anything was written"
+
+
 def test_students_and_a_safe_zip(tmp_path):
     import zipfile
 

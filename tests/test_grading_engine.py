@@ -169,8 +169,6 @@ def cluster(tmp_path_factory):
     while not (base / "scheduler.json").is_file():
         assert time.monotonic() < deadline, (sched / "log").read_text()
         time.sleep(0.2)
-    import json
-
     address = json.loads((base / "scheduler.json").read_text())["address"]
     homes = [
         start(
@@ -371,6 +369,8 @@ def test_a_grading_process_whose_worker_was_killed_grades_nothing(course, tmp_pa
     them again). A parent-death signal set after the worker is gone is never delivered,
     so without a hang-up check the student's notebook ran in full as an orphan."""
     from dnncourse.grading.course import make_bundle, prepare
+    from dnncourse.grading.protocol import Task, encode
+    from dnncourse.grading.worker import Job
 
     root, _ = course
     grading = prepare(root, "tiny", tmp_path / "out")
@@ -381,19 +381,8 @@ def test_a_grading_process_whose_worker_was_killed_grades_nothing(course, tmp_pa
         (folder / name).write_bytes(data)
     marker = tmp_path / "ran"
     nb = student_notebook(root, ANSWERS["solution"][0], f"open({str(marker)!r}, 'w').close()")
-    (tmp_path / "student").mkdir()
-    nbformat.write(nb, tmp_path / "student" / "tiny.ipynb")
-    task = {
-        "student": "s",
-        "assignment": "tiny",
-        "folder": str(tmp_path / "student"),
-        "bundle_dir": str(folder),
-        "bundle": bundle.hash,
-        "checksum": "",
-        "limits": {},
-        "sandbox": False,
-        "nonce": "n",
-    }
+    files = {"tiny.ipynb": nbformat.writes(nb).encode()}
+    task = Task("s", "tiny", files, bundle.hash, sandbox=False)
     worker = subprocess.Popen(
         [sys.executable, "-c", GRADING_PROCESS_OF_A_WORKER],
         cwd=tmp_path,
@@ -402,7 +391,7 @@ def test_a_grading_process_whose_worker_was_killed_grades_nothing(course, tmp_pa
         stdout=subprocess.PIPE,
         text=True,
     )
-    worker.stdin.write(json.dumps(task) + "\n")
+    worker.stdin.write(encode(Job(task, str(folder), "n")) + "\n")
     worker.stdin.flush()
     grading = psutil.Process(int(worker.stdout.readline()))
     worker.kill()

@@ -267,9 +267,13 @@ def test_invalid_hyperparameters_raise_like_torch(name, kwargs):
     ],
 )
 def test_boundary_values_are_accepted(name, kwargs):
+    """Accepted as torch accepts them, and kept: the optimizer's defaults hold the values."""
     param = torch.nn.Parameter(torch.zeros(2))
-    getattr(torch.optim, name)([param], **kwargs)
-    getattr(ours, name)([param], **kwargs)
+    theirs = getattr(torch.optim, name)([param], **kwargs)
+    mine = getattr(ours, name)([param], **kwargs)
+    for key, value in kwargs.items():
+        assert mine.defaults[key] == theirs.defaults[key] == value, key
+        assert mine.param_groups[0][key] == value, key
 
 
 ALL_STATE = {

@@ -334,7 +334,7 @@ def test_nothing_of_a_kernel_is_left_after_its_run(tmp_path, boxed):
 
 
 def test_doctor_reports_every_check():
-    results = sandbox.checks()
+    results = sandbox.requirements()
     names = [r.name for r in results]
     for name in (
         "bwrap runs",

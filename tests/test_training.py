@@ -490,10 +490,13 @@ def test_progress_false_prints_nothing(capfd):
     assert out == "" and err == ""
 
 
-def test_progress_true_draws_a_bar(capfd):
-    fit(progress=True)
-    _, err = capfd.readouterr()
-    assert "epochs" in err, "tqdm writes its bar to stderr"
+def test_progress_true_draws_a_bar_that_counts_the_epochs_and_false_none(capfd):
+    fit(progress=False, num_epochs=3)
+    assert capfd.readouterr().err == "", "progress=False must draw nothing"
+    fit(progress=True, num_epochs=3)
+    err = capfd.readouterr().err  # tqdm draws on stderr: a bar of 3 epochs, a loss each
+    assert "epochs:" in err and "/3 [" in err, err
+    assert err.count("loss=") == 3, err
 
 
 # ---------------------------------------------------------------- fit_classifier

@@ -2,7 +2,7 @@
 
 Chapters are MyST markdown notebooks. sphinx-book-theme already offers the executed
 ``.ipynb`` of each chapter for download and builds Binder and Colab links from the
-``repository`` section of ``_config.yml``. Three gaps are closed here:
+``repository`` section of ``_config.yml``. The gaps it leaves are closed here:
 
 * Colab opens notebooks only from GitHub and cannot read a ``.md`` file, so the Colab
   link of a markdown chapter points at ``<pagename>.ipynb`` on the branch named by

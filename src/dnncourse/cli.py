@@ -26,14 +26,7 @@ from pathlib import Path
 
 from .grading import grade, release_and_validate
 from .grading.engine import summary
-from .grading.protocol import Limits
-
-
-def _positive(text: str) -> float:
-    value = float(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text}")
-    return value
+from .grading.protocol import add_limit_options, limits_from_options
 
 
 def parser() -> argparse.ArgumentParser:
@@ -56,22 +49,7 @@ def parser() -> argparse.ArgumentParser:
         default=os.cpu_count() or 1,
         help="students graded at once (default: the number of cores)",
     )
-    g.add_argument(
-        "--cell-timeout", type=_positive, default=60.0, help="seconds per cell (default 60)"
-    )
-    g.add_argument(
-        "--timeout",
-        type=_positive,
-        default=600.0,
-        help="seconds per student, all notebooks (default 600)",
-    )
-    g.add_argument(
-        "--memory-limit",
-        type=_positive,
-        default=4096.0,
-        help="MiB of address space for a student's kernel (0: no limit; "
-        "use 0 on a GPU machine, see the instructor's guide)",
-    )
+    add_limit_options(g)  # --cell-timeout, --timeout, --memory-limit: as in serve
     g.add_argument(
         "--db", default=None, help="gradebook SQLAlchemy URL (default sqlite:///OUT/gradebook.db)"
     )
@@ -103,12 +81,12 @@ def parser() -> argparse.ArgumentParser:
 
 def doctor() -> int:
     """Print each sandbox check; exit status 0 iff all pass."""
-    from .grading.sandbox import checks
+    from .grading.sandbox import requirements
 
-    results = checks()
-    for check in results:
-        print(f"[{'ok' if check.ok else 'FAIL':>4}] {check.name}: {check.detail}")
-    ok = all(c.ok for c in results)
+    results = requirements()
+    for need in results:
+        print(f"[{'ok' if need.ok else 'FAIL':>4}] {need.name}: {need.detail}")
+    ok = all(need.ok for need in results)
     print("sandboxed grading works here" if ok else "sandboxed grading does NOT work here")
     return 0 if ok else 1
 
@@ -143,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.jobs < 1:
         print("dnncourse grade: --jobs must be at least 1", file=sys.stderr)
         return 2
-    limits = Limits(cell_timeout=args.cell_timeout, memory_limit_mb=args.memory_limit or None)
+    limits = limits_from_options(args)
     if not args.submissions.exists():
         print(f"dnncourse grade: {args.submissions} does not exist", file=sys.stderr)
         return 2
@@ -154,7 +132,6 @@ def main(argv: list[str] | None = None) -> int:
             args.out,
             jobs=args.jobs,
             limits=limits,
-            timeout=args.timeout or None,
             db_url=args.db,
             progress=not args.no_progress,
             sandbox=not args.no_sandbox,

@@ -59,7 +59,6 @@ def grade(
     out: Path,
     jobs: int | None = None,
     limits: Limits | None = None,
-    timeout: float | None = 600.0,
     db_url: str | None = None,
     root: Path | None = None,
     progress: bool = True,
@@ -69,6 +68,7 @@ def grade(
 ) -> list[Result]:
     """Grade a class; writes ``out/grades.csv`` and ``out/feedback/``; a result per student.
 
+    ``limits``: per student, both timeouts included (default :class:`~.protocol.Limits`);
     ``scheduler``: a Dask scheduler's address (default: ``DNNCOURSE_SCHEDULER``, else a
     local cluster of ``jobs`` workers); ``resume``: keep the stored results of students
     whose files did not change. Every kernel runs sandboxed; where no sandbox can be made
@@ -97,7 +97,6 @@ def grade(
         students,
         jobs=jobs,
         limits=limits,
-        timeout=timeout,
         scheduler=scheduler,
         resume=resume,
         sandbox=sandbox,

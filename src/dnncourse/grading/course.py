@@ -21,7 +21,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import nbformat
-from nbgrader import utils as nbutils
 from nbgrader.api import Gradebook
 from sqlalchemy import create_engine, make_url, text
 from sqlalchemy.pool import NullPool
@@ -125,8 +124,37 @@ def gradebook(course: Course, timeout: float = LOCK_TIMEOUT):
         yield gb
 
 
+# nbgrader's settings of its own grading run, which dnncourse replaces: refused, not ignored
+NOT_READ = {
+    "Execute": "--cell-timeout and --timeout of `dnncourse grade` and `dnncourse serve`",
+    "ExecutePreprocessor": "--cell-timeout and --timeout of `dnncourse grade` and `serve`",
+    "LimitOutput": "the output caps of dnncourse.grading.protocol.Limits",
+    "Autograde": "the options of `dnncourse grade`",
+}
+
+
+def refuse_grading_settings(config: Path) -> None:
+    """Raise ValueError if ``nbgrader_config.py`` sets what only ``nbgrader autograde`` reads
+    (``c.Execute.timeout``, ``c.LimitOutput.max_lines``, ...): dnncourse grades with its own
+    limits, and a setting it silently ignored would promise what it does not do."""
+    from traitlets.config.loader import PyFileConfigLoader
+
+    loaded = PyFileConfigLoader(config.name, path=str(config.parent)).load_config()
+    found = [
+        f"c.{section}.{name}" for section in NOT_READ for name in sorted(loaded.get(section, {}))
+    ]
+    if found:
+        uses = sorted({NOT_READ[name.split(".")[1]] for name in found})
+        raise ValueError(
+            f"{config} sets {', '.join(found)}, which dnncourse does not read (nbgrader's own "
+            f"autograde does): use {'; '.join(uses)} instead, and remove "
+            f"{'it' if len(found) == 1 else 'them'} from {config.name}"
+        )
+
+
 def prepare(root: Path, assignment: str, out: Path, db_url: str | None = None) -> Course:
     """Generate ``assignment`` into the gradebook; returns the grading course."""
+    refuse_grading_settings(root / "nbgrader_config.py")
     out.mkdir(parents=True, exist_ok=True)
     source = root / "solutions" / assignment
     known = assignments(root)
@@ -235,8 +263,3 @@ def save_result(course: Course, result: Result) -> tuple[float, float]:
 def max_score(course: Course) -> float:
     with gradebook(course) as gb:
         return float(gb.find_assignment(course.assignment).max_score)
-
-
-def is_test(cell) -> bool:
-    """A graded test cell (a grade cell that is not an answer)."""
-    return cell.cell_type == "code" and nbutils.is_grade(cell) and not nbutils.is_solution(cell)

@@ -1,4 +1,11 @@
-"""Grade a class on ``dask.distributed``: one task per student, results stored as they come.
+"""The one door to grading, on ``dask.distributed``: a :class:`Session` grades tasks.
+
+``dnncourse grade`` (:func:`grade_class`) and the service (:mod:`dnncourse.service.grader`)
+both enter grading here; nothing above this module reaches into the worker. A
+:class:`Session` connects to the cluster (or starts the embedded one) once, sends each
+assignment's bundle once, submits a :class:`~.protocol.Task` per student, and
+:func:`store` completes (:func:`complete`: a check for every test, a page for every
+notebook) and stores its :class:`~.protocol.Result`; :meth:`Session.close` ends it.
 
 The engine is Dask's (https://distributed.dask.org): by default an embedded ``LocalCluster``
 that the command starts and stops (``jobs`` worker processes with one thread each: one
@@ -27,12 +34,14 @@ import csv
 import dataclasses
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import CancelledError
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
+import psutil
 from tqdm.auto import tqdm
 
 from .course import Course, make_bundle, register, save_result
@@ -44,11 +53,13 @@ from .protocol import (
     Result,
     Status,
     Task,
+    failed,
     result_from_json,
     result_to_json,
+    zero_checks,
 )
 from .sanitize import MAX_NOTEBOOK_BYTES
-from .worker import failed, grade_task, stop_grader
+from .worker import grade_task, kill_grader, kill_tree, stop_grader
 
 CONNECT_TIMEOUT = 15.0  # seconds to reach a scheduler before giving up
 RETRIES = 1  # a student whose worker died is graded once more, on another worker
@@ -135,16 +146,34 @@ def stored_results(out: Path) -> dict[str, Result]:
     return results
 
 
-def store(course: Course, result: Result) -> Result:
-    """Write one result: gradebook, feedback pages, ``results/<student>.json``."""
+def complete(course: Course, bundle: Bundle, result: Result) -> Result:
+    """``result`` with a check for every test (zero, saying why, for a notebook that was not
+    graded) and a page for every notebook (a notice where the worker sent none: timeout...)."""
+    status, cells = result.status, bundle.grade_cells
+    why = f"not graded: {status}" + (f" ({result.detail})" if result.detail else "")
+    checked = {c.notebook for c in result.checks}
+    checks = []
+    for name in course.notebooks:
+        if name in checked:
+            checks += [c for c in result.checks if c.notebook == name]
+        elif name in cells:
+            checks += zero_checks(name, cells[name], why)
+    feedback = {
+        name: result.feedback.get(name)
+        or notice_page(f"{course.assignment}: {name}", status, result.detail)
+        for name in course.notebooks
+    }
+    return dataclasses.replace(result, checks=tuple(checks), feedback=feedback)
+
+
+def store(course: Course, bundle: Bundle, result: Result) -> Result:
+    """Complete and write one result: gradebook, feedback pages, ``results/<student>.json``."""
+    result = complete(course, bundle, result)
     score, max_score = save_result(course, result)  # nbgrader's (manual grades count)
     result = dataclasses.replace(result, score=score, max_score=max_score)
     out = Path(course.out)
-    for name in course.notebooks:  # a notice where the worker sent no page (timeout, ...)
-        page = result.feedback.get(name) or notice_page(
-            f"{course.assignment}: {name}", result.status, result.detail
-        )
-        write_page(out / "feedback" / result.student / f"{name}.html", page)
+    for name in course.notebooks:
+        write_page(out / "feedback" / result.student / f"{name}.html", result.feedback[name])
     path = out / "results" / f"{result.student}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
@@ -169,32 +198,211 @@ def symlink_in(folder: Path) -> str | None:
 
 def refused(course: Course, bundle: Bundle, student: str, detail: str) -> Result:
     """An ``invalid notebook`` result made on the client: zero for every test, a notice."""
-    import json
-
-    from .worker import zero_checks
-
-    cells = json.loads(bundle.files["gradebook.json"])
-    checks = tuple(c for name in course.notebooks for c in zero_checks(name, cells[name]))
-    pages = {
-        name: notice_page(f"{course.assignment}: {name}", Status.INVALID, detail)
-        for name in course.notebooks
-    }
-    max_score = sum(c.max_points for c in checks)
-    return Result(
-        student,
-        course.assignment,
-        Status.INVALID,
-        0.0,
-        max_score,
-        detail,
-        0.0,
-        bundle=bundle.hash,
-        checks=checks,
-        feedback=pages,
-    )
+    result = failed(student, course.assignment, detail, Status.INVALID)
+    return complete(course, bundle, dataclasses.replace(result, bundle=bundle.hash))
 
 
-def _tasks(course, submissions, limits, timeout, sandbox, bundle) -> list[Task]:
+def _identity(bundle: Bundle) -> Bundle:
+    return bundle
+
+
+def reap(pid_file: Path) -> None:
+    """Kill the Dask workers a killed client left behind (their pids are in ``pid_file``).
+
+    They die with their client (their nanny's pipe closes; the grading process and the
+    kernel die with them), so this is a second line: an orphan would go on grading a
+    submission that is graded again. A pid counts only for a process older than the file
+    (not one that reused the pid since).
+    """
+    if pid_file.is_file():
+        written = pid_file.stat().st_mtime
+        for line in pid_file.read_text().split():
+            try:
+                proc = psutil.Process(int(line))
+                mine = proc.pid != os.getpid() and proc.create_time() <= written + 1
+            except (ValueError, psutil.Error):
+                continue
+            if mine:
+                kill_tree(proc.pid)
+    pid_file.write_text("")
+
+
+class Session:
+    """One grading session: a cluster connected (or the embedded one started) on first use,
+    each assignment's bundle sent once, tasks submitted and their results collected.
+
+    Thread-safe: the service grades from several queue threads through one session. With
+    ``pid_file`` the embedded cluster's worker pids are written there, and the workers a
+    killed session left behind are reaped at start (:func:`reap`). A cluster lost mid-way
+    is connected anew at the next task.
+    """
+
+    def __init__(self, jobs: int = 1, scheduler: str | None = None, pid_file: Path | None = None):
+        self.jobs, self.scheduler, self.pid_file = jobs, scheduler, pid_file
+        self._lock = threading.Lock()
+        self._stack: ExitStack | None = None
+        self._client = None
+        self._shared: dict[str, tuple[object, str, object]] = {}  # assignment -> bundle future
+        self._futures: set = set()
+        self._closed = False
+        if pid_file is not None:
+            reap(pid_file)
+
+    def __enter__(self) -> "Session":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @property
+    def local(self) -> bool:
+        """Whether the cluster is the embedded one (on this machine)."""
+        return not scheduler_address(self.scheduler)
+
+    def client(self):
+        """The Dask client, connected (and the embedded cluster started) on first use."""
+        with self._lock:
+            if self._closed:
+                raise EngineError("the grading session is closed")
+            if self._client is None:
+                stack = ExitStack()
+                self._client = stack.enter_context(connect(self.jobs, self.scheduler))
+                self._stack = stack
+                self._shared.clear()
+                if self.pid_file is not None and self.local:
+                    pids = self._client.run(os.getpid).values()
+                    self.pid_file.write_text("".join(f"{p}\n" for p in pids))
+            return self._client
+
+    def _bundle_future(self, client, bundle: Bundle):
+        """The bundle on the cluster, sent once per assignment and hash.
+
+        It is a task of its own, named by its hash: the scheduler holds it once (while a
+        future of it is held), each worker fetches it once from a peer, and if every worker
+        holding it dies it is made again (scattered data would be lost with them).
+        """
+        with self._lock:
+            known = self._shared.get(bundle.assignment)
+            if known and known[0] is client and known[1] == bundle.hash:
+                return known[2]
+            key = f"dnncourse-bundle-{bundle.hash}"
+            future = client.submit(_identity, bundle, key=key, pure=False)
+            self._shared[bundle.assignment] = (client, bundle.hash, future)
+            return future
+
+    def submit(self, task: Task, bundle: Bundle):
+        """Submit one student (graded against ``bundle``); a future of its Result."""
+        client = self.client()
+        shared = self._bundle_future(client, bundle)
+        key = f"dnncourse-{task.student}-{time.time_ns():x}-{os.urandom(4).hex()}"
+        future = client.submit(grade_task, task, shared, key=key, pure=False)
+        with self._lock:
+            self._futures.add(future)
+        return future
+
+    def result(self, future, task: Task, timeout: float | None = None) -> Result | None:
+        """The result of a future of :meth:`submit`; None if the cluster is gone.
+
+        A task that failed is that student's ``grader error`` (a notebook that took down two
+        workers included), never an exception; raises TimeoutError after ``timeout`` seconds.
+        """
+        from distributed.scheduler import KilledWorker
+
+        try:
+            result = future.result(timeout=timeout)
+        except KilledWorker:
+            result = failed(
+                task.student,
+                task.assignment,
+                "the notebook took down two grading workers (see the workers' logs)",
+            )
+        except CancelledError:
+            result = None  # the scheduler is gone (or the session closed)
+        except TimeoutError:
+            raise
+        except Exception as error:  # the task itself failed: that student only
+            result = failed(task.student, task.assignment, f"grading failed: {error!r}")
+        with self._lock:
+            self._futures.discard(future)
+        if result is None:
+            return None
+        if not isinstance(result, Result) or result.student != task.student:
+            result = failed(task.student, task.assignment, "the worker answered nonsense")
+        if not result.checksum:  # what was tried, so that --resume does not retry it
+            result = dataclasses.replace(result, checksum=task.checksum, bundle=task.bundle)
+        return result
+
+    def grade(self, task: Task, bundle: Bundle) -> Result:
+        """Grade one student (blocking). Raises :class:`EngineError` if the student was not
+        graded: the cluster cannot be reached or was lost (the next task connects anew), or
+        the session is closed."""
+        future = self.submit(task, bundle)
+        result = self.result(future, task)
+        if result is None:
+            self._lost(future.client)
+            raise EngineError("the Dask cluster was lost or stopped")
+        return result
+
+    def run(self, tasks: list[Task], bundle: Bundle, on_result: Callable[[Result], None]) -> int:
+        """Grade ``tasks``; ``on_result`` for each as it arrives; the number not graded."""
+        from distributed import as_completed
+
+        if not tasks:
+            return 0
+        client = self.client()
+        futures = {self.submit(task, bundle): task for task in tasks}
+        done = 0
+        try:
+            for future in as_completed(futures, loop=client.loop):
+                result = self.result(future, futures[future])
+                if result is None:
+                    break  # the scheduler is gone
+                on_result(result)
+                done += 1
+        finally:
+            client.cancel(list(futures), force=True)
+            with self._lock:
+                self._futures.difference_update(futures)
+        return len(tasks) - done
+
+    def _lost(self, client) -> None:
+        """The cluster was lost: connect anew at the next task."""
+        with self._lock:
+            if self._client is client and not self._closed:
+                stack, self._client, self._stack = self._stack, None, None
+                self._shared.clear()
+            else:
+                stack = None
+        if stack is not None:
+            try:
+                stack.close()
+            except Exception:
+                pass
+
+    def close(self, kill: bool = False) -> None:
+        """End the session (the embedded cluster stops). ``kill``: the gradings under way
+        end now, not at their timeout (each is a grader error, for a client that will
+        grade them again)."""
+        with self._lock:
+            self._closed = True
+            stack, client, self._client, self._stack = self._stack, self._client, None, None
+            futures, self._futures = list(self._futures), set()
+            self._shared.clear()
+        if client is None:
+            return
+        if kill:
+            try:
+                client.cancel(futures, force=True)
+                client.run(kill_grader)  # on the workers' event loops, not behind a task
+            except Exception:
+                pass
+        try:
+            stack.close()
+        except Exception:
+            pass
+
+
+def _tasks(course, submissions, limits, sandbox, bundle) -> list[Task]:
     return [
         Task(
             student=student,
@@ -203,80 +411,9 @@ def _tasks(course, submissions, limits, timeout, sandbox, bundle) -> list[Task]:
             bundle=bundle.hash,
             limits=limits,
             sandbox=sandbox,
-            timeout=timeout,
         )
         for student, folder in sorted(submissions.items())
     ]
-
-
-def _same(bundle: Bundle) -> Bundle:
-    return bundle
-
-
-def share_bundle(client, bundle: Bundle):
-    """The bundle on the cluster, as a future to pass to :func:`submit_task`.
-
-    It is a task of its own, named by its hash: the scheduler holds it once (while a future
-    of it is held), each worker fetches it once from a peer, and if every worker holding it
-    dies it is made again (scattered data would be lost with them).
-    """
-    return client.submit(_same, bundle, key=f"dnncourse-bundle-{bundle.hash}", pure=False)
-
-
-def submit_task(client, task: Task, shared):
-    """Submit one student (``shared``: of :func:`share_bundle`); a future of its Result."""
-    key = f"dnncourse-{task.student}-{time.time_ns():x}-{os.urandom(4).hex()}"
-    return client.submit(grade_task, task, shared, key=key, pure=False)
-
-
-def result_of(future, task: Task, timeout: float | None = None) -> Result | None:
-    """The result of a future of :func:`submit_task`; None if the cluster is gone.
-
-    A task that failed is that student's ``grader error`` (a notebook that took down two
-    workers included), never an exception; raises TimeoutError after ``timeout`` seconds.
-    """
-    from distributed.scheduler import KilledWorker
-
-    try:
-        result = future.result(timeout=timeout)
-    except KilledWorker:
-        result = failed(
-            task.student,
-            task.assignment,
-            "the notebook took down two grading workers (see the workers' logs)",
-        )
-    except CancelledError:
-        return None  # the scheduler is gone (or the client closed)
-    except TimeoutError:
-        raise
-    except Exception as error:  # the task itself failed: that student only
-        result = failed(task.student, task.assignment, f"grading failed: {error!r}")
-    if not isinstance(result, Result) or result.student != task.student:
-        result = failed(task.student, task.assignment, "the worker answered nonsense")
-    if not result.checksum:  # what was tried, so that --resume does not retry it
-        result = dataclasses.replace(result, checksum=task.checksum, bundle=task.bundle)
-    return result
-
-
-def run(client, tasks: list[Task], bundle: Bundle, on_result: Callable[[Result], None]) -> int:
-    """Grade ``tasks`` on ``client``; ``on_result`` for each as it arrives; count missing."""
-    from distributed import as_completed
-
-    if not tasks:
-        return 0
-    shared = share_bundle(client, bundle)
-    futures = {submit_task(client, task, shared): task for task in tasks}
-    done = 0
-    try:
-        for future in as_completed(futures, loop=client.loop):
-            result = result_of(future, futures[future])
-            if result is None:
-                break  # the scheduler is gone
-            on_result(result)
-            done += 1
-    finally:
-        client.cancel(list(futures), force=True)
-    return len(tasks) - done
 
 
 def grade_class(
@@ -284,22 +421,26 @@ def grade_class(
     submissions: dict[str, Path],
     jobs: int | None = None,
     limits: Limits | None = None,
-    timeout: float | None = 600.0,
     scheduler: str | None = None,
     resume: bool = False,
     sandbox: bool = True,
     progress: bool = True,
 ) -> list[Result]:
-    """Grade every student of ``submissions`` (student id -> folder); one result each."""
+    """Grade every student of ``submissions`` (student id -> folder); one result each.
+
+    ``limits``: per student (:class:`~.protocol.Limits`, the timeout of a whole student
+    included)."""
     limits = limits or Limits()
     out = Path(course.out)
     bundle = make_bundle(course, limits, sandbox)  # the reference run, once, before the class
     register(course, sorted(submissions))
     linked = {s: why for s, folder in submissions.items() if (why := symlink_in(folder))}
     ordinary = {s: f for s, f in submissions.items() if s not in linked}
-    tasks = _tasks(course, ordinary, limits, timeout, sandbox, bundle)
+    tasks = _tasks(course, ordinary, limits, sandbox, bundle)
     previous = stored_results(out) if resume else {}
-    results = {s: store(course, refused(course, bundle, s, why)) for s, why in linked.items()}
+    results = {
+        s: store(course, bundle, refused(course, bundle, s, why)) for s, why in linked.items()
+    }
     for task in tasks:
         kept = previous.get(task.student)
         if kept and kept.checksum == task.checksum and kept.bundle == bundle.hash:
@@ -315,14 +456,14 @@ def grade_class(
     )
 
     def on_result(result: Result) -> None:
-        results[result.student] = store(course, result)
+        results[result.student] = store(course, bundle, result)
         bar.update(1)
         bar.set_postfix_str(f"{result.student}: {result.status}", refresh=False)
 
     try:
         if todo:
-            with connect(jobs, scheduler) as client:
-                missing = run(client, todo, bundle, on_result)
+            with Session(jobs, scheduler) as session:
+                missing = session.run(todo, bundle, on_result)
             if missing:
                 raise EngineError(
                     f"lost the Dask cluster with {missing} of {len(tasks)} students not "

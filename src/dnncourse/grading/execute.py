@@ -37,7 +37,7 @@ from nbclient.exceptions import CellTimeoutError, DeadKernelError
 
 from . import sandbox as sandboxes
 from .probe import MIME
-from .protocol import Limits
+from .protocol import Limits, Status, encode
 
 __all__ = ["Execution", "Limits", "SandboxedKernelManager", "execute"]
 
@@ -91,7 +91,7 @@ class SandboxedKernelManager(AsyncKernelManager):
 class Execution:
     """What happened: a status and details for humans (no verdict: see verdict.py)."""
 
-    status: str = "ok"
+    status: Status = Status.OK
     details: list[str] = field(default_factory=list)
     stopped_at: int | None = None  # index of the cell where the run stopped (limits)
 
@@ -206,7 +206,7 @@ def _kernel_folder() -> Path:
     return Path(tempfile.mkdtemp(prefix="dnncourse-kernel-", dir=base))
 
 
-NOT_STARTED = "grader error"  # protocol.Status.GRADER_ERROR: no student code ran
+NOT_STARTED = Status.GRADER_ERROR  # the kernel did not start: no student code ran
 
 
 def execute(
@@ -235,11 +235,7 @@ def _execute_once(nb, cwd: Path, limits: Limits, sandbox: bool, data: Path | Non
     result = Execution()
     work = _kernel_folder()
     config = work / "limits.json"
-    config.write_text(
-        json.dumps(
-            {"memory_limit_mb": limits.memory_limit_mb, "file_limit_mb": limits.file_limit_mb}
-        )
-    )
+    config.write_text(encode(limits))  # the kernel reads memory_limit_mb and file_limit_mb
     box = None
     if sandbox:
         env = {k: v for k, v in os.environ.items() if k.endswith("_NUM_THREADS")}
@@ -295,12 +291,12 @@ def _execute_once(nb, cwd: Path, limits: Limits, sandbox: bool, data: Path | Non
                     client.execute_cell(cell, index)
                 except CellTimeoutError:
                     if _near_memory_limit(client, limits):
-                        result.status = "memory limit"
+                        result.status = Status.MEMORY_LIMIT
                         result.details.append(f"cell {index + 1} hung at the memory limit")
                         cell.outputs.append(_failure("this cell hit the memory limit"))
                         stopped_at = index
                         break
-                    result.status = "timeout"
+                    result.status = Status.TIMEOUT
                     result.details.append(
                         f"cell {index + 1} ran longer than {limits.cell_timeout:g} s"
                     )
@@ -308,14 +304,14 @@ def _execute_once(nb, cwd: Path, limits: Limits, sandbox: bool, data: Path | Non
                     stopped_at = index
                     break
                 except DeadKernelError:
-                    result.status = "kernel died"
+                    result.status = Status.KERNEL_DIED
                     result.details.append(f"the kernel died in cell {index + 1}")
                     cell.outputs.append(_failure("the kernel died while running this cell"))
                     stopped_at = index
                     break
     except RuntimeError as error:
         if started:  # the kernel went away in a way nbclient does not name
-            result.status = "kernel died"
+            result.status = Status.KERNEL_DIED
             result.details.append(f"the kernel stopped in cell {index + 1}: {error}")
         else:  # the kernel did not start: no student code ran yet
             said = stderr.text()
@@ -336,13 +332,13 @@ def _execute_once(nb, cwd: Path, limits: Limits, sandbox: bool, data: Path | Non
     result.stopped_at = stopped_at
     if client.truncated:
         result.details.append(f"output truncated in {len(client.truncated)} cell(s)")
-        if result.status == "ok":
-            result.status = "output limit"
+        if result.status == Status.OK:
+            result.status = Status.OUTPUT_LIMIT
     memory = [
         i for i, c in enumerate(nb.cells) if any(map(_is_memory_error, c.get("outputs", [])))
     ]
     if memory:
         result.details.append(f"memory limit reached in cell(s) {[i + 1 for i in memory]}")
-        if result.status in ("ok", "kernel died"):
-            result.status = "memory limit"
+        if result.status in (Status.OK, Status.KERNEL_DIED):
+            result.status = Status.MEMORY_LIMIT
     return result

@@ -20,9 +20,9 @@ swallowed, and the entry points named in ``forbid`` are watched by recorders: a
 ``torch.nn.functional`` / ``torch.nn.init`` function by identity (so a reference captured
 earlier is caught too), and a profile hook sees calls of the pure-Python ones
 (``torch.optim.Adam.step``, ``torch.autograd.grad``, schedules). Their counts go into the
-record; the grader allows no more calls than the reference made. After a ``MemoryError`` the
-other probes of the same cell are recorded as ``MemoryError`` without calling the code again
-(a memory bomb costs the limit once, not once per probe).
+record; the grader allows no more calls than the reference made. A probe whose code raises
+(a ``MemoryError`` included) records the exception's type name; the next probe calls the
+code again.
 
 Standalone on purpose: this module imports only the standard library, numpy and torch (inside
 the grading sandbox the only ``dnncourse`` there is holds this file and the kernel launcher).
@@ -199,8 +199,9 @@ class Recorders(TorchFunctionMode):
 
 
 # -- the probe -------------------------------------------------------------------------------
-def check(kind="close", rtol=None, atol=None, what="", alpha=1e-6):
-    """The comparison the grader makes (it reads this from the REFERENCE record only).
+def comparison(kind="close", rtol=None, atol=None, what="", alpha=1e-6):
+    """The comparison the grader makes (it reads this from the REFERENCE record only, as a
+    :class:`dnncourse.grading.protocol.Comparison`; an unknown ``kind`` fails the release).
 
     ``close``: same structure, dtypes, shapes, devices; values within ``rtol``/``atol`` (the
     dtype's defaults of ``torch.testing.assert_close`` when not given). ``equal``: exactly.
@@ -218,7 +219,7 @@ def record(name: str, value=None, raised: str | None = None, **spec) -> dict:
         "name": str(name),
         "value": None if raised else encode(value),
         "raised": raised,
-        "check": check(**spec),
+        "check": comparison(**spec),
         "watched": [],
         "calls": {},
     }
@@ -248,7 +249,7 @@ def probe(name: str, thunk, *, forbid=(), **spec):
         "name": str(name),
         "value": None if raised else encode(value),
         "raised": raised,
-        "check": check(**spec),
+        "check": comparison(**spec),
         "watched": [str(n) for n in forbid],
         "calls": dict(recorders.counts),
     }

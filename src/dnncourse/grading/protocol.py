@@ -7,16 +7,27 @@ graded test cell with points and a message written by the trusted side, the feed
 and the graded notebooks. Nothing here carries code, so a result can cross a process, a
 Dask worker or a network without trusting the side that made it.
 
-The columns of ``grades.csv`` are :data:`COLUMNS`, derived from :class:`Result`;
-:func:`result_to_json` and :func:`result_from_json` carry a result through a pipe or a file.
+The limits of a student (:class:`Limits`, both timeouts included) are defined once, here,
+with their help text: ``dnncourse grade``, ``dnncourse serve`` and the API read them from
+here (:func:`add_limit_options`, :func:`limits_from_options`).
+
+The columns of ``grades.csv`` are :data:`COLUMNS`, derived from :class:`Result`. One codec
+carries every type here through a pipe or a file: :func:`encode` and :func:`decode` (typed by
+the dataclass fields: a line that is not a well-formed value of the type is a ValueError or
+TypeError, never a half-read value); :func:`result_to_json` and :func:`result_from_json` are
+its two uses for a result. Results without grades are made by :func:`failed` and
+:func:`zero_checks`, the one place they are built.
 """
 
+import argparse
 import base64
 import dataclasses
 import hashlib
 import json
+import types
+import typing
 from dataclasses import dataclass, field
-from enum import StrEnum
+from enum import Enum, StrEnum
 
 
 class Status(StrEnum):
@@ -44,18 +55,120 @@ class Status(StrEnum):
         return self not in (Status.OK, Status.RENAMED)
 
 
+def _limit(default, help: str, flag: str = ""):
+    """A field of :class:`Limits`: its default, its help text, its command-line flag."""
+    return field(default=default, metadata={"help": help, "flag": flag})
+
+
 @dataclass(frozen=True)
 class Limits:
-    """Per-student limits (seconds, MiB, bytes); ``None`` or 0 switches one off."""
+    """Per-student limits (seconds, MiB, bytes), each default written once, here.
 
-    cell_timeout: float = 60.0
-    memory_limit_mb: float | None = 4096
-    file_limit_mb: float | None = 256
-    cell_output_bytes: int = 100_000
-    notebook_output_bytes: int = 2_000_000
-    probe_output_bytes: int = 32 * 2**20  # the hidden tests' probe records, per notebook
-    processes: int = 256
-    workdir_mb: float = 512
+    ``None`` or 0 switches a limit off (for a timeout: no deadline), the same in ``grade``,
+    ``serve`` and the API; a negative value is a ValueError (an error message on the
+    command line), never a deadline already past.
+    """
+
+    cell_timeout: float | None = _limit(
+        60.0, "seconds a cell may run; then the kernel is killed (0: no limit)", "--cell-timeout"
+    )
+    timeout: float | None = _limit(
+        600.0,
+        "seconds per student, all notebooks; then everything is killed (0: no limit)",
+        "--timeout",
+    )
+    memory_limit_mb: float | None = _limit(
+        4096.0,
+        "MiB of address space for a student's kernel (0: no limit; use 0 on a GPU machine, "
+        "see the instructor's guide)",
+        "--memory-limit",
+    )
+    file_limit_mb: float | None = _limit(256, "MiB of one file the kernel writes")
+    cell_output_bytes: int = _limit(100_000, "bytes of output a cell may show")
+    notebook_output_bytes: int = _limit(2_000_000, "bytes of output a notebook may show")
+    probe_output_bytes: int = _limit(
+        32 * 2**20, "bytes of the hidden tests' probe records, per notebook"
+    )
+    processes: int = _limit(256, "processes of the student's sandbox")
+    workdir_mb: float = _limit(512, "MiB of the sandbox's work folder")
+
+    def __post_init__(self):
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if value is not None and value < 0:
+                raise ValueError(f"{f.name} must be >= 0 (0: no limit), got {value:g}")
+            if value == 0 and f.type == float | None:  # 0 and None say the same: no limit
+                object.__setattr__(self, f.name, None)
+
+
+def _non_negative(text: str) -> float:
+    value = float(text)
+    if not value >= 0:  # also NaN
+        raise argparse.ArgumentTypeError(f"expected a number >= 0 (0: no limit), got {text}")
+    return value
+
+
+def add_limit_options(parser: argparse.ArgumentParser) -> None:
+    """The flags of :class:`Limits` (``--cell-timeout``, ``--timeout``, ``--memory-limit``)
+    with their defaults and help text, for ``grade`` and ``serve`` alike."""
+    for f in dataclasses.fields(Limits):
+        if f.metadata["flag"]:
+            parser.add_argument(
+                f.metadata["flag"],
+                type=_non_negative,
+                default=f.default,
+                help=f"{f.metadata['help']} (default {f.default:g})",
+            )
+
+
+def limits_from_options(args: argparse.Namespace) -> Limits:
+    """The :class:`Limits` of the flags that :func:`add_limit_options` added."""
+    return Limits(
+        **{
+            f.name: getattr(args, f.metadata["flag"].lstrip("-").replace("-", "_"))
+            for f in dataclasses.fields(Limits)
+            if f.metadata["flag"]
+        }
+    )
+
+
+class Compare(StrEnum):
+    """How a probe's value is compared with the reference's (see :class:`Comparison`)."""
+
+    CLOSE = "close"  # same structure, dtypes, shapes, devices; values within rtol/atol
+    EQUAL = "equal"  # exactly
+    KS = "ks"  # a sample of the same distribution (two-sample Kolmogorov-Smirnov, alpha)
+    PATTERN = "pattern"  # entries equal and different exactly where the reference's are
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """The comparison a probe states (the ``check`` field of a probe record): read from the
+    *reference* record only, and an error at release (:func:`Comparison.of` raises
+    ValueError) when its kind is unknown, never a silent default."""
+
+    kind: Compare = Compare.CLOSE
+    rtol: float | None = None  # None: the dtype's default of torch.testing.assert_close
+    atol: float | None = None
+    what: str = ""  # words added to the message ("after 5 steps")
+    alpha: float = 1e-6  # level of the KS test
+
+    @classmethod
+    def of(cls, record: dict) -> "Comparison":
+        """The comparison of a probe record (ValueError if it is not a well-formed one)."""
+        spec = record.get("check") or {}
+        if not isinstance(spec, dict):
+            raise ValueError(f"probe {record.get('name')!r}: its comparison is not a dict")
+        kinds = [k.value for k in Compare]
+        if spec.get("kind", "close") not in kinds:
+            raise ValueError(
+                f"probe {record.get('name')!r}: unknown comparison {spec.get('kind')!r} "
+                f"(one of {', '.join(kinds)})"
+            )
+        try:
+            return _typed(cls, {k: v for k, v in spec.items() if v is not None or k != "alpha"})
+        except TypeError as error:
+            raise ValueError(f"probe {record.get('name')!r}: {error}") from None
 
 
 @dataclass(frozen=True)
@@ -81,9 +194,8 @@ class Task:
     assignment: str
     files: dict[str, bytes]  # path relative to the student's folder -> bytes
     bundle: str  # content hash of the assignment bundle the worker grades against
-    limits: Limits = field(default_factory=Limits)
+    limits: Limits = field(default_factory=Limits)  # the whole student's timeout included
     sandbox: bool = True
-    timeout: float | None = 600.0  # seconds for the whole student; then everything is killed
 
     @property
     def checksum(self) -> str:
@@ -114,6 +226,12 @@ class Bundle:
     @property
     def hash(self) -> str:
         return checksum({"assignment": self.assignment.encode(), **self.files})
+
+    @property
+    def grade_cells(self) -> dict[str, dict[str, float]]:
+        """Notebook -> grade id -> points (of ``gradebook.json``)."""
+        cells = json.loads(self.files["gradebook.json"])
+        return {name: entry["grade_cells"] for name, entry in cells.items()}
 
 
 @dataclass(frozen=True)
@@ -156,23 +274,95 @@ _CSV = {
 COLUMNS = list(_CSV)
 
 
+def failed(
+    student: str, assignment: str, detail: str, status: Status = Status.GRADER_ERROR
+) -> Result:
+    """A result without grades: zero (the client stores zero for every test)."""
+    return Result(student, assignment, status, 0.0, 0.0, detail)
+
+
+def zero_checks(notebook: str, points: dict[str, float], message: str = "not graded") -> list:
+    """Every test of a notebook that could not be graded, at zero (``points``: grade id ->
+    its points, the ``grade_cells`` of the bundle's ``gradebook.json``)."""
+    return [
+        Check(notebook, gid, 0.0, max_points, False, message)
+        for gid, max_points in sorted(points.items())
+    ]
+
+
+# -- the codec ------------------------------------------------------------------------------
+def _plain(value):
+    if dataclasses.is_dataclass(value):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, bytes):
+        return base64.b64encode(value).decode()
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def encode(value) -> str:
+    """A value of the types here (a dataclass, with what it holds) as one line of JSON."""
+    return json.dumps(_plain(value))
+
+
+def _typed(kind, data):
+    """``data`` (plain JSON) as a value of ``kind``; TypeError/ValueError if it is not one."""
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if origin in (typing.Union, types.UnionType):
+        if data is None and type(None) in args:
+            return None
+        (kind,) = [a for a in args if a is not type(None)]
+        return _typed(kind, data)
+    if dataclasses.is_dataclass(kind):
+        if not isinstance(data, dict):
+            raise TypeError(f"expected {kind.__name__}, got {type(data).__name__}")
+        hints = typing.get_type_hints(kind)
+        names = {f.name for f in dataclasses.fields(kind) if f.init}
+        if set(data) - names:
+            raise TypeError(f"{kind.__name__} has no field {sorted(set(data) - names)[0]!r}")
+        return kind(**{name: _typed(hints[name], value) for name, value in data.items()})
+    if origin is tuple:
+        return tuple(_typed(args[0], v) for v in _expect(data, list))
+    if origin is list:
+        return [_typed(args[0], v) for v in _expect(data, list)]
+    if origin is dict:
+        return {_expect(k, str): _typed(args[1], v) for k, v in _expect(data, dict).items()}
+    if kind is bytes:
+        return base64.b64decode(_expect(data, str), validate=True)
+    if isinstance(kind, type) and issubclass(kind, Enum):
+        return kind(data)
+    if kind is float:
+        if isinstance(data, bool) or not isinstance(data, (int, float)):
+            raise TypeError(f"expected a number, got {type(data).__name__}")
+        return float(data)
+    if kind is int and isinstance(data, bool):
+        raise TypeError("expected an integer, got bool")
+    return _expect(data, kind)
+
+
+def _expect(data, kind):
+    if not isinstance(data, kind):
+        raise TypeError(f"expected {kind.__name__}, got {type(data).__name__}")
+    return data
+
+
+def decode(kind: type, text: str):
+    """The value of ``kind`` that :func:`encode` wrote (ValueError/TypeError if not one)."""
+    return _typed(kind, json.loads(text))
+
+
 def result_to_json(result: Result, pages: bool = True) -> str:
     """``result`` as one line of JSON (``pages=False``: without feedback and notebooks)."""
-    data = dataclasses.asdict(result)
-    data["checks"] = [dataclasses.asdict(c) for c in result.checks]
-    if pages:
-        data["graded"] = {k: base64.b64encode(v).decode() for k, v in result.graded.items()}
-    else:
-        data["feedback"], data["graded"] = {}, {}
-    return json.dumps(data)
+    if not pages:
+        result = dataclasses.replace(result, feedback={}, graded={})
+    return encode(result)
 
 
 def result_from_json(text: str) -> Result:
     """The :class:`Result` of :func:`result_to_json` (raises ValueError/TypeError if not one)."""
-    data = json.loads(text)
-    if not isinstance(data, dict):
-        raise ValueError("not a result")
-    data["status"] = Status(data["status"])
-    data["checks"] = tuple(Check(**c) for c in data.get("checks", ()))
-    data["graded"] = {k: base64.b64decode(v) for k, v in data.get("graded", {}).items()}
-    return Result(**data)
+    return decode(Result, text)

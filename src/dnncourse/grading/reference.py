@@ -25,7 +25,7 @@ import nbformat
 
 from . import probe, verdict
 from .execute import execute
-from .protocol import Limits
+from .protocol import Comparison, Limits, Status
 
 
 class ReferenceError(RuntimeError):
@@ -59,6 +59,10 @@ def problems(records: dict[str, list[dict]]) -> list[str]:
             f"{gid}: probe {n!r} recorded twice" for n in sorted(set(names)) if names.count(n) > 1
         ]
         for rec in recs:
+            try:
+                Comparison.of(rec)
+            except ValueError as error:
+                found.append(f"{gid}: {error}")
             try:
                 value = verdict.decode(rec.get("value"))
             except verdict.Unreadable:
@@ -95,7 +99,7 @@ def run(solution: Path, limits: Limits, sandbox: bool = True) -> dict[str, list[
             shutil.copy2(extra, target)
         data = Path(tmp) if any(Path(tmp).iterdir()) else None
         result = execute(nb, Path(tmp), limits, sandbox=sandbox, data=data)
-    if result.status != "ok":
+    if result.status != Status.OK:
         raise ReferenceError(
             f"the reference run of {solution.name} ended with {result.status}: "
             + "; ".join(result.details)

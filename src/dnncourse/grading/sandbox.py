@@ -22,7 +22,7 @@ Processes: a cgroup ``pids`` controller where one is writable (as root), else
 ``RLIMIT_NPROC`` (per user namespace). Everything the student starts dies with the kernel:
 bwrap's pid 1 owns the pid namespace, and ``--die-with-parent`` ties it to the worker.
 
-:func:`checks` is what ``dnncourse doctor`` prints; :func:`problem` is the one-line reason
+:func:`requirements` is what ``dnncourse doctor`` prints; :func:`problem` is the one-line reason
 ``dnncourse grade`` stops on a host where no sandbox can be made.
 """
 
@@ -385,7 +385,9 @@ def problem() -> str | None:
 
 
 @dataclass
-class CheckResult:
+class Requirement:
+    """One thing ``dnncourse doctor`` needs of this host, and whether it has it."""
+
     name: str
     ok: bool
     detail: str
@@ -422,30 +424,30 @@ print("CHECK " + json.dumps(out))
 """
 
 
-def checks() -> list[CheckResult]:
-    """The checks of ``dnncourse doctor``: can this host sandbox a kernel, and how well?"""
+def requirements() -> list[Requirement]:
+    """What ``dnncourse doctor`` reports: can this host sandbox a kernel, and how well?"""
     import json
 
     results = []
     exe = bwrap()
-    results.append(CheckResult("bwrap found", exe is not None, exe or "not found"))
+    results.append(Requirement("bwrap found", exe is not None, exe or "not found"))
     if exe is None:
         return results
     version = subprocess.run([exe, "--version"], capture_output=True, text=True)
-    results.append(CheckResult("bwrap runs", version.returncode == 0, version.stdout.strip()))
+    results.append(Requirement("bwrap runs", version.returncode == 0, version.stdout.strip()))
     mode = "root: no user namespace needed, kernel drops to uid 65534"
     if not privileged():
         path = Path("/proc/sys/user/max_user_namespaces")
         count = path.read_text().strip() if path.exists() else "?"
         mode = f"user namespaces (user.max_user_namespaces = {count})"
-        results.append(CheckResult("user namespaces", count not in ("0",), mode))
+        results.append(Requirement("user namespaces", count not in ("0",), mode))
     why = problem()
-    results.append(CheckResult("sandbox starts", why is None, why or mode))
+    results.append(Requirement("sandbox starts", why is None, why or mode))
     if why is not None:
         return results
     root = pids_cgroup_root()
     results.append(
-        CheckResult(
+        Requirement(
             "process limit",
             True,
             f"cgroup pids controller ({root})" if root else "RLIMIT_NPROC (no writable cgroup)",
@@ -454,33 +456,33 @@ def checks() -> list[CheckResult]:
     proc = _run_inside(PROBE, processes=32)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("CHECK ")]
     if not lines:
-        results.append(CheckResult("probe ran inside", False, proc.stderr.strip()[-300:]))
+        results.append(Requirement("probe ran inside", False, proc.stderr.strip()[-300:]))
         return results
     seen = json.loads(lines[0][6:])
     identity = f"uid {seen['uid']}, gid {seen['gid']}"
-    results.append(CheckResult("unprivileged", seen["uid"] != 0, identity))
+    results.append(Requirement("unprivileged", seen["uid"] != 0, identity))
     no_caps = all(int(c, 16) == 0 for c in seen["caps"][:3] + seen["caps"][4:])
-    results.append(CheckResult("no capabilities", no_caps, " ".join(seen["caps"])))
+    results.append(Requirement("no capabilities", no_caps, " ".join(seen["caps"])))
     results.append(
-        CheckResult(
+        Requirement(
             "network off",
             seen["network"] != "connected" and seen["interfaces"] == ["lo"],
             f"interfaces {seen['interfaces']}; connect to 1.1.1.1:53: {seen['network']}",
         )
     )
     results.append(
-        CheckResult("own pid namespace", seen["pids"] <= 3, f"{seen['pids']} processes seen")
+        Requirement("own pid namespace", seen["pids"] <= 3, f"{seen['pids']} processes seen")
     )
     stopped = seen.get("fork_stopped")
-    results.append(CheckResult("fork bomb stopped", stopped is not None, stopped or "not stopped"))
+    results.append(Requirement("fork bomb stopped", stopped is not None, stopped or "not stopped"))
     results.append(
-        CheckResult(
+        Requirement(
             "course package hidden",
             not seen["reference"],
             "dnncourse.optim " + ("importable!" if seen["reference"] else "not importable"),
         )
     )
-    results.append(CheckResult("filesystem", True, "/ holds " + " ".join(seen["visible"])))
+    results.append(Requirement("filesystem", True, "/ holds " + " ".join(seen["visible"])))
     return results
 
 

@@ -24,6 +24,8 @@ from pathlib import Path
 
 import nbformat
 
+from .protocol import Status
+
 MAX_NOTEBOOK_BYTES = 50 * 2**20
 MAX_DEPTH = 64  # a notebook is ~6 levels deep; outputs' JSON data a few more
 
@@ -31,7 +33,7 @@ MAX_DEPTH = 64  # a notebook is ~6 levels deep; outputs' JSON data a few more
 class Rejected(Exception):
     """A submission that cannot be graded; ``status`` goes into grades.csv."""
 
-    def __init__(self, status: str, detail: str):
+    def __init__(self, status: Status, detail: str):
         super().__init__(detail)
         self.status, self.detail = status, detail
 
@@ -40,9 +42,7 @@ def _refuse_links(folder: Path, path: Path) -> None:
     """Raise :class:`Rejected` if ``path`` or a folder between ``folder`` and it is a link."""
     for part in [path, *path.parents]:
         if part.is_symlink():
-            raise Rejected(
-                "invalid notebook", f"{part.relative_to(folder.parent)} is a symbolic link"
-            )
+            raise Rejected(Status.INVALID, f"{part.relative_to(folder.parent)} is a symbolic link")
         if part == folder:
             return
 
@@ -67,7 +67,7 @@ def find_notebook(folder: Path, name: str, expected: set[str]) -> tuple[Path, st
         found = candidates[0]
         return found, f"graded {found.relative_to(folder)} in place of {name}.ipynb"
     listed = ", ".join(str(p.relative_to(folder)) for p in candidates) or "no notebook"
-    raise Rejected("missing notebook", f"{name}.ipynb not found ({listed} in the folder)")
+    raise Rejected(Status.MISSING, f"{name}.ipynb not found ({listed} in the folder)")
 
 
 def read_notebook(path: Path) -> nbformat.NotebookNode:
@@ -75,38 +75,38 @@ def read_notebook(path: Path) -> nbformat.NotebookNode:
     try:  # O_NOFOLLOW: a link put in place after find_notebook looked is refused too
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
     except OSError as error:
-        raise Rejected("invalid notebook", f"{path.name} cannot be read ({error})") from None
+        raise Rejected(Status.INVALID, f"{path.name} cannot be read ({error})") from None
     with os.fdopen(fd, "rb") as f:
         size = os.fstat(f.fileno()).st_size
         if size == 0:
-            raise Rejected("invalid notebook", f"{path.name} is empty")
+            raise Rejected(Status.INVALID, f"{path.name} is empty")
         if size > MAX_NOTEBOOK_BYTES:
-            raise Rejected("invalid notebook", f"{path.name} is {size / 2**20:.0f} MiB")
+            raise Rejected(Status.INVALID, f"{path.name} is {size / 2**20:.0f} MiB")
         raw = f.read(MAX_NOTEBOOK_BYTES + 1)
     try:
         data = json.loads(raw)
         json.dumps(data, ensure_ascii=False).encode("utf-8")  # lone surrogates ("\ud800")
     except (ValueError, UnicodeError, RecursionError) as error:
         reason = "nested too deeply" if isinstance(error, RecursionError) else error
-        raise Rejected("invalid notebook", f"{path.name} is not valid JSON ({reason})") from None
+        raise Rejected(Status.INVALID, f"{path.name} is not valid JSON ({reason})") from None
     if _depth(data) > MAX_DEPTH:
-        raise Rejected("invalid notebook", f"{path.name} is nested more than {MAX_DEPTH} deep")
+        raise Rejected(Status.INVALID, f"{path.name} is nested more than {MAX_DEPTH} deep")
     if not isinstance(data, dict) or not isinstance(data.get("cells"), list):
-        raise Rejected("invalid notebook", f"{path.name} is JSON but not a notebook")
+        raise Rejected(Status.INVALID, f"{path.name} is JSON but not a notebook")
     for cell in data["cells"]:
         if not isinstance(cell, dict) or cell.get("cell_type") not in ("code", "markdown", "raw"):
-            raise Rejected("invalid notebook", f"{path.name} has a cell that is not a cell")
+            raise Rejected(Status.INVALID, f"{path.name} has a cell that is not a cell")
         cell.pop("id", None)  # ids are reassigned by rebuild(); duplicates must not abort
         if isinstance(cell.get("source"), list):
             cell["source"] = "".join(map(str, cell["source"]))
         if not isinstance(cell.get("source", ""), str):
-            raise Rejected("invalid notebook", f"{path.name} has a cell without source text")
+            raise Rejected(Status.INVALID, f"{path.name} has a cell without source text")
     data.setdefault("metadata", {})
     data["nbformat"], data["nbformat_minor"] = 4, 4
     try:
         return nbformat.from_dict(data)
     except Exception as error:  # nbformat raises several kinds on malformed input
-        raise Rejected("invalid notebook", f"{path.name}: {error}") from None
+        raise Rejected(Status.INVALID, f"{path.name}: {error}") from None
 
 
 def _depth(data) -> int:

@@ -23,7 +23,7 @@ import numpy as np
 from nbgrader import utils as nbutils
 
 from .probe import MIME
-from .protocol import Check
+from .protocol import Check, Compare, Comparison
 
 # torch.testing.assert_close's defaults per dtype (rtol, atol)
 DEFAULT_TOLERANCES = {
@@ -51,6 +51,7 @@ NUMPY_DTYPES = {
 
 
 def is_test(cell) -> bool:
+    """A graded test cell (a grade cell that is not an answer)."""
     return cell.cell_type == "code" and nbutils.is_grade(cell) and not nbutils.is_solution(cell)
 
 
@@ -334,8 +335,8 @@ def compare_pattern(got, want) -> str | None:
 def judge(reference: dict, records: list[dict]) -> str | None:
     """None when the student's records match one reference record, else the message."""
     name = reference["name"]
-    spec = reference.get("check") or {}
-    what = f" ({spec['what']})" if spec.get("what") else ""
+    spec = Comparison.of(reference)  # its kind was checked at release (reference.problems)
+    what = f" ({spec.what})" if spec.what else ""
     mine = [r for r in records if r.get("name") == name]
     if not mine:
         return f"'{name}' did not report: the cell stopped before it"
@@ -364,13 +365,12 @@ def judge(reference: dict, records: list[dict]) -> str | None:
     except Exception:
         return f"'{name}': the result could not be read{what}"
     want = decode(reference.get("value"))
-    kind = spec.get("kind", "close")
-    if kind == "ks":
-        why = compare_ks(got, want, float(spec.get("alpha") or 1e-6))
-    elif kind == "pattern":
+    if spec.kind == Compare.KS:
+        why = compare_ks(got, want, spec.alpha)
+    elif spec.kind == Compare.PATTERN:
         why = compare_pattern(got, want)
     else:
-        why = compare(got, want, spec.get("rtol"), spec.get("atol"), kind == "equal")
+        why = compare(got, want, spec.rtol, spec.atol, spec.kind == Compare.EQUAL)
     return f"'{name}': {why}{what}" if why else None
 
 

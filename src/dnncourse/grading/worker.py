@@ -8,11 +8,12 @@ Two halves, in two processes:
   to a *grading process* it keeps warm (``python -m dnncourse.grading.worker``). If that
   process does not answer within the task's hard timeout it is killed with everything it
   started (kernel and sandbox) and replaced; the Dask worker lives on.
-* The grading process (:func:`serve`) reads one task per line on a private pipe and
-  answers with one line on another: find and read the notebook, rebuild it on the released
+* The grading process (:func:`serve`) reads one :class:`Job` per line on a private pipe
+  and answers with one :class:`~.protocol.Result` line on another, both through the codec
+  of :mod:`~.protocol`: find and read the notebook, rebuild it on the released
   notebook, nbgrader's sanitizers with the instructor's cells from the bundle (never the
   gradebook), execute, the trusted verdict (the kernel's probe records against the
-  bundle's reference run, :func:`decide`), feedback page. Student code never runs in either
+  bundle's reference run, :func:`verdict_of`), feedback page. Student code never runs in either
   process: it runs in the kernel, a child of the grading process with its own limits. When
   the worker is gone (the task pipe hangs up), the grading process kills its kernel and
   exits, even mid-student.
@@ -33,6 +34,7 @@ import tempfile
 import threading
 import time
 import traceback
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from types import SimpleNamespace
 
@@ -50,10 +52,9 @@ from nbgrader.preprocessors.base import NbGraderPreprocessor
 from traitlets import Dict
 
 from . import rules, sanitize, verdict
-from .course import is_test
 from .execute import execute
 from .feedback import feedback_page, notice_page
-from .protocol import Bundle, Check, Limits, Result, Status, Task
+from .protocol import Bundle, Check, Result, Status, Task, decode, encode, failed, zero_checks
 
 RESULT_PREFIX = "@@dnncourse-result "
 NO_SANDBOX = "graded without a sandbox (--no-sandbox)"
@@ -86,7 +87,17 @@ class BundleCells(OverwriteCells):
         return SimpleNamespace(name=grade_id, max_score=self.cells["grade_cells"][grade_id])
 
 
-def decide(bundle: Path, name: str, nb, run) -> list[Check]:
+@dataclass(frozen=True)
+class Job:
+    """One line to the grading process: a student's task, where its bundle is unpacked, and
+    the nonce its answer must carry."""
+
+    task: Task
+    bundle_dir: str
+    nonce: str
+
+
+def verdict_of(bundle: Path, name: str, nb, run) -> list[Check]:
     """The trusted verdict on an executed notebook: one :class:`Check` per graded cell.
 
     Compares the probe records in ``nb`` with the bundle's reference run of the instructor's
@@ -110,21 +121,24 @@ def _data_modules(bundle: Path) -> set[str]:
     return {p.stem for p in data.iterdir() if p.suffix == ".py" or (p / "__init__.py").is_file()}
 
 
-def zero_checks(notebook: str, cells: dict) -> list[Check]:
-    """Every test of a notebook that could not be graded, at zero."""
-    return [
-        Check(notebook, gid, 0.0, points, False, "not graded")
-        for gid, points in sorted(cells["grade_cells"].items())
-    ]
-
-
 def _released_tests(release) -> dict[str, str]:
-    return {c.metadata.nbgrader["grade_id"]: c.source for c in release.cells if is_test(c)}
+    return {c.metadata.nbgrader["grade_id"]: c.source for c in release.cells if verdict.is_test(c)}
 
 
-def grade_notebook(bundle: Path, task: dict, folder: Path, name: str) -> dict:
+@dataclass
+class Graded:
+    """One notebook of a student, graded (or not): what :func:`grade_student` adds up."""
+
+    status: Status
+    notes: list[str]
+    checks: list[Check]
+    page: str
+    graded: bytes | None = None  # the graded notebook; None where none ran
+
+
+def grade_notebook(bundle: Path, task: Task, folder: Path, name: str) -> Graded:
     """Grade notebook ``name`` of one student: status, notes, checks, page, graded bytes."""
-    assignment, limits = task["assignment"], Limits(**task["limits"])
+    assignment, limits = task.assignment, task.limits
     cells = json.loads((bundle / "gradebook.json").read_text())[name]
     release = nbformat.read(bundle / "release" / f"{name}.ipynb", as_version=4)
     title = f"{assignment}: {name}"
@@ -133,18 +147,17 @@ def grade_notebook(bundle: Path, task: dict, folder: Path, name: str) -> dict:
         path, renamed = sanitize.find_notebook(folder, name, expected)
         student_nb = sanitize.read_notebook(path)
     except sanitize.Rejected as rejected:
-        return {
-            "status": rejected.status,
-            "notes": [rejected.detail],
-            "checks": zero_checks(name, cells),
-            "page": notice_page(title, rejected.status, rejected.detail),
-            "graded": None,
-        }
+        return Graded(
+            rejected.status,
+            [rejected.detail],
+            zero_checks(name, cells["grade_cells"]),
+            notice_page(title, rejected.status, rejected.detail),
+        )
     nb, notes = sanitize.rebuild(student_nb, release)
     if renamed:
         notes.insert(0, renamed)
     resources = {
-        "nbgrader": {"student": task["student"], "assignment": assignment, "notebook": name},
+        "nbgrader": {"student": task.student, "assignment": assignment, "notebook": name},
         "metadata": {},
     }
     for pp in (ClearOutput, DeduplicateIds):
@@ -155,7 +168,7 @@ def grade_notebook(bundle: Path, task: dict, folder: Path, name: str) -> dict:
     nb, resources = BundleCells(cells=cells).preprocess(nb, resources)
     nb, resources = CheckCellMetadata().preprocess(nb, resources)
     work = Path(tempfile.mkdtemp(prefix="dnncourse-student-"))
-    sandbox = task.get("sandbox", True)
+    sandbox = task.sandbox
     try:
         data = bundle / "data" if (bundle / "data").is_dir() else None
         if not sandbox and data is not None:  # the kernel runs in this folder, as the grader
@@ -164,20 +177,14 @@ def grade_notebook(bundle: Path, task: dict, folder: Path, name: str) -> dict:
         run = execute(nb, work, limits, sandbox=sandbox, data=data)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    checks = decide(bundle, name, nb, run)
+    checks = verdict_of(bundle, name, nb, run)
     nb, resources = LimitOutput().preprocess(nb, resources)
     page = feedback_page(nb, _released_tests(release), checks, resources)
-    status = Status.RENAMED if renamed and run.status == Status.OK else Status(run.status)
-    return {
-        "status": status,
-        "notes": notes + run.details,
-        "checks": checks,
-        "page": page,
-        "graded": nbformat.writes(nb).encode(),
-    }
+    status = Status.RENAMED if renamed and run.status == Status.OK else run.status
+    return Graded(status, notes + run.details, checks, page, nbformat.writes(nb).encode())
 
 
-def grade_student(bundle: Path, task: dict, folder: Path) -> Result:
+def grade_student(bundle: Path, task: Task, folder: Path) -> Result:
     """The result of one student, every notebook of the assignment."""
     start = time.perf_counter()
     statuses, details, checks, pages, graded = [], [], [], {}, {}
@@ -188,31 +195,30 @@ def grade_student(bundle: Path, task: dict, folder: Path) -> Result:
         except Exception as error:  # a bug of ours or nbgrader's: this notebook only
             traceback.print_exc(file=sys.stderr)
             cells = json.loads((bundle / "gradebook.json").read_text())[name]
-            one = {
-                "status": Status.GRADER_ERROR,
-                "notes": [f"{name}: {error!r}"],
-                "checks": zero_checks(name, cells),
-                "page": notice_page(name, Status.GRADER_ERROR, "the grader failed"),
-                "graded": None,
-            }
-        statuses.append(one["status"])
-        details += one["notes"]
-        checks += one["checks"]
-        pages[name] = one["page"]
-        if one["graded"] is not None:
-            graded[name] = one["graded"]
-    if not task.get("sandbox", True):
+            one = Graded(
+                Status.GRADER_ERROR,
+                [f"{name}: {error!r}"],
+                zero_checks(name, cells["grade_cells"]),
+                notice_page(name, Status.GRADER_ERROR, "the grader failed"),
+            )
+        statuses.append(one.status)
+        details += one.notes
+        checks += one.checks
+        pages[name] = one.page
+        if one.graded is not None:
+            graded[name] = one.graded
+    if not task.sandbox:
         details.append(NO_SANDBOX)
     return Result(
-        student=task["student"],
-        assignment=task["assignment"],
+        student=task.student,
+        assignment=task.assignment,
         status=Status.worst(statuses),
         score=sum(c.points for c in checks),
         max_score=sum(c.max_points for c in checks),
         detail="; ".join(details),
         seconds=round(time.perf_counter() - start, 2),
-        checksum=task["checksum"],
-        bundle=task["bundle"],
+        checksum=task.checksum,
+        bundle=task.bundle,
         checks=tuple(checks),
         feedback=pages,
         graded=graded,
@@ -220,9 +226,7 @@ def grade_student(bundle: Path, task: dict, folder: Path) -> Result:
 
 
 def serve() -> None:
-    """Serve tasks; the protocol pipes get private descriptors the kernels do not inherit."""
-    from .protocol import result_to_json
-
+    """Serve jobs; the protocol pipes get private descriptors the kernels do not inherit."""
     tasks = os.fdopen(os.dup(0), "r")
     threading.Thread(target=_watch_the_worker, args=(tasks.fileno(),), daemon=True).start()
     results = os.fdopen(os.dup(1), "w")
@@ -233,13 +237,18 @@ def serve() -> None:
     for line in tasks:
         if _worker_gone(tasks.fileno()):  # a task left in the pipe by a worker since killed
             _end_with_the_worker()
-        task = json.loads(line)
+        job = decode(Job, line)
+        task = job.task
+        folder = Path(tempfile.mkdtemp(prefix="submitted-"))  # in our TMPDIR, see GradingProcess
         try:
-            result = grade_student(Path(task["bundle_dir"]), task, Path(task["folder"]))
+            _write_files(folder, task.files)
+            result = grade_student(Path(job.bundle_dir), task, folder)
         except Exception as error:
             traceback.print_exc(file=sys.stderr)
-            result = failed(task["student"], task["assignment"], repr(error))
-        results.write(f"{RESULT_PREFIX}{task['nonce']} {result_to_json(result)}\n")
+            result = failed(task.student, task.assignment, repr(error))
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+        results.write(f"{RESULT_PREFIX}{job.nonce} {encode(result)}\n")
         results.flush()
 
 
@@ -274,11 +283,6 @@ def _watch_the_worker(tasks: int) -> None:
     _end_with_the_worker()
 
 
-def failed(student: str, assignment: str, detail: str, status=Status.GRADER_ERROR) -> Result:
-    """A result without grades: zero (the client stores zero for every test)."""
-    return Result(student, assignment, Status(status), 0.0, 0.0, detail)
-
-
 # -- in the Dask worker ---------------------------------------------------------------------------
 def kill_tree(pid: int) -> None:
     """SIGKILL a process and all its descendants (children first collected, then killed)."""
@@ -295,7 +299,7 @@ def kill_tree(pid: int) -> None:
     psutil.wait_procs(family, timeout=5)
 
 
-class Grader:
+class GradingProcess:
     """The warm grading process of this Dask worker, and the lines it answers."""
 
     def __init__(self, home: Path):
@@ -330,18 +334,18 @@ class Grader:
                 self.lines.put(line[len(RESULT_PREFIX) :])
         self.lines.put(None)  # the process is gone
 
-    def grade(self, payload: dict, timeout: float | None) -> Result | None:
-        """The result, or None if the process did not answer in time or died.
+    def grade(self, task: Task, bundle_dir: Path) -> Result | None:
+        """The result, or None if the process did not answer within the task's timeout or
+        died.
 
-        An answer counts only with the task's nonce and student: nothing a kernel might
-        write to the grading process's pipes can pass for a result.
+        An answer counts only with the job's nonce and the task's student: nothing a kernel
+        might write to the grading process's pipes can pass for a result.
         """
-        from .protocol import result_from_json
-
         nonce = secrets.token_hex(16)
+        timeout = task.limits.timeout
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
-            self.proc.stdin.write(json.dumps({**payload, "nonce": nonce}) + "\n")
+            self.proc.stdin.write(encode(Job(task, str(bundle_dir), nonce)) + "\n")
             self.proc.stdin.flush()
         except OSError:  # it died since the last student (killed from outside)
             return None
@@ -357,10 +361,10 @@ class Grader:
             if got != nonce:
                 continue
             try:
-                result = result_from_json(text)
+                result = decode(Result, text)
             except (ValueError, TypeError, KeyError):
                 continue
-            if result.student == payload["student"]:
+            if result.student == task.student:
                 return result
 
     def stop(self):
@@ -404,16 +408,20 @@ def _safe_path(root: Path, name: str) -> Path:
     return root.joinpath(*parts)
 
 
+def _write_files(folder: Path, files: dict[str, bytes]) -> None:
+    for name, data in files.items():
+        path = _safe_path(folder, name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+
+
 def unpack(bundle: Bundle) -> Path:
     """The bundle's files in a folder of this worker, written once per bundle hash."""
     key = bundle.hash
     if key not in _STATE["bundles"]:
         folder = _home() / f"bundle-{key[:16]}"
         shutil.rmtree(folder, ignore_errors=True)
-        for name, data in bundle.files.items():
-            path = _safe_path(folder, name)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(data)
+        _write_files(folder, bundle.files)
         _STATE["bundles"][key] = folder
     return _STATE["bundles"][key]
 
@@ -441,47 +449,30 @@ def grade_task(task: Task, bundle: Bundle) -> Result:
     """The Dask task: grade one student on this worker (the client stores the result)."""
     with _LOCK:  # one student at a time per worker process (threads_per_worker is 1)
         start = time.perf_counter()
-        folder = Path(tempfile.mkdtemp(prefix="submitted-", dir=_home()))
-        try:
-            for name, data in task.files.items():
-                path = _safe_path(folder, name)
-                path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_bytes(data)
-            payload = {
-                "student": task.student,
-                "assignment": task.assignment,
-                "folder": str(folder),
-                "bundle_dir": str(unpack(bundle)),
-                "bundle": bundle.hash,
-                "checksum": task.checksum,
-                "limits": dataclasses.asdict(task.limits),
-                "sandbox": task.sandbox,
-            }
-            if _STATE["grader"] is not None and _STATE["grader"].proc.poll() is not None:
-                _STATE["grader"].stop()  # it died between two students: start another
-                _STATE["grader"] = None
-            if _STATE["grader"] is None:
-                _STATE["grader"] = Grader(_home())
-            grader = _STATE["grader"]
-            result = grader.grade(payload, task.timeout)
-            if result is None:
-                alive = grader.proc.poll() is None
-                grader.stop()
-                _STATE["grader"] = None
-                if alive:
-                    detail = f"grading took longer than {task.timeout:g} s: stopped"
-                    result = failed(task.student, task.assignment, detail, Status.TIMEOUT)
-                else:
-                    detail = f"the grading process died (see {grader.log_path})"
-                    result = failed(task.student, task.assignment, detail)
-                seconds = round(time.perf_counter() - start, 2)
-                if not task.sandbox:  # the rows made here say so too
-                    detail = "; ".join([result.detail, NO_SANDBOX])
-                    result = dataclasses.replace(result, detail=detail)
-                result = dataclasses.replace(result, seconds=seconds)
-            return dataclasses.replace(result, checksum=task.checksum, bundle=bundle.hash)
-        finally:
-            shutil.rmtree(folder, ignore_errors=True)
+        bundle_dir = unpack(bundle)
+        if _STATE["grader"] is not None and _STATE["grader"].proc.poll() is not None:
+            _STATE["grader"].stop()  # it died between two students: start another
+            _STATE["grader"] = None
+        if _STATE["grader"] is None:
+            _STATE["grader"] = GradingProcess(_home())
+        grader = _STATE["grader"]
+        result = grader.grade(task, bundle_dir)
+        if result is None:
+            alive = grader.proc.poll() is None
+            grader.stop()
+            _STATE["grader"] = None
+            if alive:
+                detail = f"grading took longer than {task.limits.timeout:g} s: stopped"
+                result = failed(task.student, task.assignment, detail, Status.TIMEOUT)
+            else:
+                detail = f"the grading process died (see {grader.log_path})"
+                result = failed(task.student, task.assignment, detail)
+            seconds = round(time.perf_counter() - start, 2)
+            if not task.sandbox:  # the rows made here say so too
+                detail = "; ".join([result.detail, NO_SANDBOX])
+                result = dataclasses.replace(result, detail=detail)
+            result = dataclasses.replace(result, seconds=seconds)
+        return dataclasses.replace(result, checksum=task.checksum, bundle=bundle.hash)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..grading.execute import Limits
+from ..grading.protocol import Limits
 
 
 @dataclass
@@ -21,8 +21,7 @@ class ServiceConfig:
     scheduler: str | None = None  # a dask.distributed scheduler (default: embedded cluster)
     assignments: list[str] = field(default_factory=list)  # default: all of solutions/
     jobs: int = 2  # submissions graded at once (the embedded cluster's workers)
-    limits: Limits = field(default_factory=Limits)
-    timeout: float = 600.0  # seconds per submission, all notebooks
+    limits: Limits = field(default_factory=Limits)  # per submission, both timeouts included
     max_upload_bytes: int = 5 * 2**20
     per_hour: int = 10  # graded submissions per student, assignment and hour
     policy: str = "last"  # "last" or "best"

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from sqlalchemy import func, select, update
 
-from ..grading.protocol import Result, Status, checksum
+from ..grading.protocol import Result, Status, checksum, failed
 from .config import ServiceConfig
 from .grader import Grader
 from .models import GRADED, GRADING, QUEUED, Assignment, Submission, User, utcnow
@@ -215,9 +215,7 @@ class Jobs:
                 result = self._grade(login, assignment, version, key, listed)
             except Exception as error:  # a bug of ours: this submission only, and say so
                 log.exception("queue: grading submission %s failed", sub_id)
-                result = Result(
-                    login, assignment, Status.GRADER_ERROR, 0.0, 0.0, detail=repr(error)
-                )
+                result = failed(login, assignment, repr(error))
                 traceback.print_exc()
             if self._stop.is_set():  # shutting down: left "grading", redone at the next start
                 return
@@ -243,14 +241,7 @@ class Jobs:
         for name, _size, digest in listed:
             data = (self.store / key / name).read_bytes()
             if hashlib.sha256(data).hexdigest() != digest:
-                return Result(
-                    login,
-                    assignment,
-                    Status.GRADER_ERROR,
-                    0.0,
-                    0.0,
-                    detail=f"the stored {name} does not match its checksum",
-                )
+                return failed(login, assignment, f"the stored {name} does not match its checksum")
             files[name] = data
         return self.grader.grade(assignment, login, files, version)
 

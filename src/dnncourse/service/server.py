@@ -13,7 +13,7 @@ from pathlib import Path
 from sqlalchemy import select
 
 from ..grading.engine import EngineError
-from ..grading.execute import Limits
+from ..grading.protocol import add_limit_options, limits_from_options
 from ..homework import repo_root
 from . import auth
 from .config import ServiceConfig
@@ -33,9 +33,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--assignments", nargs="*", default=[], help="default: all of solutions/")
     p.add_argument("--jobs", type=int, default=2, help="submissions graded at once (default 2)")
-    p.add_argument("--cell-timeout", type=float, default=60.0, help="seconds per cell")
-    p.add_argument("--timeout", type=float, default=600.0, help="seconds per submission")
-    p.add_argument("--memory-limit", type=float, default=4096.0, help="MiB per kernel (0: none)")
+    add_limit_options(p)  # --cell-timeout, --timeout, --memory-limit: as in grade
     p.add_argument("--max-upload-mb", type=float, default=5.0, help="upload cap (MiB)")
     p.add_argument("--per-hour", type=int, default=10, help="hand-ins per hour (0: no limit)")
     p.add_argument("--policy", choices=("last", "best"), default="last")
@@ -59,8 +57,7 @@ def config_from(args) -> ServiceConfig:
         scheduler=args.scheduler,
         assignments=list(args.assignments),
         jobs=max(1, args.jobs),
-        limits=Limits(cell_timeout=args.cell_timeout, memory_limit_mb=args.memory_limit or None),
-        timeout=args.timeout,
+        limits=limits_from_options(args),
         max_upload_bytes=int(args.max_upload_mb * 2**20),
         per_hour=args.per_hour,
         policy=args.policy,
