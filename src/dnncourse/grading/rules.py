@@ -365,6 +365,7 @@ for _name in ("execv", "execve", "execvp", "execvpe", "execl", "execle", "execlp
 for _name in ("spawnv", "spawnve", "spawnvp", "spawnvpe", "spawnl", "spawnle"):
     OPAQUE_MODULES[f"os.{_name}"] = PROCESS
 ALLOWED_OPAQUE = {"inspect.signature", "inspect.isclass", "inspect.isfunction", "gc.collect"}
+ALLOWED_OPAQUE |= {"IPython.display"}  # display(), HTML(), Markdown(): output only
 OPAQUE_BUILTINS = {
     "exec": EXEC,
     "eval": EXEC,
