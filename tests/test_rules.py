@@ -107,6 +107,7 @@ ORDINARY = [  # what students write around their answers: never a finding
     "%%time\nfor lr in [1e-3, 1e-2]:\n    print(lr, getattr(torch, 'float64'))\n",
     "import not_installed_here  # fails in the kernel: nothing ran\n",
     "print(type(torch.ones(1)).__name__, torch.ones(1).__class__)\n",
+    "from IPython.display import Markdown, display\n\ndisplay(Markdown('**done**'))\n",
 ]
 
 
@@ -140,6 +141,21 @@ def test_a_helper_followed_through_names_and_aliases(shared_reference_cache):
     # the other answers do not call it: their cells are not touched (fit_cubic calls the
     # gradient, so its cell is)
     assert "test_central_difference" not in found and "test_fit_cubic" in found
+
+
+def test_setattr_on_an_object_of_ones_own_is_plain_code(shared_reference_cache):
+    own = (
+        "class Stepper:\n"
+        "    def __init__(self, **options):\n"
+        "        for key, value in options.items():\n"
+        "            setattr(self, key, value)\n\n\n"
+        "def gradient_descent_step(params, grads, lr):\n"
+        "    Stepper(lr=lr)\n"
+        "    with torch.no_grad():\n"
+        "        for p, g in zip(params, grads):\n"
+        "            p -= lr * g\n"
+    )
+    assert findings("hw1", {"gradient_descent_step": own}, shared_reference_cache) == {}
 
 
 def test_a_class_of_ones_own_with_backward_is_held_not_failed(shared_reference_cache):

@@ -274,7 +274,6 @@ PROCESS = "another process"
 SERIALIZED = "serialized code (pickle, marshal, code objects)"
 WRITTEN_MODULE = "an import of a module that is not installed (written by the notebook?)"
 UNBOUND = "a name bound nowhere in plain code (exec, globals(), builtins?)"
-NOT_PARSED = "code that does not parse"
 
 # kinds that change what every later cell runs: held wherever they are
 GLOBAL_EFFECT = {
@@ -727,13 +726,6 @@ class Analysis:
             for sub in node.body
             if isinstance(sub, (ast.FunctionDef, ast.AsyncFunctionDef))
         }
-        self.defined = {
-            node.name
-            for c in before
-            if c.student and c.tree is not None
-            for node in ast.walk(c.tree)
-            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
-        }
         self.test = test
         self._constant_attribute_calls: set[int] = set()
         self._safe_calls: set[int] = set()
@@ -1066,6 +1058,13 @@ class Analysis:
         local = any(root in scope for scope in scopes)
         if not attrs and not local and root in ATTRIBUTE_FUNCTIONS and not self.bindings.get(root):
             name = node.args[1] if len(node.args) > 1 else None
+            target = node.args[0] if node.args else None
+            if (
+                root != "getattr"
+                and isinstance(target, ast.Name)
+                and any(target.id in scope for scope in scopes)
+            ):  # setattr(self, key, value): an object of the code's own, no capability
+                self._constant_attribute_calls.add(id(node.func))
             if isinstance(name, ast.Constant) and isinstance(name.value, str):
                 self._constant_attribute_calls.add(id(node.func))
                 if DUNDER_RE.match(name.value) and name.value not in SAFE_DUNDERS:
