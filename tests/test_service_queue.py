@@ -59,7 +59,10 @@ def db_url(request, tmp_path_factory):
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path_factory.mktemp('sqlite') / 'service.db'}"
         return
-    pgserver = pytest.importorskip("pgserver")
+    pgserver = pytest.importorskip(
+        "pgserver",
+        reason="pgserver has no wheel for this Python (the lock installs it below 3.13)",
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         server = pgserver.get_server(tmp_path_factory.mktemp("pg"), cleanup_mode="stop")

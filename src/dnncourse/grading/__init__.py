@@ -16,9 +16,10 @@ template); this package adds what grading a class needs around it:
 * :mod:`~dnncourse.grading.reference` and :mod:`~dnncourse.grading.verdict`: the
   instructor's solution run once, and the student's records compared with it outside the
   kernel: one :class:`~dnncourse.grading.protocol.Check` per graded cell;
-* :mod:`~dnncourse.grading.engine`: dask.distributed, a task per student, results stored
+* :mod:`~dnncourse.grading.engine`: the one door to grading (``dnncourse grade`` and the
+  service): a session on dask.distributed, a task per student, results completed and stored
   as they arrive; :mod:`~dnncourse.grading.worker`: one student graded on a worker, with
-  a hard timeout;
+  a hard timeout (only the engine calls it);
 * :mod:`~dnncourse.grading.feedback`: nbgrader's feedback pages without the hidden tests.
 
 The package imports nothing heavy itself (the kernel launcher lives here too).
