@@ -577,3 +577,15 @@ def test_the_rmsprop_closure_probe_is_well_conditioned_over_its_30_steps():
 
     assert worst(30) < 1e-3
     assert worst(60) > 1, "over 60 steps rounding alone would exceed the tolerance"
+
+
+def test_the_evidence_never_quotes_the_students_text(shared_reference_cache):
+    marker = "zz_marker_of_the_student"
+    source = (
+        f"def {marker}(v):\n    return eval('{marker}')\n\n\n"
+        f"def cubic_gradients(x, y, coeffs, {marker}_p=1):\n"
+        f"    {marker}(x).{marker}_attr.backward()\n{BODY}"
+    )
+    found = findings("hw1", {"cubic_gradients": source}, shared_reference_cache)
+    assert found["test_cubic_gradients"][0] and found["test_cubic_gradients"][1]
+    assert marker not in json.dumps(found)
