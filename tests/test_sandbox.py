@@ -11,6 +11,7 @@ import os
 import secrets
 import socket
 import sys
+import tempfile
 import textwrap
 import time
 from pathlib import Path
@@ -179,16 +180,25 @@ def test_environment_is_built_from_scratch(monkeypatch):
     }
 
 
-def test_work_folder_has_the_data_and_a_size_cap(tmp_path):
-    data = tmp_path / "data"
+def test_work_folder_has_the_data_read_only_and_a_size_cap(tmp_path):
+    # as a reference run's data folder is: made by tempfile (0700), a private file (0600)
+    data = Path(tempfile.mkdtemp(dir=tmp_path))
     (data / "sub").mkdir(parents=True)
     (data / "points.csv").write_text("x,y\n1,2\n")
     (data / "sub" / "more.txt").write_text("more")
+    (data / "helper.py").write_text("ANSWER = 42\n")
+    (data / "helper.py").chmod(0o600)
+    (data / "big.bin").write_bytes(b"d" * 12 * 2**20)  # more than the folder's 8 MiB cap
     seen = run_inside(
         """
+        seen["big"] = os.path.getsize("big.bin")
         seen["files"] = sorted(os.path.relpath(os.path.join(d, f)) for d, _, fs in os.walk(".")
                                for f in fs)
-        open("points.csv", "a").write("3,4\\n")  # a copy: the student may change it
+        seen["read"] = [open("points.csv").read(), open("sub/more.txt").read()]
+        import helper
+        seen["helper"] = helper.ANSWER
+        attempt("change", lambda: open("points.csv", "a").write("3,4\\n"))
+        attempt("remove", lambda: os.remove("sub/more.txt"))
         def fill(folder):
             with open(folder + "/big", "wb") as f:
                 for _ in range(64):
@@ -199,8 +209,13 @@ def test_work_folder_has_the_data_and_a_size_cap(tmp_path):
         data=data,
         workdir_mb=8,
     )
-    assert seen["files"] == ["points.csv", "sub/more.txt"]
+    assert seen["files"][:4] == ["big.bin", "helper.py", "points.csv", "sub/more.txt"]
+    assert seen["big"] == 12 * 2**20  # a bind, not a copy: the cap does not apply
+    assert seen["read"] == ["x,y\n1,2\n", "more"] and seen["helper"] == 42
+    assert seen["change"][0] in ("PermissionError", "OSError"), seen["change"]
+    assert seen["remove"][0] in ("PermissionError", "OSError"), seen["remove"]
     assert (data / "points.csv").read_text() == "x,y\n1,2\n"
+    assert (data / "sub" / "more.txt").is_file()
     assert seen["work"][0] == "OSError" and "No space left" in seen["work"][1]
     assert seen["tmp"][0] == "OSError" and "No space left" in seen["tmp"][1]
 

@@ -104,17 +104,16 @@ def main(argv: list[str] | None = None) -> int:
             print(f"dnncourse release: {error}", file=sys.stderr)
             return 1
         failed = False
-        for name, problems in results.items():
-            if problems:
+        for name, found in results.items():
+            if found.problems:
                 failed = True
                 print(f"{name}: FAILED validation", file=sys.stderr)
-                for problem in problems:
+                for problem in found.problems:
                     print(f"  - {problem}", file=sys.stderr)
             else:
-                print(
-                    f"{name}: released to exercises/{name} (solution full marks, stub zero, "
-                    "no leaks)"
-                )
+                print(f"{name}: released (solution full marks, stub zero, no leaks)")
+            for warning in found.warnings:
+                print(f"  warning: {warning}")
         return 1 if failed else 0
     if args.command == "doctor":
         return doctor()

@@ -4,9 +4,18 @@ import json
 import shutil
 import tempfile
 import zipfile
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from ..homework import ROOT_MARKERS, assignments, hidden_lines, release, repo_root
+from ..homework import (
+    ROOT_MARKERS,
+    assignments,
+    hidden_lines,
+    layout,
+    release,
+    repo_root,
+    shown_lines,
+)
 from . import reference
 from . import sandbox as sandboxes
 from .course import prepare
@@ -106,13 +115,31 @@ def grade(
     return results
 
 
-def _validate(root: Path, name: str, limits: Limits) -> list[str]:
-    """Problems with the released ``name``: solution below full marks, stub above zero, leaks."""
-    problems = []
-    secret = set()
-    for notebook in (root / "solutions" / name).glob("*.ipynb"):
+@dataclass
+class Validation:
+    """What the release validation of one assignment found: problems fail it, warnings not."""
+
+    problems: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def __bool__(self) -> bool:  # true when it failed, as a list of problems was
+        return bool(self.problems)
+
+
+def leaks(root: Path, name: str) -> list[str]:
+    """Solution or hidden-test lines (and nbgrader markers) found in the released folder.
+
+    A line that the instructor's notebook also shows outside those regions (in the statement,
+    a visible test, given code) is shown on purpose: not a leak.
+    """
+    lay = layout(root)
+    secret, public = set(), set()
+    for notebook in (root / lay.source / name).glob("*.ipynb"):
         secret |= hidden_lines(notebook)
-    for path in (root / "exercises" / name).rglob("*"):
+        public |= shown_lines(notebook)
+    secret -= public
+    problems = []
+    for path in sorted((root / lay.release / name).rglob("*")):
         if path.is_file():
             text = path.read_text(errors="replace")
             problems += [f"{path}: contains {m!r}" for m in ROOT_MARKERS if m in text]
@@ -122,34 +149,58 @@ def _validate(root: Path, name: str, limits: Limits) -> list[str]:
                 leaked = sorted(lines & secret)
                 if leaked:
                     problems.append(f"{path}: shows hidden lines, e.g. {leaked[0]!r}")
+    return problems
+
+
+def _validate(root: Path, name: str, limits: Limits) -> Validation:
+    """Problems with the released ``name`` (solution below full marks, stub above zero,
+    leaks); warnings (cells decided by asserts, points graded by hand)."""
+    lay = layout(root)
+    found = Validation(leaks(root, name))
+    problems = found.problems
     with tempfile.TemporaryDirectory() as tmp:
         subs = Path(tmp) / "submissions"
-        shutil.copytree(root / "solutions" / name, subs / "solution")
-        shutil.copytree(root / "exercises" / name, subs / "stub")
+        shutil.copytree(root / lay.source / name, subs / "solution")
+        shutil.copytree(root / lay.release / name, subs / "stub")
         try:
             graded = grade(
                 name, subs, Path(tmp) / "out", jobs=2, limits=limits, root=root, progress=False
             )
         except reference.ReferenceError as error:  # the solution fails its own tests
-            return [*problems, f"the solution cannot be the reference: {error}"]
+            problems.append(f"the solution cannot be the reference: {error}")
+            return found
         results = {r.student: r for r in graded}
     solution, stub = results["solution"], results["stub"]
+    auto = sum(c.max_points for c in solution.checks)  # the automatically graded points
+    earned = sum(c.points for c in solution.checks)
     if not solution.max_score:
         problems.append(f"{name} has no points")
-    if solution.status != Status.OK or solution.score != solution.max_score:
+    if solution.status != Status.OK or earned != auto:
         problems.append(
-            f"the solution scored {solution.score:g}/{solution.max_score:g} "
-            f"({solution.status}: {solution.detail})"
+            f"the solution scored {earned:g}/{auto:g} ({solution.status}: {solution.detail})"
         )
-    if stub.score != 0:
-        problems.append(f"the untouched stub scored {stub.score:g} (every test must fail)")
-    return problems
+    stub_score = sum(c.points for c in stub.checks)
+    if stub_score != 0:
+        problems.append(f"the untouched stub scored {stub_score:g} (every test must fail)")
+    asserted = [f"{c.notebook}/{c.grade_id}" for c in solution.checks if c.kind == "assert"]
+    if asserted:
+        found.warnings.append(
+            f"{len(asserted)} graded cell(s) record no probe and are decided by their asserts "
+            f"inside the student's process (forgeable, as in plain nbgrader): "
+            f"{', '.join(asserted)}; the instructor's guide shows how to make them probes"
+        )
+    if solution.max_score > auto:
+        found.warnings.append(
+            f"{solution.max_score - auto:g} of {solution.max_score:g} points are graded by hand "
+            "(written answers, tasks): not validated"
+        )
+    return found
 
 
 def release_and_validate(
     names: list[str] | None = None, root: Path | None = None, limits: Limits | None = None
-) -> dict[str, list[str]]:
-    """Regenerate ``exercises/`` for ``names`` (default: all) and validate each one."""
+) -> dict[str, Validation]:
+    """Regenerate the released folders of ``names`` (default: all) and validate each one."""
     root = repo_root() if root is None else root
     names = names or assignments(root)
     release(names, root)

@@ -1,7 +1,9 @@
 """The grading course: nbgrader's gradebook for the class, and the bundle the workers get.
 
-``prepare`` copies ``nbgrader_config.py`` and ``solutions/<assignment>/`` into
-``OUT/course/`` and runs ``nbgrader generate_assignment`` there once, with the gradebook at
+``prepare`` copies ``nbgrader_config.py`` and the assignment's source folder (the course's
+own layout, :func:`dnncourse.homework.layout`: ``solutions/<assignment>/`` here,
+``source/<assignment>/`` in most nbgrader courses) into ``OUT/course/`` and runs
+``nbgrader generate_assignment`` there once, with the gradebook at
 ``--db`` (default ``sqlite:///OUT/gradebook.db``; ``postgresql://...`` uses psycopg 3):
 nbgrader stores every cell of the instructor notebook, hidden tests and checksums included.
 :func:`make_bundle` packs what the workers need out of it (the released notebooks, the
@@ -21,12 +23,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import nbformat
+from nbgrader import utils as nbutils
 from nbgrader.api import Gradebook
 from sqlalchemy import create_engine, make_url, text
 from sqlalchemy.pool import NullPool
 
-from ..homework import assignments, nbgrader
+from ..homework import Layout, assignments, layout, nbgrader, scratch_course
 from .protocol import Bundle, Limits, Result
+from .verdict import is_test
 
 COURSE_ID = "dnncourse"
 LOCK_TIMEOUT = 300.0  # seconds to wait for another grading's hold on the gradebook
@@ -58,9 +62,17 @@ class Course:
     assignment: str
     db_url: str
     notebooks: list[str]  # notebook names (no .ipynb)
+    source: str = "solutions"  # the course's folders (homework.Layout)
+    release: str = "exercises"
+    course_id: str = COURSE_ID
+    ignore: tuple[str, ...] = Layout.ignore
+
+    @property
+    def layout(self) -> Layout:
+        return Layout(self.source, self.release, self.course_id, tuple(self.ignore))
 
     def release_notebook(self, name: str) -> nbformat.NotebookNode:
-        path = Path(self.root) / "exercises" / self.assignment / f"{name}.ipynb"
+        path = Path(self.root) / self.release / self.assignment / f"{name}.ipynb"
         return nbformat.read(path, as_version=4)
 
     @property
@@ -120,7 +132,7 @@ def db_lock(db_url: str, timeout: float = LOCK_TIMEOUT):
 @contextmanager
 def gradebook(course: Course, timeout: float = LOCK_TIMEOUT):
     """nbgrader's Gradebook, under the writer lock."""
-    with db_lock(course.db_url, timeout), Gradebook(course.db_url, COURSE_ID) as gb:
+    with db_lock(course.db_url, timeout), Gradebook(course.db_url, course.course_id) as gb:
         yield gb
 
 
@@ -156,15 +168,15 @@ def prepare(root: Path, assignment: str, out: Path, db_url: str | None = None) -
     """Generate ``assignment`` into the gradebook; returns the grading course."""
     refuse_grading_settings(root / "nbgrader_config.py")
     out.mkdir(parents=True, exist_ok=True)
-    source = root / "solutions" / assignment
+    lay = layout(root)
+    source = root / lay.source / assignment
     known = assignments(root)
     if assignment not in known:
-        raise ValueError(f"unknown assignment {assignment!r}; solutions/ holds {known}")
+        raise ValueError(f"unknown assignment {assignment!r}; {lay.source}/ holds {known}")
     course_dir = out / "course"
-    shutil.rmtree(course_dir / "solutions", ignore_errors=True)
-    (course_dir / "solutions").mkdir(parents=True, exist_ok=True)
-    shutil.copy2(root / "nbgrader_config.py", course_dir / "nbgrader_config.py")
-    shutil.copytree(source, course_dir / "solutions" / assignment)
+    shutil.rmtree(course_dir / lay.source, ignore_errors=True)
+    course_dir.mkdir(parents=True, exist_ok=True)
+    scratch_course(root, course_dir, assignment)
     db_url = database_url(db_url or f"sqlite:///{(out / 'gradebook.db').resolve()}")
     course = Course(
         root=str(course_dir.resolve()),
@@ -172,6 +184,10 @@ def prepare(root: Path, assignment: str, out: Path, db_url: str | None = None) -
         assignment=assignment,
         db_url=db_url,
         notebooks=sorted(p.stem for p in source.glob("*.ipynb")),
+        source=lay.source,
+        release=lay.release,
+        course_id=lay.course_id,
+        ignore=lay.ignore,
     )
     with db_lock(db_url):
         nbgrader(
@@ -180,6 +196,7 @@ def prepare(root: Path, assignment: str, out: Path, db_url: str | None = None) -
             assignment,
             "--force",
             f"--CourseDirectory.db_url={db_url}",
+            *lay.args(),
         )
     return course
 
@@ -193,7 +210,9 @@ def make_bundle(course: Course, limits: Limits | None = None, sandbox: bool = Tr
     files, cells = {}, {}
     for name in course.notebooks:
         solution = reference.solution_of(course, name)
-        records = reference.records(solution, reference.cache_of(course), limits, sandbox)
+        records = reference.records(
+            solution, reference.cache_of(course), limits, sandbox, course.layout
+        )
         files[f"reference/{name}.json"] = json.dumps(records, sort_keys=True).encode()
     for name in course.notebooks:
         files[f"release/{name}.ipynb"] = nbformat.writes(course.release_notebook(name)).encode()
@@ -214,10 +233,9 @@ def make_bundle(course: Course, limits: Limits | None = None, sandbox: bool = Tr
                 "grade_cells": {c.name: float(c.max_score) for c in notebook.grade_cells},
             }
     files["gradebook.json"] = json.dumps(cells, sort_keys=True).encode()
-    source = Path(course.root) / "solutions" / course.assignment
-    for extra in sorted(source.rglob("*")):  # data files, as nbgrader autograde copies them
-        if extra.is_file() and extra.suffix != ".ipynb":
-            files[f"data/{extra.relative_to(source).as_posix()}"] = extra.read_bytes()
+    source = Path(course.root) / course.source / course.assignment
+    for extra in reference.data_files(source, course.layout):  # as autograde copies them
+        files[f"data/{extra.relative_to(source).as_posix()}"] = extra.read_bytes()
     return Bundle(course.assignment, files)
 
 
@@ -229,26 +247,49 @@ def register(course: Course, students: list[str]) -> None:
             gb.update_or_create_submission(course.assignment, student)
 
 
+def _by_hand(graded: dict[str, bytes]) -> dict[tuple[str, str], float | None]:
+    """nbgrader's automatic score of each answer graded by hand (a written answer, a code
+    answer with points): 0 if left as released, else None (a person grades it); None for a
+    task (nbgrader's ``SaveAutoGrades`` never scores one)."""
+    scores = {}
+    for name, data in graded.items():
+        nb = nbformat.reads(data, as_version=4)
+        for cell in nb.cells:
+            if nbutils.is_task(cell):
+                scores[(name, cell.metadata.nbgrader["grade_id"])] = None
+            elif nbutils.is_grade(cell) and not is_test(cell):
+                gid = cell.metadata.nbgrader["grade_id"]
+                scores[(name, gid)] = nbutils.determine_grade(cell)[0]
+    return scores
+
+
 def save_result(course: Course, result: Result) -> tuple[float, float]:
     """Store the scores of ``result`` as ``SaveAutoGrades`` would; (score, max_score) back.
 
-    Each grade cell gets its ``auto_score`` (the check's points; zero for a cell without a
-    check, as for a notebook that could not be graded); a manual grade an instructor entered
-    stays and the cell is flagged for review, as nbgrader does. A cell held by the rules
-    (``Check.review``) is flagged too: the formgrader lists it as needing a manual grade.
+    Each graded test cell gets its ``auto_score`` (the check's points; zero for a cell
+    without a check, as for a notebook that could not be graded); an answer graded by hand
+    gets nbgrader's (zero if left as released, else none: it needs a manual grade); a manual
+    grade an instructor entered stays and the cell is flagged for review, as nbgrader does.
+    A cell held by the rules (``Check.review``) is flagged too: the formgrader lists it as
+    needing a manual grade.
     The graded notebooks go to ``course/autograded/<student>/<assignment>/``, where the
     formgrader looks.
     """
     points = {(c.notebook, c.grade_id): c.points for c in result.checks}
     held = {(c.notebook, c.grade_id) for c in result.checks if c.review}
+    by_hand = _by_hand(result.graded)
     with gradebook(course) as gb:
         gb.update_or_create_student(result.student)
         submission = gb.update_or_create_submission(course.assignment, result.student)
         for notebook in submission.notebooks:
             for grade in notebook.grades:
-                grade.auto_score = points.get((notebook.name, grade.name), 0.0)
+                key = (notebook.name, grade.name)
+                if key not in points and key in by_hand:
+                    grade.auto_score = by_hand[key]
+                else:
+                    grade.auto_score = points.get(key, 0.0)
                 grade.needs_manual_grade = (
-                    grade.manual_score is not None or (notebook.name, grade.name) in held
+                    grade.manual_score is not None or grade.auto_score is None or key in held
                 )
         gb.db.commit()
         submission = gb.find_submission(course.assignment, result.student)

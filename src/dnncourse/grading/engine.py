@@ -154,7 +154,7 @@ def complete(course: Course, bundle: Bundle, result: Result) -> Result:
     checked = {c.notebook for c in result.checks}
     checks = []
     for name in course.notebooks:
-        if name in checked:
+        if name in checked or name in result.graded:  # graded (maybe no test: all by hand)
             checks += [c for c in result.checks if c.notebook == name]
         elif name in cells:
             checks += zero_checks(name, cells[name], why)
@@ -495,6 +495,14 @@ def summary(results: list[Result], sandbox: bool | None = None) -> str:
         total = sum(r.score for r in results) / len(results)
         top = max(r.max_score for r in results)
         lines.append(f"{'all':<18}{len(results):>9}{total:>12.2f}  (of {top:g})")
+    kinds = {(c.notebook, c.grade_id): c.kind for r in results for c in r.checks}
+    asserted = sorted(f"{nb}/{gid}" for (nb, gid), kind in kinds.items() if kind == "assert")
+    if asserted:
+        lines.append(
+            f"graded cells: {len(kinds) - len(asserted)} decided by probes (outside the "
+            f"student's process), {len(asserted)} by their asserts inside it (forgeable, as "
+            f"in plain nbgrader): {', '.join(asserted)}"
+        )
     held = [r for r in results if r.review]
     if held:
         cells = sum(1 for r in held for c in r.checks if c.review)

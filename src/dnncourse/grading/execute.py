@@ -214,8 +214,9 @@ def execute(
 ) -> Execution:
     """Execute ``nb`` in place in the grading kernel (no verdict: see verdict.py).
 
-    With ``sandbox`` the kernel runs in a fresh sandbox whose working folder holds a copy of
-    ``data`` (the assignment's data files); without, it runs as the grader in ``cwd``.
+    With ``sandbox`` the kernel runs in a fresh sandbox whose working folder shows the
+    entries of ``data`` (the assignment's data files), read-only; without, it runs as the
+    grader in ``cwd``.
 
     A kernel that dies before it answers has run none of the student's code: that is the
     grader's failure, never the student's. It is started once more in a fresh sandbox, and

@@ -6,8 +6,8 @@ runs) that holds ``memory_limit_mb`` and ``file_limit_mb``. Before student code 
 launcher caps the kernel's address space (``RLIMIT_AS``) and the size of the files it writes,
 asks Linux to kill it when the grading worker dies, and preloads the libraries the homework
 uses. In a sandbox (``DNNCOURSE_SANDBOX``, see :mod:`dnncourse.grading.sandbox`) it first
-sets the process limit, drops to the sandbox's unprivileged user with no capabilities, and
-copies the assignment's data files into its working folder.
+sets the process limit and drops to the sandbox's unprivileged user with no capabilities
+(the assignment's data files are already in its working folder, read-only).
 
 Nothing in this process is trusted and nothing here decides a grade: hidden tests only
 *record* data (:mod:`dnncourse.grading.probe`), and the verdict is made by the worker
@@ -70,11 +70,11 @@ def drop_privileges(uid: int, gid: int) -> None:
 
 
 def prepare_sandbox(config: dict) -> None:
-    """Inside the sandbox, before anything else: process limit, identity, data files.
+    """Inside the sandbox, before anything else: process limit, identity.
 
     ``config`` (from :func:`dnncourse.grading.sandbox.launcher_config`): ``processes``
     (``RLIMIT_NPROC``, where no cgroup limits them), ``uid``/``gid`` to drop to (when bwrap
-    ran as root), ``data`` (a read-only folder copied into the working folder).
+    ran as root).
     """
     if config.get("processes"):
         n = int(config["processes"])
@@ -82,14 +82,6 @@ def prepare_sandbox(config: dict) -> None:
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     if config.get("uid") is not None:
         drop_privileges(int(config["uid"]), int(config["gid"]))
-    if config.get("data"):
-        import shutil
-
-        for entry in os.scandir(config["data"]):  # the working folder itself stays as it is
-            if entry.is_dir(follow_symlinks=False):
-                shutil.copytree(entry.path, entry.name, symlinks=True)
-            else:
-                shutil.copy(entry.path, entry.name, follow_symlinks=False)
 
 
 def _free_memory_before_tracebacks(shell) -> None:

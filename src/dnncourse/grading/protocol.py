@@ -184,6 +184,10 @@ class Check:
     # non-empty: a person must decide this cell (it scores 0 until then); the evidence of
     # :mod:`~dnncourse.grading.rules`, from closed sets (never the student's text)
     review: str = ""
+    # "probe": decided outside, from probe records; "assert": a cell without probes, scored
+    # as nbgrader scores it (its points if it ran without error), inside the student's
+    # process: forgeable, as in plain nbgrader
+    kind: str = "probe"
 
 
 @dataclass(frozen=True)
@@ -256,6 +260,11 @@ class Result:
         """The cells held for a person to decide, with the evidence ("" when none)."""
         return "; ".join(f"{c.grade_id}: {c.review}" for c in self.checks if c.review)
 
+    @property
+    def assert_score(self) -> float:
+        """The points of cells decided by asserts inside the student's process (forgeable)."""
+        return float(sum(c.points for c in self.checks if c.kind == "assert"))
+
     def row(self) -> dict:
         """The row of ``grades.csv``."""
         return {name: getattr(self, attr) for name, attr in _CSV.items()}
@@ -269,6 +278,7 @@ _CSV = {
     "status": "status",
     "detail": "detail",
     "seconds": "seconds",
+    "assert_score": "assert_score",
     "review": "review",
 }
 COLUMNS = list(_CSV)

@@ -3,13 +3,13 @@
 The expected value of every hidden check is what the instructor's solution records when its
 notebook runs through exactly the path a student's does (:func:`~dnncourse.grading.execute.
 execute`, the same kernel and limits). The records (:mod:`dnncourse.grading.probe`) are
-grouped by graded cell, checked (every graded cell records at least one probe, no name
-twice, nothing unreadable), and cached as JSON under ``OUT/reference/`` by the checksum of
-the solution notebook and its data files, of the probe module, of the torch version and of
-whether a GPU is present: a class is graded against one reference run, and regrading into
-the same ``OUT`` reuses it. Workers that need it at the same time wait on a file lock, so it
-is computed once. ``DNNCOURSE_REFERENCE_CACHE`` names one folder for every ``OUT`` instead
-(an instructor grading sections into separate folders; the test suite).
+grouped by graded cell, checked (no name twice, nothing unreadable; a cell without probes is
+a classic nbgrader test, decided by its asserts), and cached as JSON under ``OUT/reference/``
+by the checksum of the solution notebook and its data files, of the probe module, of the
+torch version and of whether a GPU is present: a class is graded against one reference run,
+and regrading into the same ``OUT`` reuses it. Workers that need it at the same time wait on
+a file lock, so it is computed once. ``DNNCOURSE_REFERENCE_CACHE`` names one folder for
+every ``OUT`` instead (an instructor grading sections into separate folders; the test suite).
 """
 
 import fcntl
@@ -23,6 +23,7 @@ from pathlib import Path
 
 import nbformat
 
+from ..homework import Layout
 from . import probe, verdict
 from .execute import execute
 from .protocol import Comparison, Limits, Status
@@ -32,14 +33,21 @@ class ReferenceError(RuntimeError):
     """The instructor's solution does not produce a usable reference (a bug to fix first)."""
 
 
-def data_files(solution: Path) -> list[Path]:
-    """The files beside the solution notebook that it may read (every non-notebook file)."""
-    return [p for p in sorted(solution.parent.rglob("*")) if p.is_file() and p.suffix != ".ipynb"]
+def data_files(folder: Path, layout: Layout | None = None) -> list[Path]:
+    """The files an assignment's notebooks may read: every file of its ``folder`` but
+    the notebooks and what the course's nbgrader ``ignore`` patterns leave out (``*.pyc``,
+    ``__pycache__``, ...), as ``nbgrader autograde`` copies them."""
+    layout = layout or Layout()
+    return [
+        p
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.suffix != ".ipynb" and not layout.ignored(p.relative_to(folder))
+    ]
 
 
-def checksum(solution: Path) -> str:
+def checksum(solution: Path, layout: Layout | None = None) -> str:
     h = hashlib.sha256(solution.read_bytes())
-    for extra in data_files(solution):
+    for extra in data_files(solution.parent, layout):
         h.update(extra.relative_to(solution.parent).as_posix().encode())
         h.update(hashlib.sha256(extra.read_bytes()).digest())
     h.update(Path(probe.__file__).read_bytes())
@@ -49,11 +57,10 @@ def checksum(solution: Path) -> str:
 
 
 def problems(records: dict[str, list[dict]]) -> list[str]:
-    """What makes these records unusable as a reference."""
+    """What makes these records unusable as a reference (a cell without probes is not:
+    it is a classic nbgrader test, decided by :func:`.verdict.by_asserts`)."""
     found = []
     for gid, recs in records.items():
-        if not recs:
-            found.append(f"{gid}: no hidden check recorded (a probe per graded cell at least)")
         names = [r["name"] for r in recs]
         found += [
             f"{gid}: probe {n!r} recorded twice" for n in sorted(set(names)) if names.count(n) > 1
@@ -82,18 +89,20 @@ def _opaque(value) -> bool:
     return False
 
 
-def run(solution: Path, limits: Limits, sandbox: bool = True) -> dict[str, list[dict]]:
+def run(
+    solution: Path, limits: Limits, sandbox: bool = True, layout: Layout | None = None
+) -> dict[str, list[dict]]:
     """Execute the solution notebook (with its folder's data files); its records by cell.
 
     It runs as a student's notebook does: in the sandbox (unless ``sandbox=False``), with the
-    data files copied into the kernel's working folder.
+    data files in the kernel's working folder, read-only (one copy, made here).
     """
     nb = nbformat.read(solution, as_version=4)
     for cell in nb.cells:
         if cell.cell_type == "code":
             cell.outputs, cell.execution_count = [], None
     with tempfile.TemporaryDirectory(prefix="dnncourse-reference-") as tmp:
-        for extra in data_files(solution):
+        for extra in data_files(solution.parent, layout):
             target = Path(tmp) / extra.relative_to(solution.parent)
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(extra, target)
@@ -121,18 +130,22 @@ def run(solution: Path, limits: Limits, sandbox: bool = True) -> dict[str, list[
 
 
 def records(
-    solution: Path, cache: Path, limits: Limits | None = None, sandbox: bool = True
+    solution: Path,
+    cache: Path,
+    limits: Limits | None = None,
+    sandbox: bool = True,
+    layout: Layout | None = None,
 ) -> dict[str, list[dict]]:
     """The reference records of ``solution``, from ``cache`` or computed once (locked)."""
     limits = limits or Limits()
     cache.mkdir(parents=True, exist_ok=True)
-    path = cache / f"{solution.stem}-{checksum(solution)}.json"
+    path = cache / f"{solution.stem}-{checksum(solution, layout)}.json"
     with open(cache / ".lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             if path.is_file():
                 return json.loads(path.read_text())
-            data = run(solution, limits, sandbox)
+            data = run(solution, limits, sandbox, layout)
             partial = path.with_suffix(f".{os.getpid()}.tmp")
             partial.write_text(json.dumps(data))
             partial.replace(path)
@@ -143,7 +156,7 @@ def records(
 
 def solution_of(course, name: str) -> Path:
     """The instructor's notebook ``name`` in the grading course."""
-    return Path(course.root) / "solutions" / course.assignment / f"{name}.ipynb"
+    return Path(course.root) / course.source / course.assignment / f"{name}.ipynb"
 
 
 def cache_of(course) -> Path:

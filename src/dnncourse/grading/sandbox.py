@@ -11,7 +11,9 @@ one on PATH) makes new pid, network, mount, ipc and uts namespaces and a root ho
   launcher and the probe API only, never the reference implementation of the homework;
 * private, empty, size-capped tmpfs folders: ``/tmp``, ``/dev/shm`` and HOME
   (``/home/student``), whose ``work`` folder is the kernel's working folder; the
-  assignment's data files are copied into it by the launcher from a read-only folder;
+  assignment's data files (images, CSV, a helper module, subfolders) are bound into it
+  read-only, entry by entry (:func:`share_data`): one copy per worker, never one per student,
+  and never counted against the folder's cap;
 * the per-kernel folder (connection file and ZMQ ``ipc://`` sockets), at its own path.
 
 The environment is built from scratch (``--clearenv``). Identity: run as root, bwrap keeps
@@ -39,7 +41,6 @@ NOBODY = 65534
 HOME = "/home/student"
 WORK = f"{HOME}/work"
 STUB = "/opt/dnncourse"  # the stub package's folder inside the sandbox (on PYTHONPATH)
-DATA = "/opt/assignment"  # the assignment's data files, read-only, copied into WORK
 ETC = (
     "ld.so.cache ld.so.conf ld.so.conf.d localtime alternatives fonts mime.types "
     "nsswitch.conf".split()
@@ -172,6 +173,42 @@ def _inside(path: Path, folder: Path) -> bool:
     return path == folder or folder in path.parents
 
 
+# -- the data files ---------------------------------------------------------------------------
+def data_entries(data: Path | None) -> list[Path]:
+    """The top-level entries of the data folder that the sandbox shows (no links). A folder
+    that is gone is returned itself: bwrap then refuses to start and names it (the kernel
+    did not start, a grader error, never the student's)."""
+    if data is None:
+        return []
+    if not data.is_dir():
+        return [data]
+    return [e for e in sorted(data.iterdir()) if not e.is_symlink()]
+
+
+_SHARED: set[tuple] = set()  # (path, inode, mtime) of the data folders made readable
+
+
+def share_data(data: Path | None) -> None:
+    """Make the data folder readable by the sandbox's user (once per folder and process).
+
+    The sandbox's user (65534) reads them through bind mounts that keep the host's owner and
+    mode: a folder made by ``tempfile`` (0700) or a file copied from a private one (0600),
+    owned by root, was unreadable there, and the kernel died at start. Folders get
+    ``a+rx``, files ``a+r``; nothing gets write access.
+    """
+    if data is None or not data.is_dir():
+        return
+    key = (data.resolve(), data.stat().st_ino, data.stat().st_mtime_ns)
+    if key in _SHARED:
+        return
+    for folder, dirs, files in os.walk(data):
+        for name in [*dirs, *files]:
+            path = Path(folder) / name
+            if not path.is_symlink():
+                path.chmod(path.stat().st_mode | (0o555 if path.is_dir() else 0o444))
+    _SHARED.add(key)
+
+
 # -- the command -------------------------------------------------------------------------------
 @dataclass
 class Layout:
@@ -223,7 +260,7 @@ class Options:
     """Per-kernel settings of the sandbox."""
 
     folder: Path  # the per-kernel folder (connection file, sockets), bound read-write
-    data: Path | None = None  # the assignment's data files, copied into WORK
+    data: Path | None = None  # the assignment's data files, bound read-only into WORK
     workdir_mb: float = 512
     processes: int = 256
     env: dict | None = None  # extra environment variables (threads, the guard's config)
@@ -257,14 +294,14 @@ def command(inner: list[str], options: Options, cgroup: Path | None = None) -> l
     args += lay.system
     args += ["--ro-bind", str(stub / "etc" / "passwd"), "/etc/passwd"]
     args += ["--ro-bind", str(stub / "etc" / "group"), "/etc/group"]
-    args += _dirs([*lay.interpreter, STUB, DATA], made)
+    args += _dirs([*lay.interpreter, STUB], made)
     for folder in lay.interpreter:
         args += ["--ro-bind", str(folder), str(folder)]
     for folder in lay.hidden:
         args += ["--tmpfs", str(folder), "--remount-ro", str(folder)]
     args += ["--ro-bind", str(stub / "python"), STUB]
-    if options.data is not None:
-        args += ["--ro-bind", str(options.data), DATA]
+    for entry in data_entries(options.data):  # read-only, inside the working folder
+        args += ["--ro-bind", str(entry), f"{WORK}/{entry.name}"]
     args += _dirs([options.folder], made)
     args += ["--bind", str(options.folder), str(options.folder)]
     for dev in sorted(Path("/dev").glob("nvidia*")):  # a GPU, where there is one
@@ -291,12 +328,11 @@ def command(inner: list[str], options: Options, cgroup: Path | None = None) -> l
 
 
 def launcher_config(options: Options, cgroup: Path | None) -> dict:
-    """What the kernel launcher does before student code (identity, processes, data)."""
+    """What the kernel launcher does before student code (identity, processes)."""
     return {
         "uid": NOBODY if privileged() else None,
         "gid": NOBODY if privileged() else None,
         "processes": None if cgroup is not None else options.processes,
-        "data": DATA if options.data is not None else None,
     }
 
 
@@ -309,6 +345,7 @@ class KernelBox:
         self.group = ProcessGroup(root, options.processes) if root else None
         options.folder.chmod(0o700)
         self.hand_over()
+        share_data(options.data)
 
     def hand_over(self) -> None:
         """Give the per-kernel folder and its files to the sandbox's user (when root)."""

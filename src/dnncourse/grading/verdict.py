@@ -12,9 +12,16 @@ written here ("max error 3.1e-02 where 1.0e-09 is allowed ... after 60 steps"): 
 quotes a string that came from the student's process. :func:`mark` then makes the outputs of
 the test cells agree with the checks (an error output for a failed cell, none for a passed
 one, the probe outputs removed) so that nbgrader's ``SaveAutoGrades`` stores the right score.
+
+A graded cell for which the instructor's solution recorded no probe is a classic nbgrader
+test (asserts, hidden or not): it is scored as nbgrader scores it (:func:`by_asserts`, with
+nbgrader's own ``determine_grade``: its points if it ran without an error or a line on
+stderr), and its check says ``kind="assert"``: decided inside the student's process, so a
+student who makes errors vanish there gets the points, exactly as in plain nbgrader.
 """
 
 import base64
+import builtins
 import math
 from dataclasses import dataclass
 
@@ -375,6 +382,43 @@ def judge(reference: dict, records: list[dict]) -> str | None:
 
 
 # -- per cell --------------------------------------------------------------------------------
+ERRORS = {
+    name
+    for name, value in vars(builtins).items()
+    if isinstance(value, type) and issubclass(value, BaseException)
+}
+
+
+def by_asserts(cell, notebook: str, stopped: str = "") -> Check:
+    """nbgrader's score of a test cell without probes (``Check.kind == "assert"``).
+
+    The message is made from closed sets (a built-in exception's name, never its text: a
+    hidden assert's message may quote the hidden expectation).
+    """
+    gid = cell.metadata.nbgrader["grade_id"]
+    points = float(cell.metadata.nbgrader.get("points", 0) or 0)
+    if cell.get("execution_count") is None and not cell.get("outputs"):
+        why = f"not run: the grading stopped earlier ({stopped})" if stopped else "not run"
+        return Check(notebook, gid, 0.0, points, False, why, kind="assert")
+    try:
+        score, _ = nbutils.determine_grade(cell)
+    except (ValueError, KeyError, TypeError):  # a partial grade above the points, say
+        score = 0.0
+    score = min(max(float(score or 0.0), 0.0), points)
+    errors = [o for o in cell.outputs if o.get("output_type") == "error"]
+    if errors:
+        name = errors[0].get("ename")
+        message = f"raised {name if name in ERRORS else 'an exception'}"
+    elif any(o.get("output_type") == "stream" and o.get("name") == "stderr" for o in cell.outputs):
+        message = "wrote to stderr, which nbgrader counts as a failure"
+    elif score < points:
+        message = f"its result gave partial credit ({score:g} of {points:g})"
+    else:
+        message = "ran without error"
+    message += " (decided by the cell's asserts, inside your notebook's process)"
+    return Check(notebook, gid, score, points, score == points, message, kind="assert")
+
+
 def decide(nb, reference: dict[str, list[dict]], notebook: str, stopped: str = "") -> list[Check]:
     """One :class:`Check` per graded test cell of the executed notebook ``nb``."""
     checks = []
@@ -384,10 +428,11 @@ def decide(nb, reference: dict[str, list[dict]], notebook: str, stopped: str = "
         gid = cell.metadata.nbgrader["grade_id"]
         points = float(cell.metadata.nbgrader.get("points", 0) or 0)
         expected = reference.get(gid) or []
+        if not expected:  # no probe: a classic nbgrader test
+            checks.append(by_asserts(cell, notebook, stopped))
+            continue
         records = probe_records(cell)
         failures = [why for ref in expected if (why := judge(ref, records))]
-        if not expected:
-            failures = ["the reference run recorded no hidden check for this cell"]
         if failures and stopped and not records:
             failures = [f"not run: the grading stopped earlier ({stopped})"]
         passed = not failures

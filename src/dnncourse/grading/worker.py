@@ -173,7 +173,7 @@ def grade_notebook(bundle: Path, task: Task, folder: Path, name: str) -> Graded:
         data = bundle / "data" if (bundle / "data").is_dir() else None
         if not sandbox and data is not None:  # the kernel runs in this folder, as the grader
             shutil.copytree(data, work, dirs_exist_ok=True)
-        # sandboxed, the data files are copied into the kernel's own capped work folder
+        # sandboxed, the data files are bound read-only into its working folder (no copy)
         run = execute(nb, work, limits, sandbox=sandbox, data=data)
     finally:
         shutil.rmtree(work, ignore_errors=True)

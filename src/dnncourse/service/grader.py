@@ -34,12 +34,12 @@ import threading
 import time
 from collections import defaultdict
 from dataclasses import dataclass
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 
 from ..grading.course import Course, make_bundle, prepare, refuse_grading_settings
 from ..grading.engine import EngineError, Session, check_scheduler, complete, store
 from ..grading.protocol import Bundle, Result, Task, failed
-from ..homework import hidden_lines
+from ..homework import hidden_lines, layout
 from .config import ServiceConfig
 
 MESSAGE_CHARS = 500
@@ -90,9 +90,13 @@ class Grader:
         self.session.close(kill=True)
 
     # -- assignments ---------------------------------------------------------------------------
+    def source(self, assignment: str) -> Path:
+        """The instructor's folder of ``assignment`` (the course's layout: nbgrader_config.py)."""
+        return self.config.root / layout(self.config.root).source / assignment
+
     def notebooks(self, assignment: str) -> list[str]:
         """The notebook names (no ``.ipynb``) of ``assignment``, as released."""
-        source = self.config.root / "solutions" / assignment
+        source = self.source(assignment)
         return sorted(p.stem for p in source.glob("*.ipynb"))
 
     def _prepare(self, assignment: str) -> Prepared:
@@ -110,7 +114,7 @@ class Grader:
             stamp.write_text(source)
         bundle = make_bundle(course, self.config.limits)  # the reference run: cached
         secret = set()
-        for notebook in (self.config.root / "solutions" / assignment).glob("*.ipynb"):
+        for notebook in (self.source(assignment)).glob("*.ipynb"):
             secret |= hidden_lines(notebook, min_length=12)
         return Prepared(course, bundle, secret)
 
@@ -118,7 +122,7 @@ class Grader:
         """What a prepared course depends on: the instructor's files and the gradebook URL."""
         h = hashlib.sha256(self.config.gradebook.encode())
         files = [self.config.root / "nbgrader_config.py"]
-        files += sorted((self.config.root / "solutions" / assignment).rglob("*"))
+        files += sorted((self.source(assignment)).rglob("*"))
         for path in files:
             if path.is_file():
                 h.update(str(path.relative_to(self.config.root)).encode() + b"\0")
