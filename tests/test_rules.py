@@ -511,6 +511,8 @@ def test_the_dashboard_and_its_grades_csv_show_held_cells():
         status="ok",
         detail="",
         checks_json=json.dumps([held, {"name": "test_b", "points": 3.0, "review": ""}]),
+        finished=1,
+        graded_at=datetime(2026, 1, 1),
     )
     user = SimpleNamespace(id=1, login="alice", name="Alice")
     sub.user = user
@@ -533,6 +535,9 @@ def test_the_dashboard_and_its_grades_csv_show_held_cells():
             max_score=10.0,
             user=None,
             csrf="",
+            questions=[],
+            extensions=[],
+            decided={"probe": ["nb/test_a", "nb/test_b"], "assert": []},
         )
     )
     look = page[page.index('id="look"') : page.index('id="students"')]
