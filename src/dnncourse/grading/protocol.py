@@ -189,6 +189,9 @@ class Check:
     max_points: float
     passed: bool
     message: str = ""  # written outside the sandbox; never student output or hidden source
+    # non-empty: a person must decide this cell (it scores 0 until then); the evidence of
+    # :mod:`~dnncourse.grading.rules`, from closed sets (never the student's text)
+    review: str = ""
     # "probe": decided outside, from probe records; "assert": a cell without probes, scored
     # as nbgrader scores it (its points if it ran without error), inside the student's
     # process: forgeable, as in plain nbgrader
@@ -261,6 +264,11 @@ class Result:
     graded: dict[str, bytes] = field(default_factory=dict)  # notebook -> graded .ipynb
 
     @property
+    def review(self) -> str:
+        """The cells held for a person to decide, with the evidence ("" when none)."""
+        return "; ".join(f"{c.grade_id}: {c.review}" for c in self.checks if c.review)
+
+    @property
     def assert_score(self) -> float:
         """The points of cells decided by asserts inside the student's process (forgeable)."""
         return float(sum(c.points for c in self.checks if c.kind == "assert"))
@@ -279,6 +287,7 @@ _CSV = {
     "detail": "detail",
     "seconds": "seconds",
     "assert_score": "assert_score",
+    "review": "review",
 }
 COLUMNS = list(_CSV)
 
