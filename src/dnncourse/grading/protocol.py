@@ -89,6 +89,14 @@ class Limits:
     probe_output_bytes: int = _limit(
         32 * 2**20, "bytes of the hidden tests' probe records, per notebook"
     )
+    message_bytes: int = _limit(
+        16 * 2**20, "bytes of one frame of a kernel message (larger: refused, output limit)"
+    )
+    grader_memory_mb: float | None = _limit(
+        1024.0,
+        "MiB the grading process may grow by while a kernel runs; then the kernel is killed "
+        "(output limit; 0: no limit)",
+    )
     processes: int = _limit(256, "processes of the student's sandbox")
     workdir_mb: float = _limit(512, "MiB of the sandbox's work folder")
     cpu_seconds: float | None = _limit(600.0, "seconds of CPU time of all the student's processes")
@@ -182,6 +190,9 @@ class Check:
     max_points: float
     passed: bool
     message: str = ""  # written outside the sandbox; never student output or hidden source
+    # non-empty: a person must decide this cell (it scores 0 until then); the evidence of
+    # :mod:`~dnncourse.grading.rules`, from closed sets (never the student's text)
+    review: str = ""
     # "probe": decided outside, from probe records; "assert": a cell without probes, scored
     # as nbgrader scores it (its points if it ran without error), inside the student's
     # process: forgeable, as in plain nbgrader
@@ -254,6 +265,11 @@ class Result:
     graded: dict[str, bytes] = field(default_factory=dict)  # notebook -> graded .ipynb
 
     @property
+    def review(self) -> str:
+        """The cells held for a person to decide, with the evidence ("" when none)."""
+        return "; ".join(f"{c.grade_id}: {c.review}" for c in self.checks if c.review)
+
+    @property
     def assert_score(self) -> float:
         """The points of cells decided by asserts inside the student's process (forgeable)."""
         return float(sum(c.points for c in self.checks if c.kind == "assert"))
@@ -272,6 +288,7 @@ _CSV = {
     "detail": "detail",
     "seconds": "seconds",
     "assert_score": "assert_score",
+    "review": "review",
 }
 COLUMNS = list(_CSV)
 

@@ -51,10 +51,11 @@ from nbgrader.preprocessors import (
 from nbgrader.preprocessors.base import NbGraderPreprocessor
 from traitlets import Dict
 
-from . import sanitize, verdict
+from . import rules, sanitize, verdict
 from .execute import execute
 from .feedback import feedback_page, notice_page
 from .protocol import Bundle, Check, Result, Status, Task, decode, encode, failed, zero_checks
+from .safe_html import safe_cells
 
 RESULT_PREFIX = "@@dnncourse-result "
 NO_SANDBOX = "graded without a sandbox (--no-sandbox)"
@@ -107,8 +108,18 @@ def verdict_of(bundle: Path, name: str, nb, run) -> list[Check]:
     expected = json.loads((bundle / "reference" / f"{name}.json").read_text())
     stopped = run.status if run.stopped_at is not None else ""
     checks = verdict.decide(nb, expected, name, stopped)
+    # the statement's rules, from the student's code (the kernel's recorders are evidence)
+    checks = rules.apply(checks, rules.analyze(nb, expected, modules=_data_modules(bundle)))
     verdict.mark(nb, checks)
     return checks
+
+
+def _data_modules(bundle: Path) -> set[str]:
+    """Modules the assignment's own files provide (a student may import them)."""
+    data = bundle / "data"
+    if not data.is_dir():
+        return set()
+    return {p.stem for p in data.iterdir() if p.suffix == ".py" or (p / "__init__.py").is_file()}
 
 
 def _released_tests(release) -> dict[str, str]:
@@ -169,6 +180,7 @@ def grade_notebook(bundle: Path, task: Task, folder: Path, name: str) -> Graded:
         shutil.rmtree(work, ignore_errors=True)
     checks = verdict_of(bundle, name, nb, run)
     nb, resources = LimitOutput().preprocess(nb, resources)
+    safe_cells(nb)  # the graded notebook is rendered unsanitized by nbgrader's formgrader
     page = feedback_page(nb, _released_tests(release), checks, resources)
     status = Status.RENAMED if renamed and run.status == Status.OK else run.status
     return Graded(status, notes + run.details, checks, page, nbformat.writes(nb).encode())
