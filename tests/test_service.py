@@ -59,7 +59,13 @@ RAISES = f"def cubic_gradients(x, y, coeffs):\n    raise ValueError({IMG_MESSAGE
 def _sub(i, created, score, state="graded", finished=None):
     finished = (state == "graded") if finished is None else finished
     return Submission(
-        id=i, user_id=1, created_at=created, score=score, state=state, finished=int(finished)
+        id=i,
+        user_id=1,
+        created_at=created,
+        score=score,
+        state=state,
+        finished=int(finished),
+        checks_json="[]",
     )
 
 
