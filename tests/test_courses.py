@@ -49,6 +49,16 @@ def test_the_layout_comes_from_the_courses_nbgrader_config(tmp_path):
     course = quickstart(tmp_path)
     theirs = layout(course)  # sets only course_id: nbgrader's default folders
     assert (theirs.source, theirs.release, theirs.course_id) == ("source", "release", "course101")
+    from dnncourse.service.config import ServiceConfig
+    from dnncourse.service.grader import Grader
+
+    nbgrader(course, "generate_assignment", "ps1")
+    grader = Grader(ServiceConfig(data=tmp_path / "data", root=course))  # dnncourse serve's
+    try:
+        assert grader.source("ps1") == course / "source" / "ps1"
+        assert grader.notebooks("ps1") == ["problem1", "problem2"]
+    finally:
+        grader.close()
     (course / "nbgrader_config.py").write_text(
         "c = get_config()\nc.CourseDirectory.source_directory = 'masters'\n"
         "c.CourseDirectory.release_directory = 'handouts'\n"
