@@ -66,7 +66,7 @@ def burst(server, link, args) -> int:
     clients = {}
     for login in logins:
         clients[login] = Client(server.url)
-        clients[login].signin(links[login], password=f"{login} password")
+        clients[login].signin(links[login], password=f"{login} hands in notebooks")
     good = notebook(correct=ALL)
     wrong = notebook(correct=ALL[1:], wrong=ALL[:1])
     deserved = {login: (10.0 if i % 2 == 0 else 5.0) for i, login in enumerate(logins)}

@@ -10,9 +10,15 @@ Set ``DNNCOURSE_REUSE_BOOK=1`` to check an existing ``_build/html`` without rebu
 
 from __future__ import annotations
 
+import functools
+import http.server
 import json
 import re
+import shlex
+import subprocess
 import sys
+import threading
+import venv
 from pathlib import Path
 
 import pytest
@@ -20,7 +26,8 @@ from book_site import HTML, ROOT, BookBuild, build_book, chapter_files, toc_file
 from bs4 import BeautifulSoup
 
 sys.path.insert(0, str(ROOT / "book" / "_ext"))
-from plain_notebook import MYST_MARKUP
+from dnncourse_book import WHEELS, wheel_name
+from plain_notebook import MYST_MARKUP, pytorch_doc_url
 
 pytestmark = pytest.mark.slow
 
@@ -146,6 +153,53 @@ def test_chapter_structure(book, name):
     assert re.match(r"\d+\.\s*\S", h1), f"{name}: chapter title is not numbered: {h1!r}"
 
 
+def _silent_solution_cells(main) -> list[str]:
+    """Code cells inside a solution whose output in the page is empty: '<solution id> #k'."""
+    silent = []
+    for solution in main.select(".solution"):
+        for k, cell in enumerate(solution.select("div.cell"), start=1):
+            outputs = cell.select(".cell_output")
+            shown = any(o.get_text(strip=True) or o.select("img, svg, table") for o in outputs)
+            if not shown:
+                silent.append(f"{solution.get('id', '?')} cell {k}")
+    return silent
+
+
+def test_silent_solution_cells_are_found():
+    """The check below can fail: a solution cell without output is reported, one with is not."""
+    html = """<article><div class="solution" id="s1">
+      <div class="cell"><div class="cell_input">x = 1</div></div>
+      <div class="cell"><div class="cell_input">print(x)</div>
+        <div class="cell_output"><pre>1</pre></div></div>
+      <div class="cell"><div class="cell_input">plot()</div>
+        <div class="cell_output"><img src="a.svg"/></div></div></div></article>"""
+    assert _silent_solution_cells(BeautifulSoup(html, "html.parser")) == ["s1 cell 1"]
+
+
+# Chapters whose solutions are still being given their output (issue 22, ch. 1-5 by
+# another engineer, at work in their own branch): remove an entry when it lands.
+SOLUTIONS_IN_PROGRESS = {
+    "book/04_sgd": "ex-sgd-batch-scheduler's code shows nothing yet (issue 22, ch. 1-5)",
+}
+
+
+def _solution_cases() -> list:
+    cases = []
+    for name in chapter_files():
+        reason = SOLUTIONS_IN_PROGRESS.get(name)
+        marks = [pytest.mark.xfail(reason=reason, strict=False)] if reason else []
+        cases.append(pytest.param(name, marks=marks, id=name))
+    return cases
+
+
+@pytest.mark.parametrize("name", _solution_cases())
+def test_solution_code_shows_its_evidence(book, name):
+    """Each code cell of an exercise solution prints or plots something in the built page
+    (what the solution's prose cites): a solution cell that only computes shows nothing."""
+    silent = _silent_solution_cells(article(page(name)))
+    assert not silent, f"{name}: solution code cells without output: {silent}"
+
+
 @pytest.mark.parametrize("name", chapter_files())
 def test_chapter_launch_and_download_buttons(book, name):
     soup = page(name)
@@ -192,7 +246,9 @@ def test_bibliography_lists_references(book):
     labels = [" ".join(e.select_one(".label").get_text().split()).strip("[]") for e in entries]
     odd = [label for label in labels if not re.fullmatch(r"\D+, \d{4}[a-z]?", label)]
     assert not odd, f"bibliography labels not in 'Author, Year' form: {odd[:5]}"
-    citations = article(page(chapter_files()[4])).select("a[href*='bibliography.html#']")
+    citations = article(page(chapter_files()[4])).select(
+        "a[href*='bibliography.html#']:not([href$='#reading-list'])"
+    )
     cited = {" ".join(a.get_text().split()) for a in citations}
     assert cited and cited <= set(labels), f"citations without a label: {cited - set(labels)}"
 
@@ -208,6 +264,95 @@ def test_downloaded_chapters_are_plain_notebooks(book):
         left = [m.group(0) for m in MYST_MARKUP.finditer(markdown)]
         assert not left, f"{name}: MyST in the download: {left[:5]}"
         assert "{solution" not in markdown and "```{" not in markdown, name
+        # the code of a solution is kept (collapsed), never dropped
+        source = (ROOT / f"{name}.md").read_text(encoding="utf8")
+        code = [c for c in nb["cells"][1:] if c["cell_type"] == "code"]
+        assert len(code) == len(CODE_CELL.findall(source)), f"{name}: code cells lost"
+        hidden = [c for c in code if c["metadata"].get("jupyter", {}).get("source_hidden")]
+        assert bool(hidden) == ("{solution-start}" in source), f"{name}: {len(hidden)} hidden"
+
+
+def _config() -> dict:
+    import yaml
+
+    return yaml.safe_load((ROOT / "_config.yml").read_text(encoding="utf8"))
+
+
+@pytest.mark.parametrize("name", chapter_files())
+def test_chapter_links_out(book, name):
+    """PyTorch's documentation at the first mention of each API; the reading list."""
+    main = article(page(name))
+    first: dict[str, object] = {}
+    for code in main.select("code"):
+        if code.find_parent("pre") or code.find_parent(class_=["cell", "pytorch-apis"]):
+            continue
+        found = pytorch_doc_url(code.get_text())
+        if found and found[0] not in first:
+            first[found[0]] = code
+    assert main.select("a.pytorch-doc"), f"{name}: no link to PyTorch's documentation"
+    for api, code in first.items():
+        link = code.find_parent("a", class_="pytorch-doc")
+        assert link is not None, f"{name}: the first mention of {api} is not a link"
+        assert link["href"] == pytorch_doc_url(api)[1]
+    assert main.select("a[href*='bibliography.html#reading-list']"), f"{name}: no reading list"
+    listed = main.select(".pytorch-apis a.pytorch-doc")
+    assert not {a.get_text() for a in listed} & set(first), "an API listed twice"
+
+
+def test_downloaded_notebook_installs_the_package_from_the_site(book, tmp_path):
+    """The install cell names the wheel the site serves under html.baseurl; that wheel
+    installs (from the built site, over HTTP) into a fresh venv and imports there."""
+    base = _config()["html"]["baseurl"].rstrip("/") + "/"
+    wheel = f"{WHEELS}/{wheel_name(ROOT)}"
+    assert (book.html / wheel).is_file(), f"the site does not serve {wheel}"
+    name = chapter_files()[0]
+    nb = json.loads((book.html / "_sources" / f"{name}.ipynb").read_text(encoding="utf8"))
+    setup = "".join(nb["cells"][0]["source"])
+    line = next(li.strip() for li in setup.splitlines() if li.strip().startswith("%pip"))
+    args = shlex.split(line)[2:]  # after "%pip install"
+    assert base + wheel in args, f"the install cell does not install the site's wheel: {line}"
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    handler = functools.partial(Quiet, directory=str(book.html))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        local = f"http://127.0.0.1:{server.server_address[1]}/"
+        fresh = tmp_path / "fresh"
+        venv.create(fresh, with_pip=True)
+        python = fresh / "bin" / "python"
+        pip = [str(python), "-m", "pip", "install", "--no-deps", "--no-index"]
+        proc = subprocess.run(
+            pip + [a.replace(base, local) for a in args],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    finally:
+        server.shutdown()
+    # the dependencies (torch, ...) from this interpreter's site-packages, after the
+    # fresh venv's own: the package itself must come from the wheel
+    purelib = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    ours = next(p for p in sys.path if p.endswith("site-packages"))
+    Path(purelib, "zz_dependencies.pth").write_text(ours + "\n")
+    check = (
+        "import dnncourse, matplotlib.pyplot as plt, pathlib, sys;"
+        "from dnncourse.training import fit_mlp;"
+        "plt.style.use('dnncourse.book');"
+        "print(pathlib.Path(dnncourse.__file__).resolve())"
+    )
+    proc = subprocess.run([str(python), "-c", check], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert Path(proc.stdout.strip()).is_relative_to(fresh.resolve()), proc.stdout
 
 
 def test_mathjax_is_served_locally(book):

@@ -250,7 +250,80 @@ display(Javascript("document.title = 'XSS_MARK js'"))
 display(SVG("<svg xmlns='http://www.w3.org/2000/svg'><script>XSS_MARK_svg()</script></svg>"))
 print("<script>XSS_MARK_print()</script>")
 """
-XSS_MARKDOWN = "Notes <script>XSS_MARK_md()</script> <img src=x onerror='XSS_MARK_img()'>"
+XSS_MARKDOWN = (
+    "Notes <script>XSS_MARK_md()</script> <img src=x onerror='XSS_MARK_img()'> "
+    "[a link](javascript:XSS_MARK_link()) [data](data:text/html,XSS_MARK_data)"
+)
+
+# issue 19: a function under test that has read the hidden tests tries to carry a line of
+# them out through everything the grader reads back from the kernel
+EXFILTRATE = {
+    "cubic_gradients": """\
+import builtins
+import inspect
+import itertools
+import json
+import linecache
+
+from IPython.display import display, publish_display_data
+
+_calls = itertools.count()
+
+
+def cubic_gradients(x, y, coeffs):
+    source = "".join(linecache.getlines(inspect.stack()[1].filename))
+    hidden = source.split("BEGIN HIDDEN TESTS")[-1].splitlines()
+    text = max((line.strip() for line in hidden if "END HIDDEN" not in line), key=len)
+    word = "".join(c if c.isalnum() else "_" for c in text)
+    number = int.from_bytes(text.encode(), "big")
+    codes = list(text.encode()[:6])
+    n = next(_calls)
+    if n == 0:
+        builtins.exfil = {"text": text, "word": word, "number": str(number)[:40],
+                          "codes": str(tuple(codes))[:-1]}
+        get_ipython().execution_count = number  # the prompt numbers
+        handle = display(text, display_id=True)
+        handle.update(text)
+        print(text)
+        tensor = {"dtype": text, "shape": codes, "device": text}
+        for name in ("the visible example", text):
+            publish_display_data({"application/vnd.dnncourse.probe+json": {
+                "v": 1, "name": name, "value": {"tensor": tensor}, "raised": word,
+                "check": {"kind": "close", "what": text}, "watched": [text],
+                "calls": {text: 1}}, "text/plain": text})
+        raise type(word[:200], (Exception,), {})(text)
+    if n == 1:
+        return text
+    if n == 2:
+        return torch.empty(codes, device="meta")
+    if n == 3:
+        return {text: 1.0, word: text}
+    return [0.0] * (number % 5000)
+""",
+}
+SHOW_EXFIL = "import builtins, json\n\nprint('EXFIL ' + json.dumps(builtins.exfil))"
+FLOODS = {  # each sends its flood, then writes a line the test finds in the graded notebook
+    "display_flood": """\
+from IPython.display import display
+handles = [display("small", display_id=True) for _ in range(30)]
+for handle in handles:
+    handle.update("x" * 1_000_000)
+""",
+    "comm_flood": """\
+ip = get_ipython()
+for i in range(30):
+    ip.kernel.session.send(ip.kernel.iopub_socket, "comm_open",
+        {"comm_id": f"c{i}", "target_name": "jupyter.widget",
+         "data": {"state": {"_model_name": "M", "value": "x" * 1_000_000}}},
+        parent=ip.kernel.get_parent())
+""",
+    "huge_traceback": """\
+try:
+    raise ValueError("x" * 40_000_000)
+finally:
+    print("armed: huge_traceback")
+""",
+}
 
 
 def targets(root: Path, subs: Path, out: Path, port: int, token: str) -> dict:
@@ -434,6 +507,14 @@ def build(folder: Path, target: dict | None = None) -> dict[str, tuple[float, st
     nb = notebook(correct=ALL[1:], replace=LEAK)
     nb["cells"].append(code(SHOW_LEAK, "leak-show"))
     put("linecache_leak", nb, 10)
+    nb = notebook(correct=ALL[1:3], replace=EXFILTRATE)  # fit_cubic uses the gradients
+    nb["cells"].append(code(SHOW_EXFIL, "exfil-show"))
+    put("exfiltrator", nb, 5)
+    for name, flood in FLOODS.items():  # last: a frame over the limit stops the run
+        armed = "" if name == "huge_traceback" else f"\nprint('armed: {name}')"
+        nb = notebook(correct=ALL)
+        nb["cells"].append(code(flood + armed, f"f-{name}"))
+        put(name, nb, 10, "output limit")
     if target is None:
         return expected
 
@@ -666,7 +747,7 @@ def test_a_hostile_class_gets_the_grades_it_deserves(graded):
     for student in expected:
         assert (out / "feedback" / student / f"{NAME}.html").is_file()
     autograded = out / "course" / "autograded"
-    for student in [*ATTACKS, "rebound_torch", "agreeable_tensor", "linecache_leak"]:
+    for student in [*ATTACKS, "rebound_torch", "agreeable_tensor", "linecache_leak", *FLOODS]:
         text = (autograded / student / HW / f"{NAME}.ipynb").read_text()
         assert f"armed: {student}" in text, f"the attack of {student} did not run"
     leaked = (autograded / "linecache_leak" / HW / f"{NAME}.ipynb").read_text()
@@ -741,6 +822,33 @@ def test_planted_code_daemons_and_gradebook_writes_reach_nobody(graded):
         hashlib.sha256(submitted.read_bytes()).digest()
         == hashlib.sha256(graded["victim"]).digest()
     ), "the victim's submission was overwritten"
+
+
+@pytest.mark.slow
+def test_hidden_tests_carried_in_a_record_reach_no_page(graded):
+    """The exfiltrator's line of the hidden tests, carried in every field of its records, an
+    exception's name, the prompt numbers and its outputs, is in no page, row or result."""
+    out = graded["out"]
+    graded_nb = out / "course" / "autograded" / "exfiltrator" / HW / f"{NAME}.ipynb"
+    sent = None
+    for cell in _read(graded_nb)["cells"]:
+        for output in cell.get("outputs", []):
+            text = "".join(output.get("text", ""))
+            if text.startswith("EXFIL "):
+                sent = json.loads(text[len("EXFIL ") :])
+    assert sent, "the exfiltrator did not run"
+    assert sent["text"] in hidden_test_lines(), "it had read a line of the hidden tests"
+    pages = [
+        (out / "feedback" / "exfiltrator" / f"{NAME}.html").read_text(),
+        (out / "results" / "exfiltrator.json").read_text(),
+        json.dumps(graded["rows"]["exfiltrator"]),
+    ]
+    for page in pages:
+        text = html.unescape(page)
+        for carried in (sent["text"], sent["word"], sent["number"], sent["codes"]):
+            assert carried not in text and json.dumps(carried)[1:-1] not in text, carried
+    counts = [c.get("execution_count") for c in _read(graded_nb)["cells"]]
+    assert max(c for c in counts if c) <= len(counts), "the grader numbers the prompts"
 
 
 class _Active(HTMLParser):

@@ -56,8 +56,11 @@ RAISES = f"def cubic_gradients(x, y, coeffs):\n    raise ValueError({IMG_MESSAGE
 
 
 # -- pieces without a server -------------------------------------------------------------------
-def _sub(i, created, score, state="graded"):
-    return Submission(id=i, user_id=1, created_at=created, score=score, state=state)
+def _sub(i, created, score, state="graded", finished=None):
+    finished = (state == "graded") if finished is None else finished
+    return Submission(
+        id=i, user_id=1, created_at=created, score=score, state=state, finished=int(finished)
+    )
 
 
 def test_policy_last_or_best_and_the_late_penalty():
@@ -82,6 +85,46 @@ def test_policy_last_or_best_and_the_late_penalty():
     assert grades.pick(subs, a).submission is late
     a.late_penalty = 0.6  # never below zero
     assert grades.pick(subs, a).score == 0.0
+
+
+def test_a_regrade_takes_the_submissions_that_count_or_could():
+    deadline = datetime(2026, 12, 1, 12, 0)
+    a = Assignment(name=HW, deadline=deadline, policy="last", late_penalty=None)
+    first = _sub(1, deadline - timedelta(hours=5), 9.0)
+    on_time = _sub(2, deadline - timedelta(hours=1), 4.0)
+    late = _sub(3, deadline + timedelta(hours=1), 10.0)
+    subs = [first, on_time, late]
+    # control: the old rule regraded each student's last submission, a late one that does
+    # not count; the one that counts kept the old tests' score
+    assert max(subs, key=lambda s: s.created_at) is late
+    assert grades.pick(subs, a).submission is on_time
+    assert grades.to_regrade(subs, a) == [on_time]
+    a.late_penalty = 0.1  # now the late one counts under "last"; the on-time one counted
+    assert grades.to_regrade(subs, a) == [late]
+    a.policy = "best"  # any may turn out best
+    assert grades.to_regrade(subs, a) == [first, on_time, late]
+    a.late_penalty = None
+    assert grades.to_regrade(subs, a) == [first, on_time]
+    a.policy = "last"  # the last that may count is not graded yet: it and the counting one
+    pending = _sub(4, deadline - timedelta(minutes=5), 0.0, state="queued")
+    assert grades.to_regrade([*subs, pending], a) == [pending, on_time]
+
+
+def test_a_manual_grade_counts_only_for_the_submission_the_gradebook_holds():
+    from types import SimpleNamespace
+
+    t = datetime(2026, 12, 1, 12, 0)
+    a = Assignment(name=HW, deadline=None, policy="best", late_penalty=None)
+    older, newer = _sub(1, t, 9.0), _sub(2, t + timedelta(hours=1), 4.0)
+    older.graded_at, newer.graded_at = t, t + timedelta(hours=1)  # the gradebook holds newer
+    alice = SimpleNamespace(id=1, login="alice", name="Alice")
+    (row,) = grades.rows([alice], [older, newer], a, 10.0, manual={"alice": 6.0})
+    assert (row["submission"], row["score"]) == (1, 9.0)  # best: older; manual is newer's
+    (row,) = grades.rows([alice], [older, newer], a, 10.0, manual={"alice": 9.5})
+    assert (row["submission"], row["score"]) == (1, 9.0)  # newer's 9.5 is not picked again
+    a.policy = "last"
+    (row,) = grades.rows([alice], [older, newer], a, 10.0, manual={"alice": 6.0})
+    assert (row["submission"], row["score"], row["raw_score"]) == (2, 6.0, 6.0)
 
 
 def test_histogram_counts_each_score_once():
@@ -145,7 +188,7 @@ def people(server):
     clients = {"prof": prof, "links": links}
     for name in ("alice", "bob", "mallory"):
         clients[name] = Client(server.url)
-        clients[name].signin(links[name], password=f"{name} password")
+        clients[name].signin(links[name], password=f"{name} hands in notebooks")
     clients["alice_sub"] = clients["alice"].submission_id(
         clients["alice"].upload(RELEASE.read_bytes())
     )
@@ -161,19 +204,64 @@ def test_sign_in_links_work_once_and_passwords_are_argon2_hashes(server, people)
     assert "httponly" in cookie and "samesite=lax" in cookie
     assert again.get(people["links"]["alice"][len(server.url) :]).status_code == 404
     assert again.login("alice", "wrong password").status_code == 401
-    assert again.login("nobody", "alice password").status_code == 401
-    assert again.login("alice", "alice password").status_code == 303
+    assert again.login("nobody", "alice hands in notebooks").status_code == 401
+    assert again.login("alice", "alice hands in notebooks").status_code == 303
     assert again.get("/assignments").status_code == 200
     hashes = [h for (h,) in query(server, "SELECT password_hash FROM users")]
     assert hashes and all(h.startswith("$argon2id$") for h in hashes if h)
-    assert not any("alice password" in (h or "") for h in hashes)
+    assert not any("alice hands in" in (h or "") for h in hashes)
+
+
+def test_no_secret_in_the_log_and_the_data_folder_is_private(server, people):
+    people["alice"].wait(people["alice_sub"])  # graded: feedback and gradebook written
+    log = server.log.read_text()
+    assert "GET /login HTTP/1.1" in log, "control: the access log is on"
+    assert "/signin/[hidden]" in log, "the sign-in requests were logged"
+    tokens = [link.rsplit("/", 1)[1] for link in people["links"].values()]
+    tokens.append(server.instructor.rsplit("/", 1)[1])
+    assert len(tokens) == 5 and not [t for t in tokens if t in log]
+    assert "hands in notebooks" not in log  # nor a password
+    # The data folder was made by the test (world-readable under its umask 022) and by the
+    # service: now nothing in it is open to another user of the machine.
+    control = server.data.parent / "made-by-the-test"
+    control.mkdir(exist_ok=True)
+    assert control.stat().st_mode & 0o077 == 0o055
+    assert server.data.stat().st_mode & 0o777 == 0o700
+    names = ["service.db", "secret_key", "gradebook.db", "submissions", "feedback"]
+    for name in names:
+        assert (server.data / name).stat().st_mode & 0o077 == 0, name
+    for folder in ("submissions", "feedback"):
+        for path in (server.data / folder).rglob("*"):
+            assert path.stat().st_mode & 0o077 == 0, path
+
+
+def test_a_service_that_cannot_listen_changes_nothing(tmp_path):
+    import socket
+    import subprocess
+
+    from service_harness import serve_command
+
+    from dnncourse.homework import tool_env
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        data = tmp_path / "data"
+        out = subprocess.run(
+            serve_command(data, port), cwd=ROOT, env=tool_env(), capture_output=True,
+            text=True, timeout=600,  # the CLI imports torch: slow on a loaded machine
+        )  # fmt: skip
+    assert out.returncode == 2 and f"cannot listen on 127.0.0.1:{port}" in out.stderr
+    assert not data.exists(), "nothing was created"
+    assert "signin" not in out.stdout + out.stderr
 
 
 def _paths(server, people) -> list[tuple[str, str]]:
     uid = query(server, "SELECT id FROM users WHERE login = 'alice'")[0][0]
     values = {
         "name": HW, "id": str(people["alice_sub"]), "uid": str(uid),
-        "notebook": NAME, "token": "not-a-token",
+        "notebook": NAME, "token": "not-a-token", "file": f"{NAME}.ipynb",
     }  # fmt: skip
     out = []
     for route in ROUTES:
@@ -212,6 +300,7 @@ def test_students_reach_only_their_own_submissions(server, people):
         f"/submissions/{sub}",
         f"/submissions/{sub}.json",
         f"/submissions/{sub}/feedback/{NAME}",
+        f"/submissions/{sub}/files/{NAME}.ipynb",
     ):
         response = bob.get(path)
         assert response.status_code == 404, path
@@ -242,7 +331,7 @@ def test_posts_without_the_csrf_token_are_refused(server, people):
     assert alice.get("/assignments").status_code == 200  # still signed in
     assert (
         Client(server.url)
-        .post("/login", {"login": "alice", "password": "alice password"}, csrf=False)
+        .post("/login", {"login": "alice", "password": "alice hands in notebooks"}, csrf=False)
         .status_code
         == 403
     )
@@ -285,7 +374,7 @@ def test_script_in_outputs_and_html_in_messages_never_run(server, people, driver
     assert not any("PWNED" in c["message"] for c in view["checks"])
     page = mallory.get(f"/submissions/{sub}").text
     assert "raised ValueError" in page and "PWNED-MSG" not in page
-    assert '<iframe sandbox=""' in page
+    assert '<iframe sandbox="allow-scripts"' in page  # without allow-same-origin
     # The attack ran: the graded notebook (stored for formgrader) holds the payload as HTML.
     graded = server.data / "grading" / HW / "course" / "autograded" / "mallory" / HW
     outputs = [
@@ -299,8 +388,10 @@ def test_script_in_outputs_and_html_in_messages_never_run(server, people, driver
     assert "<script>console.log('PWNED-RAN')" not in fb.text, "outputs shown as text only"
     assert "<b id='xss'>" not in fb.text
     assert "&lt;script&gt;console.log('PWNED-RAN')" in fb.text  # the cell's source, escaped
-    csp = fb.headers["content-security-policy"]
-    assert csp.startswith("sandbox;") and "script-src" not in csp and "default-src 'none'" in csp
+    csp = dict(d.strip().split(" ", 1) for d in fb.headers["content-security-policy"].split(";"))
+    assert csp["sandbox"] == "allow-scripts" and csp["default-src"] == "'none'"
+    scripts = csp["script-src"].split()  # the service's MathJax only: no inline, no other
+    assert scripts == [f"{server.url}/mathjax/", f"{server.url}/static/mathjax-config.js"]
     if driver is None:
         pytest.skip("chromium not installed: the headers and markup were checked")
     # Control: the output the notebook made, shown as HTML, runs (and the log shows it).
@@ -311,7 +402,7 @@ def test_script_in_outputs_and_html_in_messages_never_run(server, people, driver
     time.sleep(0.5)
     assert any("PWNED-RAN" in e["message"] for e in driver.get_log("browser")), "control"
     # The service's pages: neither the feedback frame nor the message table runs anything.
-    _browser_login(driver, server, "mallory", "mallory password")
+    _browser_login(driver, server, "mallory", "mallory hands in notebooks")
     driver.get(f"{server.url}/submissions/{sub}")
     _wait(driver, lambda: driver.execute_script(
         "const f = document.querySelector('iframe.feedback');"
@@ -452,8 +543,8 @@ def test_a_student_hands_in_in_the_browser_and_the_instructor_downloads_grades(
             f"needs {CHROMIUM} and {CHROMEDRIVER} (apt-get install chromium chromium-driver)"
         )
     driver.get(people["links"]["carol"])
-    driver.find_element("id", "password").send_keys("carol password")
-    driver.find_element("id", "again").send_keys("carol password")
+    driver.find_element("id", "password").send_keys("carol hands in notebooks")
+    driver.find_element("id", "again").send_keys("carol hands in notebooks")
     driver.find_element("id", "setpassword").click()
     _wait(driver, lambda: driver.current_url.endswith("/assignments"), 30)
     assert HW in driver.find_element("tag name", "table").text
@@ -495,12 +586,52 @@ def test_a_student_hands_in_in_the_browser_and_the_instructor_downloads_grades(
 
 
 def _instructor_in_browser(driver, server):
-    link = instructor_link(server.data, int(server.url.rsplit(":", 1)[1]), "prof")
+    link = instructor_link(server.data, int(server.url.rsplit(":", 1)[1]), "ta")
     driver.get(link)
-    driver.find_element("id", "password").send_keys("prof password")
-    driver.find_element("id", "again").send_keys("prof password")
+    driver.find_element("id", "password").send_keys("ta hands in notebooks")
+    driver.find_element("id", "again").send_keys("ta hands in notebooks")
     driver.find_element("id", "setpassword").click()
     _wait(driver, lambda: driver.current_url.endswith("/instructor"), 30)
+
+
+@pytest.mark.browser
+def test_in_the_browser_a_new_password_signs_out_other_browsers_and_guessing_is_paused(
+    server, people, driver
+):
+    if driver is None:
+        pytest.skip(f"needs {CHROMIUM} and {CHROMEDRIVER}")
+    bob = people["bob"]  # bob's other browser (httpx), signed in
+    assert bob.get("/assignments").status_code == 200
+    _browser_login(driver, server, "bob", "bob hands in notebooks")
+    driver.find_element("id", "account").click()
+    _wait(driver, lambda: driver.current_url.endswith("/account"), 30)
+    for field, text in (("current", "bob hands in notebooks"), ("password", "12345678"),
+                        ("again", "12345678")):  # fmt: skip
+        driver.find_element("id", field).send_keys(text)
+    driver.find_element("id", "change").click()
+    _wait(driver, lambda: "too easy to guess" in driver.page_source, 30)
+    new = "bob grades in the browser"
+    for field, text in (("current", "bob hands in notebooks"), ("password", new), ("again", new)):
+        driver.find_element("id", field).clear()
+        driver.find_element("id", field).send_keys(text)
+    driver.find_element("id", "change").click()
+    _wait(driver, lambda: driver.find_elements("id", "changed"), 30)
+    assert bob.get("/assignments").status_code == 303, "the other browser is signed out"
+    assert bob.login("bob", new).status_code == 303
+    _browser_logout(driver)
+    for i in range(5):  # five wrong passwords for one account, then the right one
+        driver.get(f"{server.url}/login")
+        driver.find_element("id", "login").send_keys("bob")
+        driver.find_element("id", "password").send_keys(f"wrong {i}")
+        driver.find_element("id", "signin").click()
+        _wait(driver, lambda: "Wrong id or password" in driver.page_source, 30)
+    driver.get(f"{server.url}/login")
+    driver.find_element("id", "login").send_keys("bob")
+    driver.find_element("id", "password").send_keys(new)
+    driver.find_element("id", "signin").click()
+    _wait(driver, lambda: "Too many wrong passwords for bob" in driver.page_source, 30)
+    assert driver.current_url.endswith("/login")
+    query(server, "DELETE FROM signin_failures")  # bob may sign in again (for later tests)
 
 
 def test_regrading_one_student_grades_again(server, people):
@@ -518,3 +649,92 @@ def test_regrading_one_student_grades_again(server, people):
     assert query(server, "SELECT version FROM assignments WHERE name = ?", HW) == [(2,)]
     dash = prof.get(f"/instructor/assignments/{HW}").text
     assert "<svg" in dash and "histogram" in dash
+
+
+@pytest.mark.browser
+def test_the_new_pages_in_the_browser(server, people, driver, tmp_path):
+    """Math typeset in the feedback; a student's hand-ins left and their own file; then
+    extensions, the per-question table, the audit log, links as CSV, dropping a student."""
+    if driver is None:
+        pytest.skip(f"needs {CHROMIUM} and {CHROMEDRIVER}")
+    people["alice"].wait(people["alice_sub"])  # graded: it counts, with its checks
+    _browser_login(driver, server, "alice", "alice hands in notebooks")
+    # the math of the statement is typeset, by the service's own MathJax, in the frame
+    stored = (server.data / "feedback" / str(people["alice_sub"]) / f"{NAME}.html").read_text()
+    assert r"$\hat y = a + bx" in stored and "cdnjs" in stored  # control: TeX, a CDN's script
+    driver.get(f"{server.url}/submissions/{people['alice_sub']}")
+    driver.switch_to.frame(driver.find_element("css selector", "iframe.feedback"))
+    _wait(driver, lambda: driver.execute_script(
+        "return document.querySelectorAll('.MathJax, .MathJax_Display').length"), 60)  # fmt: skip
+    assert r"$\hat y" not in driver.find_element("tag name", "body").text
+    loaded = driver.execute_script(
+        "return performance.getEntriesByType('resource').map(e => e.name)"
+    )
+    assert any("/mathjax/MathJax.js" in u for u in loaded) and not any(
+        "cdnjs" in u for u in loaded
+    )
+    driver.switch_to.default_content()
+    driver.get(f"{server.url}/assignments/{HW}")
+    assert driver.find_element("id", "left").text.endswith("left")
+    mine = driver.find_element("css selector", "a.own-file")
+    assert mine.text == f"{NAME}.ipynb"
+    mine.click()
+    stored = driver.downloads / f"{NAME}.ipynb"
+    _wait(driver, stored.is_file, 30)
+    assert stored.read_bytes() == RELEASE.read_bytes()  # alice handed in the release
+    _browser_logout(driver)
+
+    _instructor_in_browser(driver, server)
+    driver.get(f"{server.url}/instructor/assignments/{HW}")
+    questions = driver.find_element("id", "questions").text
+    assert "test_cubic_gradients" in questions and "test_fit_cubic" in questions
+    driver.find_element("id", "extension-student").send_keys("alice")
+    driver.find_element("id", "extension-deadline").send_keys("2030-01-02T03:04")
+    driver.find_element("id", "extension-save").click()
+    _wait(driver, lambda: "extension saved" in driver.page_source, 30)
+    assert "alice 2030-01-02 03:04 UTC" in driver.find_element("id", "extensions").text
+    driver.get(f"{server.url}/instructor")
+    roster = tmp_path / "roster.csv"
+    roster.write_text("student_id,name,email\ndave,Dave,dave@example.org\n")
+    driver.find_element("css selector", "#roster input[type=file]").send_keys(str(roster))
+    from selenium.webdriver.support.ui import Select
+
+    Select(driver.find_element("id", "links-as")).select_by_value("csv")
+    driver.find_element("css selector", "#roster button").click()
+    links = driver.downloads / "links.csv"
+    _wait(driver, links.is_file, 30)
+    with open(links) as f:
+        (row,) = list(csv.DictReader(f))
+    assert row["student_id"] == "dave" and "/signin/" in row["link"]
+    driver.get(f"{server.url}/instructor")
+    driver.find_element("id", "drop-dave").click()
+    _wait(driver, lambda: "dave dropped" in driver.page_source, 30)
+    assert not driver.find_elements("id", "drop-dave")
+    driver.find_element("id", "audit").click()
+    _wait(driver, lambda: driver.find_elements("id", "audit-log"), 30)
+    log = driver.find_element("id", "audit-log").text
+    assert "extension" in log and "drop dave" in log and "sign-in links for dave" in log
+    assert row["link"].rsplit("/", 1)[1] not in log
+    _browser_logout(driver)
+
+
+def test_a_manual_grade_of_the_submission_that_counts_reaches_grades_csv(server, people):
+    """An instructor grades by hand in formgrader (nbgrader's gradebook) after the grading."""
+    from nbgrader.api import Gradebook
+
+    prof, alice = people["prof"], people["alice"]
+    sub = alice.wait(people["alice_sub"])
+    assert sub["score"] == 0.0  # the stub, graded again by the regrade above
+    before = _grades(prof)["alice"]
+    assert (float(before["score"]), before["submission"]) == (0.0, str(people["alice_sub"]))
+    with Gradebook(f"sqlite:///{server.data / 'gradebook.db'}", "dnncourse") as gb:
+        grade = gb.find_grade("test_cubic_gradients", NAME, HW, "alice")
+        grade.manual_score = 2.5  # of 3
+        gb.db.commit()
+    # control: the service's own record of the submission still says 0
+    assert query(server, "SELECT score FROM submissions WHERE id = ?", people["alice_sub"]) == [
+        (0.0,)
+    ]
+    row = _grades(prof)["alice"]
+    assert (float(row["score"]), float(row["raw_score"])) == (2.5, 2.5)
+    assert "2.5 / 10" in prof.get(f"/instructor/assignments/{HW}").text

@@ -3,20 +3,27 @@
 No kernel runs here: the grader is replaced by a recorder (the one adapter makes that
 possible), so the queue's logic is checked fast: each submission graded exactly once, never
 two of one student's submissions of one assignment at once, work left ``grading`` by a crash
-redone at start, a regrade asked during a grading honoured after it, stored bytes checked
-against their checksum, and the hourly limit.
+redone at start, a regrade asked during a grading honoured after it (the grade staying on
+its previous value meanwhile), stored bytes checked against their checksum, the hourly limit,
+and fairness: one student holds no more than a fair share of the graders (with a control:
+the old queue let them hold all), the order interleaves students, a student sees their
+position.
 """
 
 import threading
 import time
 import warnings
+from collections import Counter, namedtuple
+from datetime import datetime, timedelta
 
 import pytest
 from sqlalchemy import select
 
 from dnncourse.grading.protocol import Check, Result, Status
+from dnncourse.service import grades
+from dnncourse.service import jobs as jobs_module
 from dnncourse.service.config import ServiceConfig
-from dnncourse.service.jobs import Jobs, RateLimited
+from dnncourse.service.jobs import Jobs, RateLimited, fair_order
 from dnncourse.service.models import GRADED, GRADING, Assignment, Submission, User, open_db
 
 NB = "hw1_polynomial_gradients.ipynb"
@@ -187,5 +194,112 @@ def test_the_hourly_limit_counts_hand_ins_and_says_when(setup):
     with pytest.raises(RateLimited, match=r"limit is 3 per hour.*again at \d\d:\d\d UTC"):
         hand_in(sessions, jobs, "ann", b"v")
     hand_in(sessions, jobs, "ben", b"v")  # another student is not limited
+    _assignments(sessions, "hw2")  # nor ann in another assignment (the limit is per assignment)
     with sessions() as db:
-        assert len(db.scalars(select(Submission)).all()) == 4
+        ann = db.scalar(select(User).where(User.login == "ann"))
+        jobs.submit(db, ann, db.get(Assignment, "hw2"), {NB: b"v"})
+    with sessions() as db:
+        assert len(db.scalars(select(Submission)).all()) == 5
+
+
+# -- fairness ----------------------------------------------------------------------------------
+def _assignments(sessions, *names):
+    with sessions() as db:
+        for name in names:
+            db.add(Assignment(name=name, per_hour=3, policy="last"))
+        db.commit()
+
+
+def _held(grader, seconds=10.0) -> Counter:
+    """Who holds the graders once they are all busy (the gate keeps them busy)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and len(grader.active) < 3:
+        time.sleep(0.02)
+    time.sleep(0.3)  # nobody takes a fourth
+    with grader.lock:
+        return Counter(student for student, _ in grader.active)
+
+
+def test_one_student_holds_no_more_than_a_fair_share_of_the_graders(setup):
+    sessions, jobs, grader = setup
+    _assignments(sessions, "hw2", "hw3")
+    grader.gate.clear()  # notebooks that sleep: each holds its grader
+    for name in ("hw1", "hw2", "hw3"):  # ann first, in three assignments
+        with sessions() as db:
+            ann = db.scalar(select(User).where(User.login == "ann"))
+            jobs.submit(db, ann, db.get(Assignment, name), {NB: b"s" * 10})
+    hand_in(sessions, jobs, "ben", b"b" * 10)
+    hand_in(sessions, jobs, "cal", b"c" * 10)
+    jobs.start()
+    assert _held(grader) == {"ann": 1, "ben": 1, "cal": 1}  # 3 graders, 3 students
+    grader.gate.set()
+
+
+def test_without_the_fair_share_one_student_holds_every_grader_control(setup, monkeypatch):
+    """Control (the old queue: oldest first, one per student and assignment)."""
+    sessions, jobs, grader = setup
+    monkeypatch.setattr(jobs_module, "fair_order", lambda queued, busy: list(queued))
+    monkeypatch.setattr(Jobs, "_share", lambda self, students: 10**6)
+    _assignments(sessions, "hw2", "hw3")
+    grader.gate.clear()
+    for name in ("hw1", "hw2", "hw3"):
+        with sessions() as db:
+            ann = db.scalar(select(User).where(User.login == "ann"))
+            jobs.submit(db, ann, db.get(Assignment, name), {NB: b"s" * 10})
+    hand_in(sessions, jobs, "ben", b"b" * 10)
+    jobs.start()
+    assert _held(grader) == {"ann": 3}
+    grader.gate.set()
+
+
+def test_the_order_interleaves_students_and_a_student_sees_their_position(setup):
+    sessions, jobs, _ = setup
+    t0 = datetime(2026, 12, 1, 12, 0)
+    Row = namedtuple("Row", "id user_id assignment queued_at")
+    rows = [Row(i, user, "hw1", t0 + timedelta(seconds=i)) for i, user in
+            enumerate(["ann", "ann", "ann", "ben", "cal", "ben"])]  # fmt: skip
+    order = [(r.user_id, r.id) for r in fair_order(rows, Counter())]
+    assert order == [("ann", 0), ("ben", 3), ("cal", 4), ("ann", 1), ("ben", 5), ("ann", 2)]
+    assert [r.id for r in rows] == sorted(r.id for r in rows)  # control: the old order
+    busy = [(r.user_id, r.id) for r in fair_order(rows, Counter(ann=1))]
+    assert busy[:3] == [("ben", 3), ("cal", 4), ("ann", 0)]  # ann is grading: one round later
+
+    ids = [hand_in(sessions, jobs, login, b"p" * 10) for login in ("ann", "ann", "ben")]
+    with sessions() as db:
+        assert [jobs.position(db, i) for i in ids] == [(0, None), (2, None), (1, None)]
+        db.add(Submission(user_id=db.scalar(select(User.id).where(User.login == "cal")),
+                          assignment="hw1", folder="x", files_json="[]", checksum="",
+                          state=GRADED, finished=1, seconds=6.0, graded_at=t0))  # fmt: skip
+        db.commit()
+        # 2 ahead, 3 graders: one round of about 6 s before it, then its own
+        assert jobs.position(db, ids[1]) == (2, 6.0)
+
+
+def test_during_a_regrade_the_grade_stays_on_its_previous_value(setup):
+    sessions, jobs, grader = setup
+    first = hand_in(sessions, jobs, "ann", b"x" * 10)  # scores 10
+    second = hand_in(sessions, jobs, "ann", b"x" * 5)  # scores 5: counts under "last"
+    jobs.start()
+    wait_graded(sessions, [first, second])
+
+    def counted():
+        with sessions() as db:
+            subs = db.scalars(select(Submission)).all()
+            chosen = grades.pick(list(subs), db.get(Assignment, "hw1"))
+            return chosen.submission.id, chosen.score, chosen.submission.state
+
+    assert counted() == (second, 5.0, GRADED)
+    grader.gate.clear()
+    with sessions() as db:
+        jobs.regrade(db, db.get(Assignment, "hw1"), [second])
+    deadline = time.monotonic() + 30
+    while len(grader.calls) < 3:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    assert counted() == (second, 5.0, GRADING)  # not the older 10 while it is graded again
+    with sessions() as db:  # control: the old rule (graded rows only) fell back to the first
+        subs = db.scalars(select(Submission).where(Submission.state == GRADED)).all()
+        assert [s.id for s in subs] == [first]
+    grader.gate.set()
+    wait_graded(sessions, [second])
+    assert counted() == (second, 5.0, GRADED) and grader.calls[-1][2] == 2

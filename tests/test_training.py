@@ -12,12 +12,14 @@ import torch
 from torch import nn
 
 import dnncourse
+from dnncourse.models import mlp
 from dnncourse.training import (
     Callback,
     History,
     accuracy,
     evaluate,
     fit_classifier,
+    fit_mlp,
     sampled_batches,
     shuffled_batches,
     snapshot,
@@ -560,3 +562,114 @@ def test_fit_classifier_batch_order_comes_from_the_generator():
 
     assert run(0) == run(0)
     assert run(0) != run(1)
+
+
+def _classification_data(seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    X = torch.randn(24, 4, dtype=torch.float64, generator=gen)
+    return X, torch.randint(3, (24,), generator=gen)
+
+
+@pytest.mark.parametrize("interval", ["epoch", "batch"])
+def test_fit_classifier_builds_and_steps_the_scheduler_from_its_factory(interval):
+    """make_scheduler(optimizer): the steps of torch.optim.SGD driven by the same StepLR."""
+    X, y = _classification_data()
+    torch.manual_seed(0)
+    model = nn.Linear(4, 3).double()
+    reference = nn.Linear(4, 3).double()
+    reference.load_state_dict(model.state_dict())
+    score = fit_classifier(
+        model,
+        lambda params: torch.optim.SGD(params, lr=0.4),
+        (X, y),
+        (X, y),
+        num_epochs=4,
+        batch_size=12,
+        make_scheduler=lambda opt: torch.optim.lr_scheduler.StepLR(opt, 1, gamma=0.5),
+        scheduler_interval=interval,
+        generator=torch.Generator().manual_seed(3),
+        device=CPU,
+    )
+    opt = torch.optim.SGD(reference.parameters(), lr=0.4)
+    sched = torch.optim.lr_scheduler.StepLR(opt, 1, gamma=0.5)
+    gen = torch.Generator().manual_seed(3)
+    for _ in range(4):
+        for idx in shuffled_batches(len(X), 12, gen):
+            opt.zero_grad()
+            nn.CrossEntropyLoss()(reference(X[idx]), y[idx]).backward()
+            opt.step()
+            if interval == "batch":
+                sched.step()
+        if interval == "epoch":
+            sched.step()
+    torch.testing.assert_close(model.weight, reference.weight)
+    per_epoch = 2 if interval == "batch" else 1  # two batches of 12 per epoch
+    assert score.history.lr == [0.4 * 0.5 ** (per_epoch * k) for k in range(4)]
+    constant = fit_classifier(
+        nn.Linear(4, 3).double(),
+        lambda params: torch.optim.SGD(params, lr=0.4),
+        (X, y),
+        (X, y),
+        num_epochs=4,
+        generator=torch.Generator(),
+        device=CPU,
+    )
+    assert constant.history.lr == [0.4] * 4, "without a factory the rate stays constant"
+
+
+def test_fit_classifier_refuses_a_scheduler_object():
+    """A scheduler object is bound to an optimizer fit_classifier has not built yet."""
+    X, y = _classification_data()
+    model = nn.Linear(4, 3).double()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(TypeError, match="make_scheduler"):
+        fit_classifier(
+            model,
+            lambda params: opt,
+            (X, y),
+            (X, y),
+            num_epochs=1,
+            scheduler=torch.optim.lr_scheduler.StepLR(opt, 1),
+            generator=torch.Generator(),
+            device=CPU,
+        )
+
+
+def test_fit_mlp_seeds_the_network_and_the_batches_from_one_seed():
+    """fit_mlp(seed=s) is mlp(generator=seed s) + fit_classifier(generator=seed s)."""
+    X, y = _classification_data()
+    X, Xv = X.float(), X[:8].float()
+    sgd = lambda params: torch.optim.SGD(params, lr=0.3)  # noqa: E731
+    state = torch.get_rng_state()
+    model, score = fit_mlp(
+        [4, 8, 3], sgd, (X, y), (Xv, y[:8]), num_epochs=3, batch_size=8, seed=5, device=CPU
+    )
+    assert torch.equal(torch.get_rng_state(), state), "fit_mlp touched the global RNG"
+    expected = mlp([4, 8, 3], generator=torch.Generator().manual_seed(5))
+    reference = fit_classifier(
+        expected,
+        sgd,
+        (X, y),
+        (Xv, y[:8]),
+        num_epochs=3,
+        batch_size=8,
+        generator=torch.Generator().manual_seed(5),
+        device=CPU,
+    )
+    for ours, theirs in zip(model.parameters(), expected.parameters(), strict=True):
+        torch.testing.assert_close(ours, theirs)
+    assert score.history.batch_loss == reference.history.batch_loss
+    _, other = fit_mlp(
+        [4, 8, 3], sgd, (X, y), (Xv, y[:8]), num_epochs=3, batch_size=8, seed=6, device=CPU
+    )
+    assert other.history.batch_loss != score.history.batch_loss, "the seed changes the run"
+    normalized, _ = fit_mlp(
+        [4, 8, 3],
+        sgd,
+        (X, y),
+        (Xv, y[:8]),
+        num_epochs=1,
+        mlp_options={"norm": nn.BatchNorm1d},
+        device=CPU,
+    )
+    assert isinstance(normalized[1], nn.BatchNorm1d), "mlp_options reach mlp"

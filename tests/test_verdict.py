@@ -69,7 +69,7 @@ def test_the_check_comes_from_the_reference_never_from_the_student(capsys):
     assert why is not None and "forged" not in why
     forged = {**mine, "value": ref["value"]}  # a forged record passes with the right value only
     assert V.judge(ref, [forged]) is None
-    assert "reported 2 times" in V.judge(ref, [forged, forged])
+    assert "reported more than once" in V.judge(ref, [forged, forged])
     assert "did not report" in V.judge(ref, [{**forged, "name": "other"}])
 
 
@@ -150,3 +150,117 @@ def test_a_cell_passes_iff_every_reference_probe_matches(capsys):
     assert "(first)" in check.message
     V.mark(nb, [check])
     assert [o.output_type for o in cell.outputs] == ["error"], "probe outputs removed"
+
+
+# -- issue 19: a student's record carries the hidden tests out? ---------------------------------
+def _text_carriers(secret: str) -> dict:
+    """Student records (for a reference record named "p") that carry ``secret`` in a field,
+    in a key or in the record's structure: what a function under test can write once it has
+    read the hidden test with ``linecache``."""
+    word = "".join(c if c.isalnum() else "_" for c in secret)  # an identifier of the text
+    codes = list(secret.encode())
+    big = int.from_bytes(secret.encode(), "big")
+    tensor = {"dtype": "float64", "shape": [3], "device": "cpu"}
+    return {
+        "name": {"name": "p" + secret},
+        "raised": {"raised": word},
+        "raised str": {"raised": secret},
+        "value str": {"value": {"str": secret}},
+        "value kind": {"value": {word: secret}},
+        "object type": {"value": {"object": word}},
+        "unreadable type": {"value": {"unreadable": word}},
+        "dtype": {"value": {"tensor": {**tensor, "dtype": secret}}},
+        "dtype word": {"value": {"tensor": {**tensor, "dtype": word}}},
+        "device": {"value": {"tensor": {**tensor, "device": secret}}},
+        "shape codes": {"value": {"tensor": {**tensor, "shape": codes, "device": "meta"}}},
+        "shape few codes": {"value": {"tensor": {**tensor, "shape": codes[:4], "device": "meta"}}},
+        "shape number": {"value": {"tensor": {**tensor, "shape": [big], "device": "meta"}}},
+        "shape text": {"value": {"tensor": {**tensor, "shape": [secret]}}},
+        "dict keys": {"value": {"dict": [[secret, 1.0], [word, {"str": secret}]]}},
+        "nesting": {"value": {"seq": [{"seq": [{"str": c}]} for c in secret]}},
+        "length": {"value": {"seq": [0.0] * (big % 100_000 + 2000)}},
+        "calls": {"calls": {secret: 1, word: secret}},
+        "watched": {"watched": [secret, word]},
+        "check": {"check": {"kind": secret, "what": secret, "rtol": secret}},
+        "extra field": {word: secret, "v": secret},
+        "too large": {"value": {"too_large": big}},
+    }
+
+
+SECRETS = (  # two lines of a hidden test, the same length
+    "assert torch.allclose(cubic_gradients(x, y, c), want)",
+    "probe('float64, 7 points', lambda: f(x), rtol=1e-10)x",
+)
+
+
+def _messages(capsys, secret: str) -> dict:
+    """Each carrier judged against references of every kind (tensor, meta tensor, number,
+    string, list, dict, an exception expected, a sample, a pattern)."""
+    references = {
+        "tensor": P.record("p", torch.ones(3, dtype=torch.float64)),
+        "meta": P.record("p", torch.empty(3, dtype=torch.float64, device="meta")),
+        "number": P.record("p", 1.0),
+        "string": P.record("p", "ok"),
+        "list": P.record("p", [1.0, 2.0]),
+        "dict": P.record("p", {"a": 1.0}),
+        "raises": P.record("p", raised="ValueError"),
+        "ks": P.record("p", torch.rand(50, dtype=torch.float64), kind="ks"),
+        "pattern": P.record("p", [1.0, 1.0, 2.0], kind="pattern"),
+    }
+    capsys.readouterr()
+    got = {}
+    for kind, ref in references.items():
+        base = {**ref, "raised": None, "calls": {}, "watched": []}
+        for label, fields in _text_carriers(secret).items():
+            got[kind, label] = V.judge(ref, [{**base, **fields}])
+    return got
+
+
+def test_no_field_of_a_students_record_carries_text_into_a_message(capsys):
+    """Every field, key and nesting of a record carrying a hidden test's line: the messages
+    are the same whichever line was carried (so they carry none of it), and never quote it."""
+    first, second = (_messages(capsys, s) for s in SECRETS)
+    assert first == second, {k: (first[k], second[k]) for k in first if first[k] != second[k]}
+    assert sum(m is not None for m in first.values()) > 0.8 * len(first)
+    for key, message in first.items():
+        if message is None:  # a field the verdict ignores (the value is the reference's)
+            continue
+        assert len(message) <= V.MAX_FAILURE
+        for secret in SECRETS:
+            words = [w for w in secret.replace("(", " ").replace(")", " ").split() if len(w) > 4]
+            assert not [w for w in words if w in message], (key, message)
+
+
+def test_numbers_from_the_students_values_are_rounded_to_a_closed_set(capsys):
+    """Values that encode text (the bytes of a hidden line) show up as one digit."""
+    secret = SECRETS[0].encode()
+    ref = P.record("p", torch.zeros(len(secret), dtype=torch.float64))
+    got = P.record("p", torch.tensor(list(secret), dtype=torch.float64) * 1.2345)
+    capsys.readouterr()
+    message = V.judge(ref, [got])
+    import re
+
+    error = re.search(r"max error (\S+) where", message).group(1)
+    assert re.fullmatch(r"\d(e[+-]\d\d)?", error), message
+    assert V.shown_number(123.456) == "1e+02" and V.shown_number(0.5) == "0.5"
+
+
+def test_a_cells_message_is_capped(capsys):
+    ref = [P.record(f"p{i}" + "x" * 500, 1.0) for i in range(10)]
+    capsys.readouterr()
+    cell = nbformat.v4.new_code_cell("test")
+    cell.metadata["nbgrader"] = {"grade": True, "grade_id": "t", "points": 2, "locked": True}
+    nb = nbformat.v4.new_notebook(cells=[cell])
+    (check,) = V.decide(nb, {"t": ref}, "nb")
+    assert not check.passed and len(check.message) <= V.MAX_MESSAGE
+
+
+def test_the_guide_states_the_caps_of_a_message():
+    from pathlib import Path
+
+    guide = Path(__file__).resolve().parents[1] / "book" / "instructors.md"
+    text = " ".join(guide.read_text().split())
+    assert f"a count up to {V.MAX_COUNT}" in text
+    assert f"cut at {V.MAX_FAILURE} characters, a cell's message at {V.MAX_MESSAGE:,}" in text
+    assert "an exception's name only from Python's built-in ones" in text
+    assert {"OutOfMemoryError", "ValueError", "StopIteration"} <= V.EXCEPTIONS

@@ -9,8 +9,12 @@ Chapters are MyST markdown notebooks. sphinx-book-theme already offers the execu
   ``dnncourse_notebooks_branch``; the publishing workflow pushes the downloadable
   notebooks (``_build/html/_sources/**/*.ipynb``) there.
 * Colab (or any machine) may not have the course package, so the downloadable
-  notebook of a chapter starts with a cell that installs it from the repository when
-  ``import dnncourse`` would fail. Binder installs it from ``binder/``.
+  notebook of a chapter starts with a cell that installs it when ``import dnncourse``
+  would fail, from what the book itself publishes: the build makes a wheel of the
+  package (:func:`build_wheel`) and serves it with the site, at
+  ``<html.baseurl>/_static/wheels/`` (:func:`wheel_url`). ``html.baseurl`` in
+  ``_config.yml`` is the one setting that names where the book, and so the package, is
+  published. Binder installs the package from ``binder/``.
 * A downloaded notebook must read well in Jupyter and Colab, which know no MyST: its
   markdown cells are rewritten into plain Markdown (``plain_notebook``: directives as
   block quotes, solutions folded or removed, citations as author-year text).
@@ -28,18 +32,27 @@ Chapters are MyST markdown notebooks. sphinx-book-theme already offers the execu
   re-executes nothing.
 * A cold build executes the chapters side by side, one kernel per core
   (``parallel_execution``), before Sphinx reads them.
+* A chapter links to PyTorch's documentation: the first inline mention of each PyTorch
+  API in its prose becomes a link (``plain_notebook.pytorch_doc_url``), and the APIs its
+  code uses that the prose does not name are listed, linked, at the end of its summary.
 """
 
 from __future__ import annotations
 
 import ast
+import concurrent.futures
 import hashlib
 import importlib.util
 import json
+import re
 import shutil
+import subprocess
 import sys
+import tempfile
+import tomllib
 from pathlib import Path
 
+from docutils import nodes
 from pybtex.database import parse_file
 from pybtex.plugin import register_plugin
 from pybtex.richtext import Text
@@ -48,18 +61,22 @@ from pybtex.style.labels import BaseLabelStyle
 from sphinx.application import Sphinx
 
 sys.path.insert(0, str(Path(__file__).parent))
-from plain_notebook import Resolver, plain_notebook
+from plain_notebook import Resolver, plain_notebook, pytorch_doc_url
 
 SETUP_CELL_ID = "dnncourse-setup"
 
 
-def _setup_cell(repo_url: str, branch: str) -> dict:
+WHEELS = "_static/wheels"  # where the site serves the package's wheel
+
+
+def _setup_cell(wheel: str) -> dict:
     source = (
-        "# Setup: install the course package where it is missing (e.g. on Colab).\n"
+        "# Setup: install the course package where it is missing (e.g. on Colab),\n"
+        "# from the wheel published with the book.\n"
         "import importlib.util\n"
         "\n"
         'if importlib.util.find_spec("dnncourse") is None:\n'
-        f'    %pip install --quiet "dnncourse @ git+{repo_url}@{branch}"\n'
+        f"    %pip install --quiet {wheel}\n"
     )
     return {
         "cell_type": "code",
@@ -133,16 +150,88 @@ def _resolver(app: Sphinx, docname: str) -> Resolver:
     def ref(label: str) -> str:
         return labels.get(label, (None, None, label))[2] or label
 
-    return Resolver(cite=cite, doc=doc, numref=numref, ref=ref)
+    # what the chapter's code glued, as myst-nb stored it (removed cells included)
+    stored = Path(app.outdir).parent / "jupyter_execute" / f"{docname}.glue.json"
+    glue = {}
+    if stored.is_file():
+        for key, output in json.loads(stored.read_text(encoding="utf8")).items():
+            if "text/plain" in output.get("data", {}):
+                glue[key] = output["data"]["text/plain"]
+    return Resolver(cite=cite, doc=doc, numref=numref, ref=ref, glue=glue)
 
 
-def _make_download(path: Path, repo_url: str, branch: str, resolver: Resolver) -> None:
+def _project(root: Path) -> dict:
+    return tomllib.loads((root / "pyproject.toml").read_text(encoding="utf8"))["project"]
+
+
+def wheel_name(root: Path) -> str:
+    """The file name of the package's wheel (pure Python: ``py3-none-any``)."""
+    project = _project(root)
+    return f"{project['name']}-{project['version']}-py3-none-any.whl"
+
+
+def wheel_url(app: Sphinx) -> str:
+    """Where the published book serves the wheel: under ``html.baseurl``."""
+    base = app.config.html_baseurl
+    if not base:
+        raise ValueError("_config.yml: html.baseurl must name where the book is published")
+    return f"{base.rstrip('/')}/{WHEELS}/{wheel_name(Path(app.confdir))}"
+
+
+def build_wheel(root: Path, out: Path) -> Path:
+    """A wheel of the package (its sources and ``pyproject.toml``) in ``out``.
+
+    Built from a copy of those files, so that no ``build/`` folder is left in the
+    checkout; no build isolation and no dependencies: nothing is downloaded.
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in ("pyproject.toml", "README.md", "LICENSE"):
+            if (root / name).exists():
+                shutil.copy2(root / name, tmp)
+        shutil.copytree(
+            root / "src",
+            Path(tmp, "src"),
+            ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"),
+        )
+        pip_wheel = [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps"]
+        subprocess.run(
+            [*pip_wheel, "--no-build-isolation", "--wheel-dir", str(out), tmp], check=True
+        )
+    wheel = out / wheel_name(root)
+    if not wheel.is_file():
+        raise FileNotFoundError(f"the package's wheel was not built: {wheel}")
+    return wheel
+
+
+def make_wheel(app: Sphinx) -> None:
+    """Starts building the wheel beside the build (a thread); the site gets it at the end."""
+    if app.builder.format != "html":
+        return
+    staging = Path(app.outdir).parent / ".dnncourse-wheel"
+    shutil.rmtree(staging, ignore_errors=True)
+    app.dnncourse_wheel = concurrent.futures.ThreadPoolExecutor(1).submit(
+        build_wheel, Path(app.confdir), staging
+    )
+
+
+def publish_wheel(app: Sphinx, exception) -> None:
+    future = getattr(app, "dnncourse_wheel", None)
+    if exception is None and future is not None:
+        wheel = future.result()
+        target = Path(app.outdir, WHEELS)
+        shutil.rmtree(target, ignore_errors=True)
+        target.mkdir(parents=True)
+        shutil.copy2(wheel, target)
+
+
+def _make_download(path: Path, wheel: str, resolver: Resolver) -> None:
     """Plain Markdown and the install cell for a downloadable notebook (idempotent)."""
     nb = json.loads(path.read_text(encoding="utf8"))
     if nb["cells"] and nb["cells"][0].get("id") == SETUP_CELL_ID:
         return
     plain_notebook(nb, resolver)
-    nb["cells"].insert(0, _setup_cell(repo_url, branch))
+    nb["cells"].insert(0, _setup_cell(wheel))
     # Cell ids need nbformat >= 4.5.
     if (nb.get("nbformat"), nb.get("nbformat_minor", 0)) < (4, 5):
         nb["nbformat"], nb["nbformat_minor"] = 4, 5
@@ -158,8 +247,7 @@ def fix_notebook_links(app: Sphinx, pagename: str, templatename: str, context, d
         return  # not a markdown notebook (e.g. a released homework .ipynb): nothing to fix
     opts = app.config.html_theme_options
     repo_url = opts.get("repository_url", "").rstrip("/")
-    branch = opts.get("repository_branch") or "main"
-    _make_download(Path(app.outdir, "_sources", ipynb), repo_url, branch, _resolver(app, pagename))
+    _make_download(Path(app.outdir, "_sources", ipynb), wheel_url(app), _resolver(app, pagename))
 
     nb_branch = app.config.dnncourse_notebooks_branch
     org_repo = repo_url.split("github.com/")[-1]
@@ -274,13 +362,67 @@ def write_package_stamp(app: Sphinx, exception) -> None:
         _stamp(app).write_text(app.dnncourse_package_hash + "\n")
 
 
+CHAPTER = re.compile(r"book/\d\d_\w+")
+_CODE_API = re.compile(r"(?<![\w.])(?:torch|nn|F)(?:\.[A-Za-z_]\w*)+")
+
+
+def _pytorch_link(name: str, url: str, text: str | None = None) -> nodes.reference:
+    ref = nodes.reference("", "", internal=False, refuri=url, classes=["pytorch-doc"])
+    ref += nodes.literal(text or name, text or name)
+    return ref
+
+
+def link_pytorch_apis(app: Sphinx, doctree: nodes.document, docname: str) -> None:
+    """PyTorch documentation links in a chapter (see the module docstring)."""
+    if not CHAPTER.fullmatch(docname):
+        return
+    linked: set[str] = set()
+    for literal in list(doctree.findall(nodes.literal)):
+        if isinstance(literal.parent, (nodes.reference, nodes.literal_block)):
+            continue
+        found = pytorch_doc_url(literal.astext())
+        if found is None or found[0] in linked:
+            continue
+        linked.add(found[0])
+        literal.replace_self(_pytorch_link(*found, text=literal.astext()))
+    in_code = {}
+    for block in doctree.findall(nodes.literal_block):
+        for name in _CODE_API.findall(block.astext()):
+            found = pytorch_doc_url(name)
+            if found and found[0] not in linked:
+                in_code.setdefault(found[0], found[1])
+    summary = next(
+        (
+            section
+            for section in doctree.findall(nodes.section)
+            if section.children
+            and isinstance(section[0], nodes.title)
+            and section[0].astext().endswith("Summary")
+        ),
+        None,
+    )
+    if not in_code or summary is None:
+        return
+    paragraph = nodes.paragraph(classes=["pytorch-apis"])
+    paragraph += nodes.Text("PyTorch documentation of the other APIs this chapter's code uses: ")
+    for k, (name, url) in enumerate(sorted(in_code.items())):
+        if k:
+            paragraph += nodes.Text(", ")
+        paragraph += _pytorch_link(name, url)
+    paragraph += nodes.Text(".")
+    summary += paragraph
+
+
 def setup(app: Sphinx) -> dict:
     app.setup_extension("parallel_execution")  # book/_ext/parallel_execution.py
     app.connect("config-inited", invalidate_cache_on_package_change)
     app.connect("env-get-outdated", reread_all_on_package_change)
     app.connect("build-finished", write_package_stamp)
+    app.connect("builder-inited", make_wheel)
+    app.connect("build-finished", publish_wheel)
     app.add_config_value("dnncourse_notebooks_branch", "notebooks", "html")
     app.connect("html-page-context", dedupe_scripts)
     app.connect("html-page-context", fix_notebook_links, priority=900)
     app.connect("html-page-context", homework_links)
+    app.connect("doctree-resolved", link_pytorch_apis)
     return {"parallel_read_safe": True, "parallel_write_safe": True}

@@ -11,7 +11,8 @@ lecture's order:
 - :mod:`dnncourse.losses`: losses with torch.nn.functional's names and reductions.
 - :mod:`dnncourse.models`: the one model builder, :func:`dnncourse.models.mlp`.
 - :mod:`dnncourse.training`: the generic training loop :func:`dnncourse.train` and
-  :func:`dnncourse.fit_classifier` (an optimizer factory and a generator in, a score out).
+  :func:`dnncourse.fit_classifier` (an optimizer factory, an optional scheduler factory and a
+  generator in, a score out), :func:`dnncourse.fit_mlp` (a fresh MLP from a seed, fitted).
 - :mod:`dnncourse.optim`: SGD, Adagrad, RMSprop, Adam, AdamW as torch.optim.Optimizer subclasses.
 - :mod:`dnncourse.lecture_optim`: the lecture's heavy ball, Nesterov and Adam forms.
 - :mod:`dnncourse.schedules`: 1/t, exponential and staircase learning-rate decay.
@@ -31,7 +32,15 @@ lecture's order:
 """
 
 from dnncourse.devices import default_device
-from dnncourse.training import Callback, History, evaluate, fit_classifier, train
+from dnncourse.training import Callback, History, evaluate, fit_classifier, fit_mlp, train
 
-__all__ = ["Callback", "History", "default_device", "evaluate", "fit_classifier", "train"]
+__all__ = [
+    "Callback",
+    "History",
+    "default_device",
+    "evaluate",
+    "fit_classifier",
+    "fit_mlp",
+    "train",
+]
 __version__ = "0.1.0"

@@ -3,7 +3,9 @@
 Lecture section: "Training algorithms" (practical SGD: shuffle, split into batches of
 size B, one pass is an epoch; Bottou and Bousquet, 2008). The loop is written out once in
 the SGD chapter; later chapters call :func:`train`, or :func:`fit_classifier` (train a
-classifier with cross-entropy from an optimizer factory and a generator, then score it).
+classifier with cross-entropy from an optimizer factory, an optional scheduler factory and
+a generator, then score it), or :func:`fit_mlp` (the same for a fresh :func:`mlp` whose
+weights and batch order both come from one seed: the chapters' controlled comparisons).
 
 One epoch with *shuffle-then-split* sampling (without replacement):
 
@@ -27,8 +29,11 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from dnncourse.devices import default_device
+from dnncourse.models import mlp
 
 Metric = Callable[[torch.Tensor, torch.Tensor], torch.Tensor | float]
+OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
+SchedulerFactory = Callable[[torch.optim.Optimizer], object]
 
 
 def shuffled_batches(
@@ -280,7 +285,7 @@ class Score:
 
 def fit_classifier(
     model: nn.Module,
-    make_optimizer: Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer],
+    make_optimizer: OptimizerFactory,
     train_data: tuple[torch.Tensor, torch.Tensor],
     val_data: tuple[torch.Tensor, torch.Tensor],
     *,
@@ -288,6 +293,7 @@ def fit_classifier(
     generator: torch.Generator,
     batch_size: int | None = None,
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    make_scheduler: SchedulerFactory | None = None,
     **train_kwargs,
 ) -> Score:
     """Train a classifier with :func:`train` and score it on both data sets.
@@ -308,27 +314,35 @@ def fit_classifier(
             generator of their own) comes from the global RNG, which this never seeds.
         batch_size: default: the whole training set (full batch).
         loss_fn: default ``nn.CrossEntropyLoss()``.
+        make_scheduler: builds the learning-rate scheduler from the optimizer, e.g.
+            ``lambda opt: torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=10)``;
+            stepped per epoch, or per batch with ``scheduler_interval="batch"``.
+            Default ``None``: a constant learning rate.
         **train_kwargs: go to :func:`train` (``penalty``, ``transform``, ``callbacks``,
-            ``scheduler``, ``device`` ...).
+            ``scheduler_interval``, ``device`` ...).
 
     Example:
         >>> score = fit_classifier(model, lambda p: torch.optim.Adam(p, lr=1e-3), (X, y),
         ...                        (X_val, y_val), num_epochs=50, generator=torch.Generator())
         >>> score.val_accuracy, score.gap
     """
+    if "scheduler" in train_kwargs:
+        raise TypeError("fit_classifier takes make_scheduler (a factory), not scheduler")
     loss_fn = nn.CrossEntropyLoss() if loss_fn is None else loss_fn
     metrics = {"accuracy": accuracy}
     train_kwargs.setdefault("progress", False)
+    optimizer = make_optimizer(model.parameters())
     history = train(
         model,
         loss_fn,
-        make_optimizer(model.parameters()),
+        optimizer,
         train_data,
         val_data,
         num_epochs=num_epochs,
         batch_size=len(train_data[0]) if batch_size is None else batch_size,
         metrics=metrics,
         generator=generator,
+        scheduler=None if make_scheduler is None else make_scheduler(optimizer),
         **train_kwargs,
     )
     device = next(model.parameters()).device
@@ -339,3 +353,66 @@ def fit_classifier(
     return Score(
         on_train["accuracy"], on_val["accuracy"], on_train["loss"], on_val["loss"], history
     )
+
+
+def fit_mlp(
+    sizes: Sequence[int],
+    make_optimizer: OptimizerFactory,
+    train_data: tuple[torch.Tensor, torch.Tensor],
+    val_data: tuple[torch.Tensor, torch.Tensor],
+    *,
+    num_epochs: int,
+    seed: int = 0,
+    batch_size: int | None = None,
+    activation: str | Callable[[], nn.Module] = "relu",
+    mlp_options: dict | None = None,
+    device: torch.device | str | None = None,
+    **fit_kwargs,
+) -> tuple[nn.Sequential, Score]:
+    """A fresh :func:`dnncourse.models.mlp` trained by :func:`fit_classifier`, all from a seed.
+
+    The controlled comparison of the chapters: the weights are drawn with
+    ``torch.Generator().manual_seed(seed)`` and the batch order comes from a second
+    generator with the same seed, so two calls that differ only in ``make_optimizer`` (or
+    the loss, the schedule, the activation) start from the same network and see the same
+    batches. The global RNG is never touched.
+
+    Args:
+        sizes, activation: as for :func:`dnncourse.models.mlp`.
+        mlp_options: more arguments of :func:`dnncourse.models.mlp` (``init``, ``norm``,
+            ``norm_position``, ``dropout`` ...).
+        make_optimizer, train_data, val_data, num_epochs, batch_size: as for
+            :func:`fit_classifier`.
+        seed: seeds both the initialization and the batch order.
+        device: where the network is built and trained (default
+            :func:`dnncourse.default_device`).
+        **fit_kwargs: go to :func:`fit_classifier` (``loss_fn``, ``make_scheduler``,
+            ``callbacks``, ``penalty``, ``transform`` ...).
+
+    Returns:
+        The trained network and its :class:`Score`.
+
+    Example:
+        >>> model, score = fit_mlp([64, 64, 10], lambda p: torch.optim.SGD(p, lr=0.1),
+        ...                        (X, y), (X_val, y_val), num_epochs=20, batch_size=32)
+    """
+    device = torch.device(default_device() if device is None else device)
+    model = mlp(
+        sizes,
+        activation=activation,
+        generator=torch.Generator().manual_seed(seed),
+        device=device,
+        **(mlp_options or {}),
+    )
+    score = fit_classifier(
+        model,
+        make_optimizer,
+        train_data,
+        val_data,
+        num_epochs=num_epochs,
+        batch_size=batch_size,
+        generator=torch.Generator().manual_seed(seed),
+        device=device,
+        **fit_kwargs,
+    )
+    return model, score

@@ -5,9 +5,11 @@ No verdict is made here: the hidden tests of the test cells emit probe records
 with the reference run outside the kernel (:mod:`dnncourse.grading.verdict`).
 
 Limits: a per-cell timeout (the kernel is killed, not interrupted: a loop may ignore SIGINT),
-a cap on the output a cell and a notebook may produce (dropped while it streams in, so an
-output flood costs the worker nothing; probe records have a budget of their own per
-notebook), the kernel's memory limit, and files it may write.
+a cap on the messages a cell and a notebook may send (:mod:`~dnncourse.grading.messages`:
+every message screened and charged, dropped while it streams in, so a flood of any kind
+costs the worker nothing; probe records have a budget of their own per notebook), a cap on
+the grading process's own memory, the kernel's memory limit, and files it may write. The
+prompt numbers are the grader's.
 
 The kernel is started by :class:`SandboxedKernelManager`: jupyter_client's manager with ZMQ
 over ``ipc://`` sockets in a per-kernel folder (no TCP port, no connection file in a shared
@@ -25,18 +27,17 @@ import sys
 import tempfile
 import threading
 import time
-from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import nbformat
 import psutil
+import zmq
 from jupyter_client.manager import AsyncKernelManager
-from nbclient import NotebookClient
 from nbclient.exceptions import CellTimeoutError, DeadKernelError
 
 from . import sandbox as sandboxes
-from .probe import MIME
+from .messages import GradingClient, MemoryWatch, number_prompts, truncated_note
 from .protocol import Limits, Status, encode
 
 __all__ = ["Execution", "Limits", "SandboxedKernelManager", "execute"]
@@ -76,6 +77,23 @@ class SandboxedKernelManager(AsyncKernelManager):
     """
 
     box = None
+    max_frame = 16 * 2**20  # Limits.message_bytes
+
+    def client(self, **kwargs):
+        """A client whose IOPub socket refuses frames larger than ``max_frame`` (ZMQ drops
+        the connection before it allocates one, and connects again)."""
+        kc = super().client(**kwargs)
+        connect = kc.connect_iopub
+
+        def connect_iopub(identity=None):
+            kc.context.setsockopt(zmq.MAXMSGSIZE, self.max_frame)
+            try:
+                return connect(identity=identity)
+            finally:
+                kc.context.setsockopt(zmq.MAXMSGSIZE, -1)
+
+        kc.connect_iopub = connect_iopub
+        return kc
 
     def format_kernel_cmd(self, extra_arguments=None):
         cmd = super().format_kernel_cmd(extra_arguments)
@@ -94,40 +112,6 @@ class Execution:
     status: Status = Status.OK
     details: list[str] = field(default_factory=list)
     stopped_at: int | None = None  # index of the cell where the run stopped (limits)
-
-
-class GradingClient(NotebookClient):
-    """nbclient's client with output caps (output beyond the caps is dropped as it arrives)."""
-
-    def __init__(self, nb, limits: Limits, **kw):
-        super().__init__(nb, **kw)
-        self.limits = limits
-        self.cell_bytes = defaultdict(int)
-        self.total_bytes = 0
-        self.probe_bytes = 0
-        self.truncated = set()
-
-    def output(self, outs, msg, display_id, cell_index):
-        content = msg.get("content", {})
-        size = len(json.dumps(content))
-        data = content.get("data") if isinstance(content, dict) else None
-        if isinstance(data, dict) and MIME in data:  # probe records: a budget of their own
-            if self.probe_bytes + size <= self.limits.probe_output_bytes:
-                self.probe_bytes += size
-                return super().output(outs, msg, display_id, cell_index)
-        over = (
-            self.cell_bytes[cell_index] + size > self.limits.cell_output_bytes
-            or self.total_bytes + size > self.limits.notebook_output_bytes
-        )
-        if not over:
-            self.cell_bytes[cell_index] += size
-            self.total_bytes += size
-            return super().output(outs, msg, display_id, cell_index)
-        if cell_index not in self.truncated:
-            self.truncated.add(cell_index)
-            text = "\n[output truncated by the grader: this cell printed too much]\n"
-            outs.append(nbformat.v4.new_output("stream", name="stdout", text=text))
-        return None
 
 
 class FirstWords:
@@ -206,6 +190,55 @@ def _kernel_folder() -> Path:
     return Path(tempfile.mkdtemp(prefix="dnncourse-kernel-", dir=base))
 
 
+def _run_cells(client, nb, limits: Limits, result: Execution, watchdog, refused):
+    """Execute the code cells in order until one stops the run; the index where it
+    stopped (or None) and the last index run. Prompt numbers are the grader's."""
+    count = 0
+    for index, cell in enumerate(nb.cells):
+        if cell.cell_type != "code":
+            continue
+        count += 1
+        client.current = index
+        stop = None
+        try:
+            client.execute_cell(cell, index, execution_count=count)
+        except CellTimeoutError:
+            if _near_memory_limit(client, limits):
+                result.status = Status.MEMORY_LIMIT
+                result.details.append(f"cell {index + 1} hung at the memory limit")
+                stop = "this cell hit the memory limit"
+            else:
+                result.status = Status.TIMEOUT
+                result.details.append(
+                    f"cell {index + 1} ran longer than {limits.cell_timeout:g} s"
+                )
+                stop = "this cell exceeded the time limit"
+        except DeadKernelError:
+            if watchdog.fired:
+                client.truncated.add(index)
+                result.details.append(
+                    f"the kernel was stopped in cell {index + 1}: its messages took more than "
+                    f"{limits.grader_memory_mb:g} MiB of the grader's memory"
+                )
+                stop = "this cell's output was too large"
+            else:
+                result.status = Status.KERNEL_DIED
+                result.details.append(f"the kernel died in cell {index + 1}")
+                stop = "the kernel died while running this cell"
+        number_prompts(cell, count)
+        if refused.seen() and not stop:  # a frame was refused: IOPub is gone for good
+            client.truncated.add(index)
+            mib = f"{limits.message_bytes / 2**20:g} MiB"
+            result.details.append(f"cell {index + 1} sent a message frame over {mib}: stopped")
+            stop = "this cell's output was too large"
+        if index in client.truncated:
+            cell.outputs.append(truncated_note())
+        if stop:
+            cell.outputs.append(_failure(stop))
+            return index, index
+    return None, index
+
+
 NOT_STARTED = Status.GRADER_ERROR  # the kernel did not start: no student code ran
 
 
@@ -261,6 +294,7 @@ def _execute_once(nb, cwd: Path, limits: Limits, sandbox: bool, data: Path | Non
         os.environ["JUPYTER_PATH"] = os.pathsep.join(
             [spec_dir, *filter(None, [os.environ.get("JUPYTER_PATH")])]
         )
+    km.max_frame = limits.message_bytes
     client = GradingClient(
         nb,
         limits,
@@ -270,11 +304,14 @@ def _execute_once(nb, cwd: Path, limits: Limits, sandbox: bool, data: Path | Non
         allow_errors=True,
         interrupt_on_timeout=False,
         shutdown_kernel="immediate",
+        record_timing=False,  # timestamps would come from the kernel's message headers
+        store_widget_state=False,
         extra_arguments=["--HistoryManager.hist_file=:memory:"],
         resources={"metadata": {"path": str(work if sandbox else cwd)}},
     )
     stopped_at, started, index = None, False, 0
     stderr = FirstWords()
+    watchdog = None
     try:
         # the kernel's own stdout (its banner) is dropped and its stderr kept only for a
         # kernel that dies at start: everything a cell shows comes over the kernel's messages.
@@ -285,35 +322,17 @@ def _execute_once(nb, cwd: Path, limits: Limits, sandbox: bool, data: Path | Non
         ):
             started = True
             stderr.close()
-            for index, cell in enumerate(nb.cells):
-                if cell.cell_type != "code":
-                    continue
-                try:
-                    client.execute_cell(cell, index)
-                except CellTimeoutError:
-                    if _near_memory_limit(client, limits):
-                        result.status = Status.MEMORY_LIMIT
-                        result.details.append(f"cell {index + 1} hung at the memory limit")
-                        cell.outputs.append(_failure("this cell hit the memory limit"))
-                        stopped_at = index
-                        break
-                    result.status = Status.TIMEOUT
-                    result.details.append(
-                        f"cell {index + 1} ran longer than {limits.cell_timeout:g} s"
-                    )
-                    cell.outputs.append(_failure("this cell exceeded the time limit"))
-                    stopped_at = index
-                    break
-                except DeadKernelError:
-                    result.status = Status.KERNEL_DIED
-                    result.details.append(f"the kernel died in cell {index + 1}")
-                    cell.outputs.append(_failure("the kernel died while running this cell"))
-                    stopped_at = index
-                    break
+            refused = client.guard_channels()
+            watchdog = MemoryWatch(km, limits.grader_memory_mb)
+            try:
+                stopped_at, index = _run_cells(client, nb, limits, result, watchdog, refused)
+            finally:  # before nbclient closes the sockets (its context waits for ours)
+                refused.close()
     except RuntimeError as error:
+        index = max(client.current, 0)
         if started:  # the kernel went away in a way nbclient does not name
             result.status = Status.KERNEL_DIED
-            result.details.append(f"the kernel stopped in cell {index + 1}: {error}")
+            result.details.append(f"the kernel stopped in cell {index + 1}: {str(error)[:200]}")
         else:  # the kernel did not start: no student code ran yet
             said = stderr.text()
             if said:
@@ -325,6 +344,8 @@ def _execute_once(nb, cwd: Path, limits: Limits, sandbox: bool, data: Path | Non
             )
         stopped_at = index
     finally:
+        if watchdog is not None:
+            watchdog.stop()
         stderr.close()
         os.environ.pop("DNNCOURSE_GUARD", None)
         if box is not None:
@@ -335,6 +356,12 @@ def _execute_once(nb, cwd: Path, limits: Limits, sandbox: bool, data: Path | Non
         result.details.append(f"output truncated in {len(client.truncated)} cell(s)")
         if result.status == Status.OK:
             result.status = Status.OUTPUT_LIMIT
+    if (
+        watchdog is not None
+        and watchdog.fired
+        and result.status in (Status.KERNEL_DIED, Status.TIMEOUT)
+    ):
+        result.status = Status.OUTPUT_LIMIT  # the kernel was stopped for the grader's memory
     memory = [
         i for i, c in enumerate(nb.cells) if any(map(_is_memory_error, c.get("outputs", [])))
     ]

@@ -19,8 +19,12 @@ as text: only the client writes them.
 Everything a student's notebook puts into the page is student data, and the page is opened
 by the student's browser (and the instructor's): :class:`SafeOutputs` keeps only plain text
 and raster images of any output that is left (no HTML, JavaScript, SVG, Markdown, LaTeX or
-widget state), and nbconvert's ``SanitizeHTML`` cleans the Markdown and raw cells with
-bleach, so a ``<script>`` in a notebook never runs in its feedback page.
+widget state) and shows a Markdown or raw cell that would render to something active as
+text (:mod:`~dnncourse.grading.safe_html`: a ``javascript:`` link survives a sanitizer of
+the Markdown source), nbconvert's ``SanitizeHTML`` cleans the Markdown and raw cells with
+bleach, and the finished page is scrubbed of every script, event handler and
+``javascript:``/``data:`` URL, the template's own scripts included, so nothing in a feedback
+page runs.
 """
 
 import html
@@ -35,24 +39,14 @@ from traitlets import Dict
 from traitlets.config import Config
 
 from .protocol import Check
-
-SAFE_MIME = ("text/plain", "image/png", "image/jpeg")
+from .safe_html import safe_cell, scrub_page
 
 
 class SafeOutputs(Preprocessor):
-    """Outputs reduced to escaped text and base64 raster images, without metadata."""
+    """Outputs reduced to escaped text and raster images; active Markdown shown as text."""
 
     def preprocess_cell(self, cell, resources, index):
-        for output in cell.get("outputs", []):
-            if output.get("output_type") in ("display_data", "execute_result"):
-                data = output.get("data", {})
-                kept = {k: v for k, v in data.items() if k in SAFE_MIME}
-                if not kept:
-                    kept = {"text/plain": f"[output of type {', '.join(sorted(data))} not shown]"}
-                output["data"] = kept
-                output["metadata"] = {}
-        cell.get("metadata", {}).pop("attachments", None)
-        cell.pop("attachments", None)
+        safe_cell(cell)
         return cell, resources
 
 
@@ -130,8 +124,8 @@ def exporter() -> tuple[HTMLExporter, RedactTests, Scores]:
     ]
     config.HTMLExporter.sanitize_html = True
     html_exporter = HTMLExporter(config=config)
-    html_exporter.register_preprocessor(SafeOutputs(), enabled=True)
     html_exporter.register_preprocessor(SanitizeHTML(), enabled=True)  # Markdown, raw cells
+    html_exporter.register_preprocessor(SafeOutputs(), enabled=True)  # and what bleach left
     redact, scores = RedactTests(), Scores()
     html_exporter.register_preprocessor(redact, enabled=True)
     html_exporter.register_preprocessor(scores, enabled=True)
@@ -151,7 +145,7 @@ def feedback_page(nb, released: dict[str, str], checks: list[Check], resources: 
     scores.points = {c.grade_id: [c.points, c.max_points] for c in checks}
     redact.checks = {c.grade_id: (c.points, c.max_points, c.passed, c.message) for c in checks}
     body, _ = html_exporter.from_notebook_node(nb, resources=resources)
-    return body
+    return scrub_page(body)
 
 
 def notice_page(title: str, status: str, detail: str) -> str:

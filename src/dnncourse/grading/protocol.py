@@ -89,6 +89,14 @@ class Limits:
     probe_output_bytes: int = _limit(
         32 * 2**20, "bytes of the hidden tests' probe records, per notebook"
     )
+    message_bytes: int = _limit(
+        16 * 2**20, "bytes of one frame of a kernel message (larger: refused, output limit)"
+    )
+    grader_memory_mb: float | None = _limit(
+        1024.0,
+        "MiB the grading process may grow by while a kernel runs; then the kernel is killed "
+        "(output limit; 0: no limit)",
+    )
     processes: int = _limit(256, "processes of the student's sandbox")
     workdir_mb: float = _limit(512, "MiB of the sandbox's work folder")
 

@@ -8,8 +8,15 @@ instruction (its ``check`` field is ignored), and two student records with the s
 one cell fail that probe. Visible asserts no longer decide: they are for students.
 
 The result is one :class:`~dnncourse.grading.protocol.Check` per graded cell, with a message
-written here ("max error 3.1e-02 where 1.0e-09 is allowed ... after 60 steps"): it never
-quotes a string that came from the student's process. :func:`mark` then makes the outputs of
+written here ("max error 0.03 where 1e-09 is allowed ... after 60 steps"). The student's
+process has read the hidden tests (``linecache``) and writes its own records, so a message
+is built from the reference record and from closed sets only: a field of the student's
+record enters it only once validated (:func:`shown_dtype`, :func:`shown_device`,
+:func:`shown_shape`, :func:`shown_exception`, a count up to :data:`MAX_COUNT`), a number
+computed from the student's values only rounded to one significant digit
+(:func:`shown_number`), and every message is capped (:data:`MAX_FAILURE`,
+:data:`MAX_MESSAGE`). What a student could carry out through a message is then a few bits per
+check, never a line of a hidden test. :func:`mark` then makes the outputs of
 the test cells agree with the checks (an error output for a failed cell, none for a passed
 one, the probe outputs removed) so that nbgrader's ``SaveAutoGrades`` stores the right score.
 
@@ -55,6 +62,56 @@ NUMPY_DTYPES = {
     "int32": "<i4",
     "int64": "<i8",
 }
+
+
+# -- what of a student's record a message may show: closed sets ---------------------------
+DEVICES = frozenset({"cpu", "cuda", "meta", "mps", "xpu"})
+EXCEPTIONS = frozenset(
+    name
+    for name, value in vars(builtins).items()
+    if isinstance(value, type) and issubclass(value, BaseException)
+) | {"OutOfMemoryError", "LinAlgError", "HiddenTestFailed"}
+MAX_COUNT = 1000  # a count (items, records) shown in a message
+MAX_FAILURE = 300  # characters of one failed check's reason
+MAX_MESSAGE = 1000  # characters of a cell's message
+
+
+def shown_dtype(dtype) -> str:
+    return dtype if dtype in NUMPY_DTYPES else "another dtype"
+
+
+def shown_device(device) -> str:
+    return device if device in DEVICES else "another device"
+
+
+def shown_shape(shape, expected: tuple) -> str:
+    """A student's shape made of the expected sizes, 0 and 1 (transposed, a dimension too
+    many or too few: the usual mistakes), at most one dimension more; else not shown."""
+    sizes = {0, 1, *expected}
+    ok = len(shape) <= len(expected) + 1 and all(d in sizes for d in shape)
+    return str(tuple(shape)) if ok else "another shape"
+
+
+def shown_exception(name) -> str:
+    return name if isinstance(name, str) and name in EXCEPTIONS else "an exception"
+
+
+def shown_count(n: int) -> str:
+    return str(n) if 0 <= n <= MAX_COUNT else f"more than {MAX_COUNT}"
+
+
+def shown_number(x: float) -> str:
+    """A number computed from the student's values, to one significant digit (a closed set:
+    about 9 digits times 60 exponents)."""
+    if not math.isfinite(x):
+        return "infinite"
+    if x != 0 and not 1e-30 <= abs(x) <= 1e30:
+        return "tiny" if abs(x) < 1e-30 else "huge"
+    return f"{x:.1g}"
+
+
+def capped(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def is_test(cell) -> bool:
@@ -186,7 +243,7 @@ def _close_arrays(got: np.ndarray, want: np.ndarray, rtol: float, atol: float) -
     if err[worst] <= allowed[worst]:
         return None
     return (
-        f"max error {err[worst]:.2g} where {allowed[worst]:.2g} is allowed "
+        f"max error {shown_number(float(err[worst]))} where {allowed[worst]:.2g} is allowed "
         f"(rtol {rtol:g}, atol {atol:g}, expected value {abs(want[worst]):.3g} in magnitude)"
     )
 
@@ -197,11 +254,13 @@ def compare(got, want, rtol, atol, exact: bool, path: str = "") -> str | None:
         if not isinstance(got, Tensor):
             return f"expected a tensor{_where(path)}, got {_kind(got)}"
         if got.dtype != want.dtype:
-            return f"expected dtype {want.dtype}{_where(path)}, got {got.dtype}"
+            return f"expected dtype {want.dtype}{_where(path)}, got {shown_dtype(got.dtype)}"
         if got.shape != want.shape:
-            return f"expected shape {want.shape}{_where(path)}, got {got.shape}"
+            shape = shown_shape(got.shape, want.shape)
+            return f"expected shape {want.shape}{_where(path)}, got {shape}"
         if got.device != want.device:
-            return f"expected the result on {want.device}{_where(path)}, got {got.device}"
+            where = shown_device(got.device)
+            return f"expected the result on {want.device}{_where(path)}, got {where}"
         if want.values is None:
             return None
         if got.values is None:
@@ -227,7 +286,7 @@ def compare(got, want, rtol, atol, exact: bool, path: str = "") -> str | None:
         if not isinstance(got, list):
             return f"expected a list or tuple{_where(path)}, got {_kind(got)}"
         if len(got) != len(want):
-            return f"expected {len(want)} items{_where(path)}, got {len(got)}"
+            return f"expected {len(want)} items{_where(path)}, got {shown_count(len(got))}"
         for i, (g, w) in enumerate(zip(got, want, strict=True)):
             why = compare(g, w, rtol, atol, exact, f"{path}[{i}]")
             if why:
@@ -291,7 +350,7 @@ def compare_ks(got, want, alpha: float) -> str | None:
     if d > limit:
         return (
             f"the values do not follow the expected distribution: Kolmogorov-Smirnov "
-            f"statistic {d:.3g} > {limit:.3g} (n = {a.size}, level {alpha:g})"
+            f"statistic {shown_number(d)} > {limit:.3g} (n = {b.size}, level {alpha:g})"
         )
     return None
 
@@ -331,7 +390,7 @@ def judge(reference: dict, records: list[dict]) -> str | None:
     if not mine:
         return f"'{name}' did not report: the cell stopped before it"
     if len(mine) > 1:
-        return f"'{name}' reported {len(mine)} times"
+        return f"'{name}' reported more than once"
     record = mine[0]
     calls = record.get("calls") if isinstance(record.get("calls"), dict) else {}
     allowed = reference.get("calls") or {}
@@ -347,8 +406,7 @@ def judge(reference: dict, records: list[dict]) -> str | None:
         if want_raised and not got_raised:
             return f"'{name}': expected {want_raised} to be raised{what}, got a result"
         if not want_raised:
-            shown = got_raised if isinstance(got_raised, str) and got_raised.isidentifier() else ""
-            return f"'{name}': raised {shown or 'an exception'}{what}"
+            return f"'{name}': raised {shown_exception(got_raised)}{what}"
         return f"'{name}': expected {want_raised}{what}, got another exception"
     try:
         got = decode(record.get("value"))
@@ -415,7 +473,7 @@ def decide(nb, reference: dict[str, list[dict]], notebook: str, stopped: str = "
             checks.append(by_asserts(cell, notebook, stopped))
             continue
         records = probe_records(cell)
-        failures = [why for ref in expected if (why := judge(ref, records))]
+        failures = [capped(why, MAX_FAILURE) for ref in expected if (why := judge(ref, records))]
         if failures and stopped and not records:
             failures = [f"not run: the grading stopped earlier ({stopped})"]
         passed = not failures
@@ -424,6 +482,7 @@ def decide(nb, reference: dict[str, list[dict]], notebook: str, stopped: str = "
         else:
             shown = "; ".join(failures[:3]) + (" ..." if len(failures) > 3 else "")
             message = f"{len(failures)} of {max(len(expected), 1)} hidden checks failed: {shown}"
+            message = capped(message, MAX_MESSAGE)
         checks.append(
             Check(
                 notebook=notebook,

@@ -55,6 +55,7 @@ from . import sanitize, verdict
 from .execute import execute
 from .feedback import feedback_page, notice_page
 from .protocol import Bundle, Check, Result, Status, Task, decode, encode, failed, zero_checks
+from .safe_html import safe_cells
 
 RESULT_PREFIX = "@@dnncourse-result "
 NO_SANDBOX = "graded without a sandbox (--no-sandbox)"
@@ -169,6 +170,7 @@ def grade_notebook(bundle: Path, task: Task, folder: Path, name: str) -> Graded:
         shutil.rmtree(work, ignore_errors=True)
     checks = verdict_of(bundle, name, nb, run)
     nb, resources = LimitOutput().preprocess(nb, resources)
+    safe_cells(nb)  # the graded notebook is rendered unsanitized by nbgrader's formgrader
     page = feedback_page(nb, _released_tests(release), checks, resources)
     status = Status.RENAMED if renamed and run.status == Status.OK else run.status
     return Graded(status, notes + run.details, checks, page, nbformat.writes(nb).encode())

@@ -14,9 +14,25 @@ from starlette.middleware.sessions import SessionMiddleware
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from .auth import SESSION_LIFETIME
 from .config import ServiceConfig
-from .instructor import dashboard, grades_csv, instructor, new_link, regrade, roster, settings
+from .instructor import (
+    audit_log,
+    dashboard,
+    drop,
+    extension,
+    grades_csv,
+    instructor,
+    lms_csv,
+    new_link,
+    questions_csv,
+    regrade,
+    roster,
+    settings,
+    sign_out_everywhere,
+)
 from .student import (
+    account,
     assignment_list,
     assignment_page,
     download_release,
@@ -28,14 +44,16 @@ from .student import (
     submission_json,
     submission_page,
     submit,
+    submitted_file,
 )
-from .web import HERE, Headers, Service
+from .web import HERE, MATHJAX, Headers, Service
 
 ROUTES = [
     Route("/", home),
     Route("/login", login, methods=["GET", "POST"]),
     Route("/signin/{token}", signin, methods=["GET", "POST"]),
     Route("/logout", logout, methods=["POST"]),
+    Route("/account", account, methods=["GET", "POST"]),
     Route("/assignments", assignment_list),
     Route("/assignments/{name}", assignment_page),
     Route("/assignments/{name}/release/{notebook}.ipynb", download_release),
@@ -43,13 +61,20 @@ ROUTES = [
     Route("/submissions/{id:int}", submission_page),
     Route("/submissions/{id:int}.json", submission_json),
     Route("/submissions/{id:int}/feedback/{notebook}", feedback),
+    Route("/submissions/{id:int}/files/{file}", submitted_file),
     Route("/instructor", instructor),
     Route("/instructor/roster", roster, methods=["POST"]),
     Route("/instructor/students/{uid:int}/link", new_link, methods=["POST"]),
+    Route("/instructor/students/{uid:int}/signout", sign_out_everywhere, methods=["POST"]),
     Route("/instructor/assignments/{name}", dashboard),
     Route("/instructor/assignments/{name}/settings", settings, methods=["POST"]),
     Route("/instructor/assignments/{name}/regrade", regrade, methods=["POST"]),
     Route("/instructor/assignments/{name}/grades.csv", grades_csv),
+    Route("/instructor/assignments/{name}/lms.csv", lms_csv),
+    Route("/instructor/assignments/{name}/questions.csv", questions_csv),
+    Route("/instructor/assignments/{name}/extension", extension, methods=["POST"]),
+    Route("/instructor/students/{uid:int}/drop", drop, methods=["POST"]),
+    Route("/instructor/audit", audit_log),
 ]
 
 
@@ -67,7 +92,11 @@ def create_app(config: ServiceConfig) -> Starlette:
             await run_in_threadpool(service.jobs.stop)
 
     app = Starlette(
-        routes=[*ROUTES, Mount("/static", StaticFiles(directory=HERE / "static"), name="static")],
+        routes=[
+            *ROUTES,
+            Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
+            Mount("/mathjax", StaticFiles(directory=MATHJAX), name="mathjax"),
+        ],
         middleware=[
             Middleware(Headers),
             Middleware(
@@ -76,7 +105,7 @@ def create_app(config: ServiceConfig) -> Starlette:
                 session_cookie="dnncourse",
                 same_site="lax",
                 https_only=config.secure_cookies,
-                max_age=14 * 86400,
+                max_age=int(SESSION_LIFETIME.total_seconds()),  # the server ends it sooner
             ),
         ],
         lifespan=lifespan,

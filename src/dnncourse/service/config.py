@@ -1,5 +1,8 @@
-"""The service's settings: one dataclass, filled from ``dnncourse serve``'s options."""
+"""The service's settings (one dataclass, filled from ``dnncourse serve``'s options), and the
+data folder kept private to the service's user: the folder mode 700, its files 600.
+"""
 
+import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,3 +40,17 @@ class ServiceConfig:
     @property
     def gradebook(self) -> str:
         return self.gradebook_url or f"sqlite:///{(self.data / 'gradebook.db').resolve()}"
+
+
+def private_folder(path: Path) -> None:
+    """Make the folder ``path``, open to the service's user only (mode 700)."""
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path.chmod(0o700)
+
+
+def private_files(data: Path) -> None:
+    """The data folder's own files (databases, the key) readable by the service's user only."""
+    for path in data.iterdir():
+        with contextlib.suppress(FileNotFoundError):  # a database's -shm may come and go
+            if path.is_file() and not path.is_symlink():
+                path.chmod(0o600)

@@ -2,9 +2,12 @@
 
 :meth:`Jobs.submit` writes the files under ``DATA/submissions/<key>/`` (fsync'd, with their
 SHA-256), then commits the row in state ``queued``: only then does the student hear
-"received". ``jobs`` threads each claim the oldest queued submission (a conditional UPDATE,
-so two threads never take the same one; never two of one student's submissions of one
-assignment at once, as they share a row of the gradebook), check the stored bytes against
+"received". ``jobs`` threads each claim a queued submission (a conditional UPDATE, so two
+threads never take the same one) in a fair order: round-robin by student (each student's
+oldest waiting submission first, then each one's second, ...), a student holding at most a
+fair share of the graders (``jobs`` / students with work, at least one) across all
+assignments, and never two of their submissions of one assignment at once (they share a row
+of the gradebook). The threads check the stored bytes against
 the checksum, grade through :class:`~dnncourse.service.grader.Grader` and finish the row
 in one UPDATE that only a ``grading`` row accepts. On start, rows left ``grading`` by a
 crash are queued again: an interrupted grading is redone, a finished one never. A grading
@@ -18,15 +21,17 @@ import logging
 import os
 import secrets
 import shutil
+import statistics
 import threading
 import traceback
+from collections import Counter
 from datetime import timedelta
 from pathlib import Path
 
 from sqlalchemy import func, select, update
 
 from ..grading.protocol import Result, Status, checksum, failed
-from .config import ServiceConfig
+from .config import ServiceConfig, private_files
 from .grader import Grader
 from .models import GRADED, GRADING, QUEUED, Assignment, Submission, User, utcnow
 
@@ -34,12 +39,26 @@ log = logging.getLogger("dnncourse.service")
 MAX_ATTEMPTS = 2  # a grading that ends in "grader error" (a worker died) is tried once more
 
 
+def fair_order(queued: list, busy: Counter) -> list:
+    """``queued`` rows (``id``, ``user_id``, ``queued_at``; oldest first) taken round-robin by
+    student: first each student's oldest waiting submission, in the order they came, then each
+    one's second, and so on; a submission of a student with ``busy[user]`` gradings under way
+    goes as many rounds later."""
+    seen = Counter(busy)
+    keyed = []
+    for row in queued:
+        keyed.append((seen[row.user_id], row.queued_at, row.id, row))
+        seen[row.user_id] += 1
+    return [row for *_, row in sorted(keyed, key=lambda k: k[:3])]
+
+
 class RateLimited(Exception):
     """The student reached the assignment's hourly limit; the message says until when."""
 
 
 def _write(path: Path, data: bytes) -> None:
-    with open(path, "xb") as f:
+    """Write a new file, readable by the service's user only, and sync it to disk."""
+    with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as f:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
@@ -50,8 +69,8 @@ class Jobs:
         self.config, self.sessions, self.grader = config, sessions, grader
         self.store = config.data / "submissions"
         self.feedback = config.data / "feedback"
-        self.store.mkdir(parents=True, exist_ok=True)
-        self.feedback.mkdir(parents=True, exist_ok=True)
+        self.store.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.feedback.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._claim_lock = threading.Lock()
@@ -82,7 +101,7 @@ class Jobs:
                 )
             key = secrets.token_hex(16)
             folder = self.store / key
-            folder.mkdir()
+            folder.mkdir(mode=0o700)
             listed = []
             for name, data in sorted(files.items()):
                 _write(folder / name, data)
@@ -104,6 +123,20 @@ class Jobs:
             db.commit()
         self._wake.set()
         return sub
+
+    def left_this_hour(self, db, user: User, assignment) -> int | None:
+        """How many more times ``user`` may hand in ``assignment`` now (None: no limit)."""
+        if not assignment.per_hour:
+            return None
+        since = utcnow() - timedelta(hours=1)
+        recent = db.scalar(
+            select(func.count()).where(
+                Submission.user_id == user.id,
+                Submission.assignment == assignment.name,
+                Submission.created_at > since,
+            )
+        )
+        return max(0, assignment.per_hour - recent)
 
     def regrade(self, db, assignment: Assignment, ids: list[int]) -> int:
         """Queue submissions ``ids`` again on a freshly prepared assignment; returns how many.
@@ -152,6 +185,7 @@ class Jobs:
                 self.grader.warm(name, versions.get(name, 1))
             except Exception:
                 log.exception("queue: preparing %s failed", name)
+        private_files(self.config.data)  # the gradebook, made by the first preparation
 
     def stop(self) -> None:
         """Stop taking work; gradings under way are killed and redone at the next start."""
@@ -161,25 +195,54 @@ class Jobs:
         for thread in self._threads:
             thread.join(timeout=5)
 
+    def _waiting(self, db) -> tuple[list, Counter, set]:
+        """The queued submissions in fair order, gradings per student, (student, assignment)
+        pairs being graded."""
+        grading = db.execute(
+            select(Submission.user_id, Submission.assignment).where(Submission.state == GRADING)
+        ).all()
+        queued = db.execute(
+            select(Submission.id, Submission.user_id, Submission.assignment, Submission.queued_at)
+            .where(Submission.state == QUEUED)
+            .order_by(Submission.queued_at, Submission.id)
+        ).all()
+        busy = Counter(user for user, _ in grading)
+        return fair_order(queued, busy), busy, set(grading)
+
+    def position(self, db, sub_id: int) -> tuple[int, float | None]:
+        """How many queued submissions are ahead of ``sub_id``, and about how many seconds
+        until its feedback (None before any grading finished)."""
+        order, _, _ = self._waiting(db)
+        ahead = next((i for i, row in enumerate(order) if row.id == sub_id), len(order))
+        recent = db.scalars(
+            select(Submission.seconds)
+            .where(Submission.finished > 0, Submission.seconds > 0)
+            .order_by(Submission.graded_at.desc())
+            .limit(20)
+        ).all()
+        if not recent:
+            return ahead, None
+        typical = statistics.median(recent)
+        return ahead, (ahead // self.config.jobs + 1) * typical
+
+    def _share(self, students: set) -> int:
+        """The graders one student may hold while ``students`` have work."""
+        return max(1, self.config.jobs // max(1, len(students)))
+
     def _claim(self):
-        """Take the oldest queued submission whose student has none of it in grading."""
+        """Take the first queued submission in fair order that its student may start now.
+
+        A student holds at most a fair share of the graders (``jobs`` divided by the students
+        with work, at least one), all assignments together, and never two submissions of one
+        assignment at once (they share a row of the gradebook).
+        """
         with self._claim_lock, self.sessions() as db:
-            busy = set(
-                db.execute(
-                    select(Submission.user_id, Submission.assignment).where(
-                        Submission.state == GRADING
-                    )
-                ).all()
-            )
-            queued = db.scalars(
-                select(Submission)
-                .where(Submission.state == QUEUED)
-                .order_by(Submission.queued_at, Submission.id)
-                .limit(200)
-            ).all()
-            for sub in queued:
-                if (sub.user_id, sub.assignment) in busy:
+            order, busy, pairs = self._waiting(db)
+            share = self._share({row.user_id for row in order} | set(busy))
+            for row in order:
+                if (row.user_id, row.assignment) in pairs or busy[row.user_id] >= share:
                     continue
+                sub = db.get(Submission, row.id)
                 attempt = sub.attempts + 1  # read before the UPDATE (it syncs the object)
                 taken = db.execute(
                     update(Submission)
@@ -248,9 +311,9 @@ class Jobs:
     def _finish(self, sub_id: int, result: Result) -> None:
         folder = self.feedback / str(sub_id)
         shutil.rmtree(folder, ignore_errors=True)
-        folder.mkdir()
+        folder.mkdir(mode=0o700)
         for name, page in result.feedback.items():
-            (folder / f"{name}.html").write_text(page)
+            _write(folder / f"{name}.html", page.encode())
         checks = [
             {
                 "notebook": c.notebook,

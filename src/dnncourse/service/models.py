@@ -17,8 +17,11 @@ from sqlalchemy import (
     Integer,
     String,
     Text,
+    UniqueConstraint,
     create_engine,
     event,
+    inspect,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, sessionmaker
 
@@ -35,6 +38,7 @@ class Base(DeclarativeBase):
 
 class User(Base):
     __tablename__ = "users"
+    # role: "student", "instructor", or "dropped" (kept with their work, signed out, not listed)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     login: Mapped[str] = mapped_column(String(64), unique=True)  # the student id of the roster
@@ -62,6 +66,31 @@ class SigninToken(Base):
     user: Mapped[User] = relationship()
 
 
+class LoginSession(Base):
+    """A signed-in browser: the cookie holds a random token, the table only its SHA-256.
+
+    Deleting the row signs the browser out (sign-out, a new password, the instructor).
+    """
+
+    __tablename__ = "login_sessions"
+
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    seen_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class SigninFailure(Base):
+    """A wrong password: counted per account and per address to throttle guessing."""
+
+    __tablename__ = "signin_failures"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    login: Mapped[str] = mapped_column(String(200), index=True)
+    address: Mapped[str] = mapped_column(String(64), index=True)
+    at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, index=True)
+
+
 class Assignment(Base):
     __tablename__ = "assignments"
 
@@ -71,6 +100,33 @@ class Assignment(Base):
     policy: Mapped[str] = mapped_column(String(8), default="last")  # or "best"
     late_penalty: Mapped[float | None] = mapped_column(Float, nullable=True)
     version: Mapped[int] = mapped_column(Integer, default=1)  # bumped by a regrade
+    opens_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)  # released
+    closes_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)  # hard close
+
+
+class Extension(Base):
+    """A student's own deadline (and hard close) for one assignment."""
+
+    __tablename__ = "extensions"
+    __table_args__ = (UniqueConstraint("user_id", "assignment"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    assignment: Mapped[str] = mapped_column(ForeignKey("assignments.name"))
+    deadline: Mapped[datetime] = mapped_column(DateTime)
+    user: Mapped[User] = relationship()
+
+
+class AuditEntry(Base):
+    """What an instructor did: settings, links issued, regrades, extensions, sign-outs."""
+
+    __tablename__ = "audit"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, index=True)
+    who: Mapped[str] = mapped_column(String(64))
+    action: Mapped[str] = mapped_column(String(32))
+    detail: Mapped[str] = mapped_column(Text, default="")
 
 
 class Submission(Base):
@@ -122,4 +178,22 @@ def open_db(url: str) -> sessionmaker:
             cursor.close()
 
     Base.metadata.create_all(engine)
+    add_columns(engine)
     return sessionmaker(engine, expire_on_commit=False)
+
+
+def add_columns(engine) -> list[str]:
+    """Add the nullable columns a newer version brought to an existing database."""
+    added = []
+    found = inspect(engine)
+    for table in Base.metadata.sorted_tables:
+        have = {c["name"] for c in found.get_columns(table.name)}
+        for column in table.columns:
+            if column.name not in have and column.nullable:
+                kind = column.type.compile(dialect=engine.dialect)
+                with engine.begin() as conn:
+                    conn.execute(
+                        text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}')
+                    )
+                added.append(f"{table.name}.{column.name}")
+    return added

@@ -3,10 +3,17 @@
 One command starts the service: ``dnncourse serve --data DATA`` (port 8000 on 127.0.0.1;
 put a TLS reverse proxy in front, see the instructor's guide). ``--add-instructor LOGIN``
 creates (or re-links) an instructor, prints a one-time sign-in link and exits.
+
+The port is taken first: a service that cannot listen (the port is in use) stops before it
+creates or changes anything. The access log never holds a sign-in link's token (it is
+replaced by ``[hidden]``), and the start never prints a link (the journal is a log too).
 """
 
 import argparse
+import copy
 import logging
+import re
+import socket
 import sys
 from pathlib import Path
 
@@ -16,8 +23,49 @@ from ..grading.engine import EngineError
 from ..grading.protocol import add_limit_options, limits_from_options
 from ..homework import repo_root
 from . import auth
-from .config import ServiceConfig
+from .config import ServiceConfig, private_files, private_folder
 from .models import User, open_db
+
+SECRET_PATH = re.compile(r"(/signin/)[^/?#\s\"]+")
+
+
+class HideSecrets(logging.Filter):
+    """Replace the token of a sign-in link in any log record (uvicorn's access log)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(
+                SECRET_PATH.sub(r"\1[hidden]", a) if isinstance(a, str) else a for a in record.args
+            )
+        if isinstance(record.msg, str):
+            record.msg = SECRET_PATH.sub(r"\1[hidden]", record.msg)
+        return True
+
+
+def log_config() -> dict:
+    """Uvicorn's logging, with :class:`HideSecrets` on every handler."""
+    import uvicorn.config
+
+    config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
+    config["filters"] = {"secrets": {"()": HideSecrets}}
+    for handler in config["handlers"].values():
+        handler["filters"] = ["secrets"]
+    return config
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """The listening socket (OSError if the port is taken)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(2048)
+    except OSError:
+        sock.close()
+        raise
+    sock.set_inheritable(True)
+    return sock
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -69,8 +117,9 @@ def config_from(args) -> ServiceConfig:
 
 def instructor_link(config: ServiceConfig, login: str, base: str) -> str:
     """Create (or promote) instructor ``login``; a one-time sign-in link for them."""
-    config.data.mkdir(parents=True, exist_ok=True)
+    private_folder(config.data)
     sessions = open_db(config.database)
+    private_files(config.data)
     with sessions() as db:
         user = db.scalar(select(User).where(User.login == login))
         if user is None:
@@ -97,14 +146,25 @@ def run(args) -> int:
     if args.add_instructor:
         print(instructor_link(config, args.add_instructor, base))
         return 0
+    try:
+        sock = listen(args.host, args.port)  # before anything is created or changed
+    except OSError as error:
+        print(f"dnncourse serve: cannot listen on {args.host}:{args.port}: {error.strerror}",
+              file=sys.stderr)  # fmt: skip
+        return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(HideSecrets())
     try:
         app = create_app(config)
     except (EngineError, FileNotFoundError, ValueError) as error:
+        sock.close()
         print(f"dnncourse serve: {error}", file=sys.stderr)
         return 2
     with app.state.service.sessions() as db:
         if db.scalar(select(User).where(User.role == "instructor")) is None:
-            print("no instructor yet: sign in with", instructor_link(config, "instructor", base))
-    uvicorn.run(app, host=args.host, port=args.port, log_level="info", proxy_headers=True)
+            print(f"no instructor yet: run dnncourse serve --data {config.data} "
+                  "--add-instructor LOGIN for a sign-in link")  # fmt: skip
+    settings = uvicorn.Config(app, log_level="info", proxy_headers=True, log_config=log_config())
+    uvicorn.Server(settings).run(sockets=[sock])
     return 0

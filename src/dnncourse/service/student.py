@@ -3,13 +3,15 @@
 A student reaches only their own submissions (another's is "not found", as one that does
 not exist). An upload must be notebook JSON under a plain ``.ipynb`` name, within the size
 cap; it is stored under the released notebook's name. Feedback pages from the grader may
-hold anything a notebook printed: they are served with a CSP ``sandbox`` (no script, no
-same-origin) and shown in an ``<iframe sandbox>``.
+hold anything a notebook printed (as text: the grader keeps no HTML output): they are served
+with a CSP ``sandbox allow-scripts`` (an opaque origin: no cookies, no access to the page
+around it) whose only scripts are the service's own MathJax, which typesets the math of the
+Markdown cells, and shown in an ``<iframe sandbox="allow-scripts">``.
 """
 
 import json
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from starlette.datastructures import UploadFile
 from starlette.responses import (
     FileResponse,
@@ -23,7 +25,30 @@ from . import auth, grades
 from .grader import safe_name
 from .jobs import RateLimited
 from .models import GRADED, QUEUED, Assignment, Submission, User, utcnow
-from .web import FEEDBACK_CSP, Problem, find_assignment, own_submission, page
+from .web import (
+    Problem,
+    feedback_csp,
+    find_assignment,
+    own_submission,
+    page,
+    released,
+    student_rules,
+    with_mathjax,
+)
+
+MAX_DEPTH = 64  # a notebook nests about 6 deep (cells, outputs, data); widget state a few more
+
+
+def depth(value) -> int:
+    """How deeply ``value`` (parsed JSON) nests lists and objects, without recursion."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict | list):
+            deepest = max(deepest, level)
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, level + 1) for child in children)
+    return deepest
 
 
 def checked_notebook(name: str, data: bytes, cap: int) -> str | None:
@@ -38,6 +63,10 @@ def checked_notebook(name: str, data: bytes, cap: int) -> str | None:
         nb = json.loads(data)
     except (ValueError, UnicodeDecodeError):
         return f"{name} is not a notebook: it is not JSON."
+    except RecursionError:
+        return f"{name} is not a notebook: its JSON is nested too deeply."
+    if depth(nb) > MAX_DEPTH:
+        return f"{name} is not a notebook: its JSON is nested more than {MAX_DEPTH} deep."
     if (
         not isinstance(nb, dict)
         or not isinstance(nb.get("cells"), list)
@@ -72,46 +101,84 @@ def home(service, request, db, user, form):
     return RedirectResponse("/instructor" if user.is_instructor else "/assignments", 303)
 
 
+def _address(request) -> str:
+    return request.client.host if request.client else "unknown"
+
+
 @page(role=None)
 def login(service, request, db, user, form):
     if request.method == "GET":
         return service.render(request, "login.html")
-    found = db.scalar(select(User).where(User.login == str(form.get("login", ""))))
+    name = str(form.get("login", ""))[:200]
+    try:
+        auth.check_throttle(db, name, _address(request))  # before any hash is computed
+    except auth.Throttled as throttled:
+        return service.render(request, "login.html", status=429, error=str(throttled))
+    found = db.scalar(select(User).where(User.login == name))
     if not auth.verify_password(found, str(form.get("password", ""))):
+        auth.failed(db, name, _address(request))
         return service.render(request, "login.html", status=401, error="Wrong id or password.")
-    request.session.clear()
-    request.session["uid"] = found.id
+    auth.clear_failures(db, name)
+    if found.role == "dropped":
+        raise Problem(403, "This account was dropped from the course: ask your instructor.")
+    auth.start_session(db, request.session, found)
     return RedirectResponse("/", status_code=303)
 
 
 @page(role=None)
 def signin(service, request, db, user, form):
     link = auth.find_link(db, request.path_params["token"])
-    if link is None:
+    if link is None or link.user.role == "dropped":
         raise Problem(404, "This sign-in link is unknown, used or expired: ask for a new one.")
+    person = link.user
     if request.method == "GET":
-        return service.render(request, "signin.html", person=link.user)
+        return service.render(request, "signin.html", person=person)
     password = str(form.get("password", ""))
-    if len(password) < auth.MIN_PASSWORD or password != form.get("again"):
-        return service.render(
-            request,
-            "signin.html",
-            status=400,
-            person=link.user,
-            error=f"Type the same password twice, at least {auth.MIN_PASSWORD} characters.",
-        )
-    link.user.password_hash = auth.hash_password(password)
-    link.used_at = utcnow()
+    problem = auth.password_problem(password, str(form.get("again", "")), person)
+    if problem:
+        return service.render(request, "signin.html", status=400, person=person, error=problem)
+    if not auth.consume_link(db, link):  # used meanwhile (by a second request at once)
+        db.rollback()
+        raise Problem(404, "This sign-in link is unknown, used or expired: ask for a new one.")
+    person.password_hash = auth.hash_password(password)
+    auth.end_sessions(db, person.id)  # a new password signs out every other browser
+    auth.clear_failures(db, person.login)
     db.commit()
-    request.session.clear()
-    request.session["uid"] = link.user.id
+    auth.start_session(db, request.session, person)
     return RedirectResponse("/", status_code=303)
 
 
 @page()
 def logout(service, request, db, user, form):
-    request.session.clear()
+    auth.end_session(db, request.session)
     return RedirectResponse("/login", status_code=303)
+
+
+@page()
+def account(service, request, db, user, form):
+    """Change one's password: every other session of the account ends."""
+    if request.method == "GET":
+        return service.render(request, "account.html")
+    try:
+        auth.check_throttle(db, user.login, _address(request))
+    except auth.Throttled as throttled:
+        return service.render(request, "account.html", status=429, error=str(throttled))
+    if not auth.verify_password(user, str(form.get("current", ""))):
+        auth.failed(db, user.login, _address(request))
+        return service.render(
+            request, "account.html", status=401, error="The current password is wrong."
+        )
+    password = str(form.get("password", ""))
+    problem = auth.password_problem(password, str(form.get("again", "")), user)
+    if problem:
+        return service.render(request, "account.html", status=400, error=problem)
+    user.password_hash = auth.hash_password(password)
+    auth.end_sessions(db, user.id)
+    db.commit()
+    auth.start_session(db, request.session, user)
+    return service.render(
+        request, "account.html", message="Password changed; other browsers are signed out."
+    )
 
 
 # -- students ------------------------------------------------------------------------------
@@ -120,16 +187,19 @@ def assignment_list(service, request, db, user, form):
     items = []
     for name in service.names:
         a = db.get(Assignment, name)
+        if not (user.is_instructor or released(a)):
+            continue
+        rules = student_rules(db, user, a)
         subs = db.scalars(
             select(Submission).where(Submission.user_id == user.id, Submission.assignment == name)
         ).all()
-        items.append((a, len(subs), grades.pick(list(subs), a)))
+        items.append((rules, len(subs), grades.pick(list(subs), rules)))
     return service.render(request, "assignments.html", items=items, now=utcnow())
 
 
 @page()
 def assignment_page(service, request, db, user, form):
-    a = find_assignment(service, db, request.path_params["name"])
+    a = student_rules(db, user, find_assignment(service, db, request.path_params["name"], user))
     subs = db.scalars(
         select(Submission)
         .where(Submission.user_id == user.id, Submission.assignment == a.name)
@@ -142,6 +212,7 @@ def assignment_page(service, request, db, user, form):
         subs=subs,
         notebooks=service.grader.notebooks(a.name),
         counted=grades.pick(list(subs), a),
+        left=service.jobs.left_this_hour(db, user, a),
         now=utcnow(),
         max_mib=service.config.max_upload_bytes / 2**20,
         error=request.query_params.get("error"),
@@ -150,7 +221,7 @@ def assignment_page(service, request, db, user, form):
 
 @page()
 def download_release(service, request, db, user, form):
-    a = find_assignment(service, db, request.path_params["name"])
+    a = find_assignment(service, db, request.path_params["name"], user)
     notebook = request.path_params["notebook"]
     if notebook not in service.grader.notebooks(a.name):
         raise Problem(404, "No such notebook.")
@@ -160,9 +231,14 @@ def download_release(service, request, db, user, form):
 
 @page(upload=True)
 def submit(service, request, db, user, form):
-    a = find_assignment(service, db, request.path_params["name"])
+    a = find_assignment(service, db, request.path_params["name"], user)
     if user.is_instructor:
         raise Problem(403, "Instructors do not hand in; sign in as a student to try it.")
+    rules = student_rules(db, user, a)
+    if rules.closes_at is not None and utcnow() > rules.closes_at:
+        raise Problem(
+            403, f"{a.name} closed at {rules.closes_at:%Y-%m-%d %H:%M} UTC: no more hand-ins."
+        )
     expected = service.grader.notebooks(a.name)
     files = {}
     for field, value in form.multi_items():
@@ -195,10 +271,23 @@ def submission_json(service, request, db, user, form):
     sub = own_submission(db, user, request.path_params["id"])
     view = _view(sub)
     if sub.state == QUEUED:
-        view["ahead"] = db.scalar(
-            select(func.count()).where(Submission.state == QUEUED, Submission.id < sub.id)
-        )
+        view["ahead"], estimate = service.jobs.position(db, sub.id)
+        view["estimate_s"] = round(estimate) if estimate is not None else None
     return JSONResponse(view)
+
+
+@page()
+def submitted_file(service, request, db, user, form):
+    """A file of one's own submission, as it was stored."""
+    sub = own_submission(db, user, request.path_params["id"])
+    name = request.path_params["file"]
+    if name not in [listed for listed, *_ in sub.files]:
+        raise Problem(404, "No such file in this submission.")
+    return FileResponse(
+        service.jobs.store / sub.folder / name,
+        filename=name,
+        media_type="application/x-ipynb+json",
+    )
 
 
 @page()
@@ -208,7 +297,8 @@ def feedback(service, request, db, user, form):
     path = service.jobs.feedback / str(sub.id) / f"{notebook}.html"
     if sub.state != GRADED or not safe_name(notebook) or not path.is_file():
         raise Problem(404, "No feedback (yet).")
+    origin = str(request.base_url).rstrip("/")
     return HTMLResponse(
-        path.read_text(errors="replace"),
-        headers={"content-security-policy": FEEDBACK_CSP, "x-frame-options": "SAMEORIGIN"},
+        with_mathjax(path.read_text(errors="replace")),
+        headers={"content-security-policy": feedback_csp(origin), "x-frame-options": "SAMEORIGIN"},
     )

@@ -4,17 +4,22 @@
 only up to the size cap), checks the CSRF token of every POST, then runs the handler in a
 thread with a database session. A :class:`Problem` becomes an error page (or JSON) with its
 status code. :class:`Headers` puts a strict Content-Security-Policy (no inline script) and
-friends on every response.
+friends on every response. Every form is read to a size cap; a form that cannot be parsed or
+holds a NUL character is a 400 page, never a 500.
 """
 
 import asyncio
+import os
 import re
 import secrets
 from functools import wraps
 from pathlib import Path
 
 import jinja2
+import jupyter_server_mathjax
+from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import (
     HTMLResponse,
@@ -24,11 +29,11 @@ from starlette.responses import (
 )
 
 from ..homework import assignments, layout
-from . import auth
-from .config import ServiceConfig
+from . import auth, grades
+from .config import ServiceConfig, private_files, private_folder
 from .grader import Grader
 from .jobs import Jobs
-from .models import Assignment, Submission, User, open_db
+from .models import Assignment, AuditEntry, Extension, Submission, User, open_db, utcnow
 
 HERE = Path(__file__).parent
 LOGIN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
@@ -37,11 +42,38 @@ PAGE_CSP = (
     "img-src 'self' data:; frame-src 'self'; form-action 'self'; base-uri 'none'; "
     "object-src 'none'; frame-ancestors 'none'"
 )
-FEEDBACK_CSP = (
-    "sandbox; default-src 'none'; style-src 'unsafe-inline'; img-src data:; font-src data:; "
-    "form-action 'none'; base-uri 'none'; frame-ancestors 'self'"
+MATHJAX = Path(jupyter_server_mathjax.__file__).parent / "static"  # MathJax 2.7, served
+CDN_MATHJAX = re.compile(
+    r'<script src="https://cdnjs\.cloudflare\.com/ajax/libs/mathjax/[^"]*">\s*</script>'
 )
+INLINE_CONFIG = re.compile(r'<script type="text/x-mathjax-config">.*?</script>', re.S)
+OWN_MATHJAX = (
+    '<script src="/static/mathjax-config.js"></script>'
+    '<script src="/mathjax/MathJax.js?config=TeX-AMS-MML_HTMLorMML-full,Safe"></script>'
+)
+
+
+def feedback_csp(origin: str) -> str:
+    """A feedback page's policy: sandboxed (an opaque origin: no cookies, no parent), and no
+    script but the service's MathJax (its config file and the files under ``/mathjax/``)."""
+    return (
+        f"sandbox allow-scripts; default-src 'none'; script-src {origin}/mathjax/ "
+        f"{origin}/static/mathjax-config.js; style-src 'unsafe-inline'; img-src data:; "
+        f"font-src data: {origin}/mathjax/; form-action 'none'; base-uri 'none'; "
+        "frame-ancestors 'self'"
+    )
+
+
+def with_mathjax(page: str) -> str:
+    """nbconvert's page with MathJax from the service instead of a CDN (which the policy
+    blocks; the inline configuration would need ``eval``)."""
+    page = INLINE_CONFIG.sub("", page)
+    return CDN_MATHJAX.sub(lambda _: OWN_MATHJAX, page, count=1)
+
+
 MAX_ROSTER_BYTES = 2 * 2**20
+MAX_FORM_BYTES = 64 * 1024  # a form without a file
+MAX_ID = 2**63 - 1  # ids in URLs beyond a 64-bit integer are "not found"
 
 
 class Headers:
@@ -65,6 +97,8 @@ class Headers:
                     b"x-frame-options": b"DENY",
                     b"cache-control": b"no-store",
                 }
+                if scope["path"].startswith("/mathjax/"):  # the same for everybody
+                    extra[b"cache-control"] = b"public, max-age=86400"
                 headers += [(k, v) for k, v in extra.items() if k not in names]
                 message = {**message, "headers": headers}
             await send(message)
@@ -91,9 +125,10 @@ class Service:
     """The application's state: settings, database, queue, templates."""
 
     def __init__(self, config: ServiceConfig, start_jobs: bool = True):
-        config.data.mkdir(parents=True, exist_ok=True)
+        private_folder(config.data)
         self.config = config
         self.sessions = open_db(config.database)
+        private_files(config.data)
         self.grader = Grader(config)
         self.jobs = Jobs(config, self.sessions, self.grader)
         self.env = _env()
@@ -121,8 +156,9 @@ class Service:
     def secret(self) -> str:
         path = self.config.data / "secret_key"
         if not path.exists():
-            path.touch(mode=0o600)
-            path.write_text(secrets.token_urlsafe(48))
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_urlsafe(48))
         return path.read_text().strip()
 
     def render(self, request: Request, name: str, status: int = 200, **context) -> HTMLResponse:
@@ -145,17 +181,20 @@ def page(role: str | None = "any", upload: bool = False, json_errors: bool = Fal
         async def endpoint(request: Request):
             service: Service = request.app.state.service
             try:
-                if role and "uid" not in request.session:
+                if role and "sid" not in request.session:
                     raise Problem(401, "Please sign in.")
                 form = None
                 if request.method == "POST":
-                    if upload:
-                        form = await _read_capped(request, service.config.max_upload_bytes)
-                    else:
-                        form = await request.form(max_files=1, max_fields=50)
+                    cap = service.config.max_upload_bytes if upload else MAX_FORM_BYTES
+                    try:
+                        form = await _read_capped(request, cap, files=20 if upload else 0)
+                    except HTTPException as error:  # starlette's parser: malformed, too many
+                        raise Problem(400, f"The form could not be read: {error.detail}") from None
                     sent = form.get("csrf") or request.headers.get("x-csrf-token")
                     if not auth.csrf_ok(request.session, sent):
                         raise Problem(403, "The form was stale or forged (CSRF check failed).")
+                    if any("\0" in v for v in form.values() if isinstance(v, str)):
+                        raise Problem(400, "A form field holds a NUL character.")
                 return await run_in_threadpool(_call, fn, service, request, form, role)
             except Problem as problem:
                 return _problem(service, request, problem, json_errors)
@@ -167,7 +206,7 @@ def page(role: str | None = "any", upload: bool = False, json_errors: bool = Fal
 
 def _call(fn, service: Service, request: Request, form, role):
     with service.sessions() as db:
-        user = db.get(User, request.session.get("uid", -1))
+        user = auth.session_user(db, request.session)
         request.state.user = user
         try:
             if role and user is None:
@@ -188,17 +227,20 @@ def _problem(service: Service, request: Request, problem: Problem, as_json: bool
     return service.render(request, "message.html", status=problem.status, message=problem.message)
 
 
-async def _read_capped(request: Request, cap: int):
-    """The multipart form of an upload, read to at most ``cap`` bytes (and some headroom)."""
+async def _read_capped(request: Request, cap: int, files: int):
+    """The form, read to at most ``cap`` bytes (and some headroom), ``files`` files at most."""
     limit = cap + 64 * 1024
+    too_big = Problem(413, f"The form is larger than {cap / 2**20:g} MiB.")
+    if files:
+        too_big = Problem(413, f"The upload is larger than {cap / 2**20:g} MiB.")
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise Problem(413, f"The upload is larger than {cap / 2**20:g} MiB.")
+        raise too_big
     body = bytearray()
     async for chunk in request.stream():
         body += chunk
         if len(body) > limit:
-            raise Problem(413, f"The upload is larger than {cap / 2**20:g} MiB.")
+            raise too_big
     sent = False
 
     async def replay():
@@ -208,19 +250,43 @@ async def _read_capped(request: Request, cap: int):
         sent = True
         return {"type": "http.request", "body": bytes(body), "more_body": False}
 
-    return await Request(request.scope, replay).form(max_files=20, max_fields=20)
+    return await Request(request.scope, replay).form(max_files=files, max_fields=50)
 
 
 # -- helpers -------------------------------------------------------------------------------
-def find_assignment(service: Service, db, name: str) -> Assignment:
+def find_assignment(service: Service, db, name: str, user: User | None = None) -> Assignment:
+    """The assignment ``name``; for a student (``user``), only once it is released."""
     found = db.get(Assignment, name) if name in service.names else None
     if found is None:
         raise Problem(404, f"There is no assignment {name!r}.")
+    if user is not None and not user.is_instructor and not released(found):
+        raise Problem(
+            404, f"{name} is not released yet: it opens {found.opens_at:%Y-%m-%d %H:%M} UTC."
+        )
     return found
 
 
+def released(a: Assignment) -> bool:
+    return a.opens_at is None or a.opens_at <= utcnow()
+
+
+def student_rules(db, user: User, a: Assignment):
+    """``a``'s rules for ``user``: their extension's deadline, if any."""
+    mine = db.scalar(
+        select(Extension.deadline).where(
+            Extension.user_id == user.id, Extension.assignment == a.name
+        )
+    )
+    return grades.for_student(a, mine)
+
+
+def audit(db, user: User, action: str, detail: str) -> None:
+    """Record what an instructor did (committed with the change)."""
+    db.add(AuditEntry(who=user.login, action=action, detail=detail[:2000]))
+
+
 def own_submission(db, user: User, sub_id: int) -> Submission:
-    sub = db.get(Submission, sub_id)
+    sub = db.get(Submission, sub_id) if 0 < sub_id <= MAX_ID else None
     if sub is None or (sub.user_id != user.id and not user.is_instructor):
         raise Problem(404, "There is no such submission of yours.")  # the same for others'
     return sub

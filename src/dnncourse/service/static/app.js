@@ -8,7 +8,16 @@
   const num = (x) => (x === null || x === undefined ? "" : String(+x));
   function show(view) {
     $("state").textContent = view.state;
-    $("ahead").textContent = view.state === "queued" && view.ahead ? `(${view.ahead} ahead)` : "";
+    let waiting = "";
+    if (view.state === "queued") {
+      waiting = `(${view.ahead} ahead of you`;
+      if (view.estimate_s !== null && view.estimate_s !== undefined) {
+        const s = view.estimate_s;
+        waiting += `, feedback in about ${s < 90 ? `${s} s` : `${Math.round(s / 60)} min`}`;
+      }
+      waiting += ")";
+    }
+    $("ahead").textContent = waiting;
     if (view.state !== "graded") return false;
     $("score").textContent = `${num(view.score)} / ${num(view.max_score)}`;
     $("status").textContent = view.status;

@@ -1,0 +1,107 @@
+"""HTML that is stored or served runs no script: the feedback pages and the graded notebooks.
+
+Two places show a student's notebook as HTML outside the sandbox: the feedback page (opened
+in the student's and the instructor's browser, served by ``dnncourse serve``) and the graded
+notebook kept under ``OUT/course/autograded/``, which nbgrader's formgrader renders with
+nbconvert *without* sanitizing, in the instructor's Jupyter session. Markdown turns
+``[x](javascript:...)`` into a link after any HTML sanitizer has looked at the source, and a
+raw cell is pasted into the page as it is, so both are checked on what they *render to*:
+
+* :func:`active_content` lists what a browser could run in a piece of HTML: script-like
+  elements, ``on*`` event handlers, ``javascript:``, ``vbscript:`` and ``data:`` URLs in any
+  attribute (after removing the blanks and control characters browsers ignore);
+* :func:`safe_cells` shows a Markdown or raw cell with any of it as plain text instead (a
+  fenced code block, or escaped) and reduces outputs to text and raster images
+  (:data:`SAFE_MIME`, no metadata);
+* :func:`scrub_page` removes, from a whole page, every script element, event handler and
+  such URL, the page template's own included (the pages need no script).
+
+OWASP's XSS prevention cheat sheet and the HTML standard's URL parsing (schemes compared
+after stripping tabs and newlines) are the references.
+"""
+
+import html
+import re
+
+from bs4 import BeautifulSoup
+from nbconvert.filters.markdown_mistune import markdown2html_mistune
+
+SAFE_MIME = ("text/plain", "image/png", "image/jpeg")
+ACTIVE_TAGS = frozenset(
+    "script iframe frame frameset object embed applet base form meta link style template "
+    "portal noscript animate set animatemotion animatetransform handler listener "
+    "foreignobject".split()
+)
+BAD_URL = re.compile(r"^(javascript|vbscript|livescript|data):", re.IGNORECASE)
+_IGNORED = re.compile(r"[\x00-\x20\x7f]+")
+
+
+def _bad_value(value: str) -> bool:
+    return bool(BAD_URL.match(_IGNORED.sub("", html.unescape(value or ""))))
+
+
+def active_content(fragment: str) -> list[str]:
+    """What a browser could run in ``fragment``: tags, handlers, URLs (empty when none)."""
+    found = []
+    for tag in BeautifulSoup(fragment, "html.parser").find_all(True):
+        if tag.name.lower() in ACTIVE_TAGS:
+            found.append(f"<{tag.name}>")
+        for name, value in tag.attrs.items():
+            values = value if isinstance(value, list) else [value]
+            if name.lower().startswith("on"):
+                found.append(f"{name}=")
+            elif any(_bad_value(str(v)) for v in values):
+                found.append(f"{name}={str(values[0])[:20]}")
+    return found
+
+
+def as_text(source: str) -> str:
+    """Markdown that shows ``source`` as plain text (a fence longer than any in it)."""
+    fence = "`" * max(3, 1 + max((len(m) for m in re.findall(r"`+", source)), default=0))
+    return f"*(shown as text: it held active content)*\n\n{fence}text\n{source}\n{fence}\n"
+
+
+def safe_cell(cell) -> None:
+    """Make one cell safe to render with nbconvert, sanitizing or not (in place)."""
+    if cell.cell_type == "markdown":
+        if active_content(markdown2html_mistune(cell.source)):
+            cell.source = as_text(cell.source)
+    elif cell.cell_type == "raw":
+        if active_content(cell.source):  # nbconvert's HTML pastes a raw cell as it is
+            cell.source = html.escape(cell.source)
+    cell.get("metadata", {}).pop("attachments", None)
+    cell.pop("attachments", None)
+    for output in cell.get("outputs", []):
+        if output.get("output_type") in ("display_data", "execute_result"):
+            data = output.get("data", {})
+            kept = {k: v for k, v in data.items() if k in SAFE_MIME}
+            if not kept:
+                kept = {"text/plain": f"[output of type {', '.join(sorted(data))} not shown]"}
+            output["data"] = kept
+            output["metadata"] = {}
+
+
+def safe_cells(nb) -> None:
+    """Every cell of ``nb`` made safe, and the notebook's widget state dropped (in place)."""
+    for cell in nb.cells:
+        safe_cell(cell)
+    nb.metadata.pop("widgets", None)
+
+
+def scrub_page(page: str) -> str:
+    """``page`` without script elements, event handlers or script/data URLs."""
+    soup = BeautifulSoup(page, "html.parser")
+    for tag in soup.find_all(True):
+        if getattr(tag, "decomposed", False):  # inside a tag removed before
+            continue
+        if tag.name.lower() in ACTIVE_TAGS - {"style", "meta", "link"}:
+            tag.decompose()
+            continue
+        if tag.name.lower() == "meta" and "http-equiv" in {a.lower() for a in tag.attrs}:
+            tag.decompose()
+            continue
+        for name in list(tag.attrs):
+            values = tag.attrs[name] if isinstance(tag.attrs[name], list) else [tag.attrs[name]]
+            if name.lower().startswith("on") or any(_bad_value(str(v)) for v in values):
+                del tag.attrs[name]
+    return str(soup)
