@@ -17,9 +17,12 @@ the victim), no planted file anywhere outside, no process left.
 The in-process attacks that beat the old in-kernel guard (skipping the test cells through a
 wrapped ``do_execute``, forging records found with ``gc``, a patched ``session.send``, ``torch``
 rebound in the test's globals, a tensor that agrees with every comparison) score zero, and a
-function that reads the hidden tests with ``linecache`` gets its points but shows nothing of
-them in the feedback. Each attack prints ``armed: <name>`` into the graded notebook, so the
-test sees that it really ran.
+function that reads the hidden tests with ``linecache`` shows nothing of them in the feedback
+(its cells are held for review: it reads its caller's frames). Each attack prints ``armed:
+<name>`` into the graded notebook, so the test sees that it really ran.
+
+The attacks on the statement's rules (right answers by a forbidden capability, across
+hw1-hw4) are ``tests/rule_attacks.py``, graded by ``tests/test_rules.py``.
 """
 
 import csv
@@ -506,7 +509,9 @@ def build(folder: Path, target: dict | None = None) -> dict[str, tuple[float, st
     put("agreeable_tensor", notebook(replace=AGREEABLE), 0)
     nb = notebook(correct=ALL[1:], replace=LEAK)
     nb["cells"].append(code(SHOW_LEAK, "leak-show"))
-    put("linecache_leak", nb, 10)
+    # its answer reads its caller's frames (inspect) and writes builtins: the rules hold
+    # cubic_gradients and fit_cubic (which calls it) for review, at 0 until you decide
+    put("linecache_leak", nb, 5)
     nb = notebook(correct=ALL[1:3], replace=EXFILTRATE)  # fit_cubic uses the gradients
     nb["cells"].append(code(SHOW_EXFIL, "exfil-show"))
     put("exfiltrator", nb, 5)
@@ -519,7 +524,9 @@ def build(folder: Path, target: dict | None = None) -> dict[str, tuple[float, st
         return expected
 
     # -- the sandbox (issue 10): attacks from inside the kernel ---------------------------
-    put("spy", attack(notebook(correct=ALL), SPY, target, "s1"), 10)
+    # right answers, but a top-level cell with __import__ and ipykernel's machinery: every
+    # cell with a rule (all but the gradient step's 2 points) is held for review
+    put("spy", attack(notebook(correct=ALL), SPY, target, "s1"), 2)
     put("network", attack(notebook(), NETWORK, target, "s2"), 0)
     put("planter", attack(notebook(), PLANTER, target, "s3"), 0)
     nb = insert_after(notebook(correct=ALL), "cubic_gradients", code(XSS, "s4"))
@@ -778,7 +785,8 @@ def test_a_spy_reads_nothing_of_the_course_the_class_or_the_grader(graded):
     assert seen["reference"][0] == "ModuleNotFoundError", "the reference implementation"
     assert graded["token"] not in json.dumps(seen["env"]), "the grader's environment"
     assert seen["transport"] == "ipc" and seen["uid"] == 65534
-    assert graded["rows"]["spy"]["score"] == "10.0"  # a good student who looked around
+    spy = graded["rows"]["spy"]  # right answers, held for a person to decide (the rules)
+    assert spy["score"] == "2.0" and spy["review"].count("an import by a computed name") == 3
 
 
 @pytest.mark.slow

@@ -6,10 +6,14 @@ is recorded as the exception's type, so a test proves the attempt ran and failed
 Whole graded notebooks attacking the grader are in test_grading_corpus.py.
 """
 
+import fcntl
+import functools
 import json
 import os
 import secrets
+import shutil
 import socket
+import subprocess
 import sys
 import tempfile
 import textwrap
@@ -39,17 +43,130 @@ def attempt(name, action):
 """
 
 
-def run_inside(code: str, **options) -> dict:
+USER = "dnncourse-grader"  # the ordinary user the tests grade as (made when run as root)
+
+# as root: a private mount namespace in which each folder that the user may not enter and that
+# holds what the grader needs (pyenv's interpreter in /root) is covered by an open tmpfs that
+# holds only that; then the grader runs as the user, with a minimal environment
+AS_USER = r"""
+set -e
+uid=$1; gid=$2; shift 2
+for pair in $DNNCOURSE_REACH; do
+    closed=${pair%%:*}; need=${pair#*:}
+    stage=$(mktemp -d); mount --bind "$need" "$stage"
+    if ! mountpoint -q "$closed"; then mount -t tmpfs -o mode=0755,size=1m none "$closed"; fi
+    mkdir -p "$need"; mount --move "$stage" "$need"; rmdir "$stage"
+done
+exec setpriv --reuid="$uid" --regid="$gid" --clear-groups --reset-env "$@"
+"""
+
+DRIVER = r"""
+import importlib.util, json, os, sys, types
+# the package's folders without running its __init__ (which imports torch: seconds)
+for name in ("dnncourse", "dnncourse.grading"):
+    spec = importlib.util.find_spec(name)
+    module = sys.modules[name] = types.ModuleType(name)
+    module.__path__, module.__file__ = spec.submodule_search_locations, spec.origin
+from dnncourse.grading import sandbox
+proc = sandbox._run_inside(**json.loads(sys.argv[1]))
+out = "GRADER-ENV " + json.dumps(sorted(os.environ)) + "\n" + proc.stdout
+print("RESULT " + json.dumps([proc.returncode, out, proc.stderr, proc.exceeded]))
+"""
+
+
+def _closed_folders() -> list[str]:
+    """``closed:needed`` pairs: the first folder the user cannot enter above each folder the
+    grader reads (interpreter, virtualenv, checkout)."""
+    pairs = []
+    for need in sorted({Path(sys.base_prefix).resolve(), Path(sys.prefix), ROOT}):
+        for folder in reversed(need.parents):
+            if folder != Path("/") and not folder.stat().st_mode & 0o001:
+                below = need.relative_to(folder).parts[0]
+                pairs.append(f"{folder}:{folder / below}")
+                break
+    return sorted(set(pairs))
+
+
+@functools.cache
+def ordinary_user() -> tuple[int, int] | str:
+    """(uid, gid) of an ordinary user to grade as, or why there is none."""
+    import pwd
+
+    if os.geteuid() != 0:
+        return os.getuid(), os.getgid()  # already one: the tests run as it
+    if not all(shutil.which(t) for t in ("useradd", "unshare", "setpriv", "mountpoint")):
+        return "useradd, unshare, setpriv or mountpoint not found"
+    with open("/tmp/dnncourse-useradd.lock", "w") as lock:  # pytest-xdist workers at once
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            pwd.getpwnam(USER)
+        except KeyError:
+            made = subprocess.run(
+                ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", USER],
+                capture_output=True,
+                text=True,
+            )
+            if made.returncode not in (0, 9):  # 9: made meanwhile
+                return f"useradd failed: {made.stderr.strip()}"
+    entry = pwd.getpwnam(USER)
+    probe = _as_user_argv(entry.pw_uid, entry.pw_gid, ["/bin/true"])
+    tried = subprocess.run(probe[0], env=probe[1], capture_output=True, text=True)
+    if tried.returncode != 0:
+        return f"cannot run as {USER} in a private mount namespace: {tried.stderr.strip()}"
+    return entry.pw_uid, entry.pw_gid
+
+
+def _as_user_argv(uid: int, gid: int, argv: list[str], env: dict | None = None):
+    if os.geteuid() != 0:
+        return argv, {**os.environ, **(env or {})}
+    inner = ["env", f"HOME={tempfile.gettempdir()}", "PATH=/usr/bin:/bin", "MPLBACKEND=Agg"]
+    inner += [f"{k}={v}" for k, v in (env or {}).items()]
+    outer = ["unshare", "--mount", "--propagation", "private", "/bin/sh", "-c", AS_USER, "sh"]
+    reach = " ".join(_closed_folders())
+    return [*outer, str(uid), str(gid), *inner, *argv], {**os.environ, "DNNCOURSE_REACH": reach}
+
+
+def run_as(mode: str, code: str, env: dict | None = None, **options):
+    """Run ``python -c code`` in a sandbox made by a grader running as root or as an ordinary
+    user (``mode``); return (returncode, stdout, stderr, which total limit stopped it)."""
+    if mode == "root" and os.geteuid() != 0:
+        pytest.skip("grading as root needs root")
+    if mode == "root" or os.geteuid() != 0:
+        with pytest.MonkeyPatch.context() as patch:
+            for key, value in (env or {}).items():
+                patch.setenv(key, value)
+            proc = sandbox._run_inside(code, **options)
+            out = "GRADER-ENV " + json.dumps(sorted(os.environ)) + "\n" + proc.stdout
+        return proc.returncode, out, proc.stderr, proc.exceeded
+    user = ordinary_user()
+    if isinstance(user, str):
+        pytest.skip(user)
+    kwargs = json.dumps({"code": code, **{k: v for k, v in options.items()}}, default=str)
+    argv, full_env = _as_user_argv(*user, [sys.executable, "-c", DRIVER, kwargs], env)
+    done = subprocess.run(argv, env=full_env, capture_output=True, text=True, timeout=180)
+    lines = [ln for ln in done.stdout.splitlines() if ln.startswith("RESULT ")]
+    assert lines, done.stdout + done.stderr
+    return tuple(json.loads(lines[-1][7:]))
+
+
+def run_inside(code: str, mode: str = "here", **options) -> dict:
     """Run ``code`` (which fills the dict ``seen``) in a sandbox; return ``seen``."""
-    proc = sandbox._run_inside(
-        TRY + textwrap.dedent(code) + "\nprint('SEEN', json.dumps(seen))", **options
-    )
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("SEEN ")]
-    assert lines, proc.stdout + proc.stderr
+    snippet = TRY + textwrap.dedent(code) + "\nprint('SEEN', json.dumps(seen))"
+    if mode == "here":
+        proc = sandbox._run_inside(snippet, **options)
+        out, err = proc.stdout, proc.stderr
+    else:
+        _, out, err, _ = run_as(mode, snippet, **options)
+    lines = [ln for ln in out.splitlines() if ln.startswith("SEEN ")]
+    assert lines, out + err
     return json.loads(lines[-1][5:])
 
 
-def test_unprivileged_without_capabilities():
+MODES = pytest.mark.parametrize("mode", ["root", "user"])
+
+
+@MODES
+def test_unprivileged_without_capabilities(mode):
     seen = run_inside(
         """
         status = dict(l.split(":", 1) for l in open("/proc/self/status") if ":" in l)
@@ -57,18 +174,46 @@ def test_unprivileged_without_capabilities():
         seen["caps"] = {k: int(status[k], 16) for k in ("CapInh", "CapPrm", "CapEff", "CapAmb")}
         seen["bounding"] = int(status["CapBnd"], 16)
         seen["no_new_privs"] = status["NoNewPrivs"].strip()
+        seen["seccomp"] = status["Seccomp"].strip()
+        import pwd
+        seen["name"] = pwd.getpwuid(os.getuid()).pw_name
         attempt("setuid 0", lambda: os.setuid(0))
         attempt("chroot", lambda: os.chroot("/tmp"))
-        """
+        """,
+        mode,
     )
-    uid, gid, groups = seen["ids"]
-    assert uid == [65534] * 3 and gid == [65534] * 3 and groups in ([], [65534])
+    (uid, *_), (gid, *_), groups = seen["ids"]
+    assert seen["ids"][0] == [uid] * 3 and seen["ids"][1] == [gid] * 3 and gid == uid
+    if mode == "root":  # a uid of its own from the reserved range
+        assert sandbox.UID_BASE <= uid < sandbox.UID_BASE + sandbox.UID_SLOTS
+    else:  # the user is 65534 in a user namespace of its own
+        assert uid == sandbox.NOBODY
+    assert groups in ([], [gid]) and seen["name"] == "student"
     assert seen["caps"] == dict.fromkeys(seen["caps"], 0)
-    if sandbox.privileged():  # as root the launcher also empties the bounding set
+    if mode == "root":  # as root the launcher also empties the bounding set
         assert seen["bounding"] == 0
-    assert seen["no_new_privs"] == "1"
-    assert seen["setuid 0"][0] == "PermissionError"
+    assert seen["no_new_privs"] == "1" and seen["seccomp"] == "2"  # 2: a filter
+    # in a user namespace uid 0 is not even mapped (EINVAL)
+    assert seen["setuid 0"][0] == "PermissionError" or "Invalid argument" in seen["setuid 0"][1]
     assert seen["chroot"][0] == "PermissionError"
+
+
+def test_each_kernel_has_a_uid_of_its_own(tmp_path):
+    """Graded as root, two kernels at once never share a uid (one user keyring, one owner of
+    files and processes): each holds a lock on its uid while it lives."""
+    if not sandbox.privileged():
+        pytest.skip("as an ordinary user each kernel is 65534 in a user namespace of its own")
+    boxes = []
+    try:
+        for i in range(8):
+            (tmp_path / str(i)).mkdir()
+            boxes.append(sandbox.KernelBox(sandbox.Options(folder=tmp_path / str(i))))
+        uids = [box.uid for box in boxes]
+        assert len(set(uids)) == len(uids) and sandbox.NOBODY not in uids
+        assert {(tmp_path / str(i)).stat().st_uid for i in range(8)} == set(uids)
+    finally:
+        for box in boxes:
+            box.close()
 
 
 def test_no_network_at_all():
@@ -348,18 +493,59 @@ def test_nothing_of_a_kernel_is_left_after_its_run(tmp_path, boxed):
     assert not left, [(p.pid, p.name(), p.status()) for p in left]
 
 
-def test_doctor_reports_every_check():
-    results = sandbox.requirements()
-    names = [r.name for r in results]
+DOCTOR = r"""
+import importlib.util, json, sys, types
+for name in ("dnncourse", "dnncourse.grading"):
+    spec = importlib.util.find_spec(name)
+    module = sys.modules[name] = types.ModuleType(name)
+    module.__path__, module.__file__ = spec.submodule_search_locations, spec.origin
+from dnncourse.grading import sandbox
+print("DOCTOR " + json.dumps([[c.name, c.ok, c.detail] for c in sandbox.requirements()]))
+"""
+
+
+@MODES
+def test_doctor_shows_each_limit_and_how_it_is_enforced(mode):
+    """``dnncourse doctor`` as root and as an ordinary user: every check passes, and each
+    limit says how it is enforced there (cgroups as root, a watchdog and rlimits as a user)."""
+    if mode == "root":
+        if os.geteuid() != 0:
+            pytest.skip("grading as root needs root")
+        results = {c.name: (c.ok, c.detail) for c in sandbox.requirements()}
+    else:
+        user = ordinary_user()
+        if isinstance(user, str):
+            pytest.skip(user)
+        argv, env = _as_user_argv(*user, [sys.executable, "-c", DOCTOR])
+        done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
+        line = [ln for ln in done.stdout.splitlines() if ln.startswith("DOCTOR ")]
+        assert line, done.stdout + done.stderr
+        results = {name: (ok, detail) for name, ok, detail in json.loads(line[0][7:])}
+    print("\n".join(f"[{'ok' if ok else 'FAIL':>4}] {k}: {d}" for k, (ok, d) in results.items()))
     for name in (
-        "bwrap runs",
-        "sandbox starts",
-        "unprivileged",
+        "memory total",
+        "CPU time total",
+        "processes",
+        "uid",
+        "keyring",
+        "ptrace",
         "network off",
+        "writable folders",
+        "seccomp filter",
         "fork bomb stopped",
     ):
-        assert name in names
-    assert all(r.ok for r in results), [r for r in results if not r.ok]
+        assert name in results, name
+    assert all(ok for ok, _ in results.values()), results
+    how = {name: results[name][1] for name in ("memory total", "CPU time total", "processes")}
+    if mode == "root" and sandbox.cgroup_roots():
+        assert "cgroup" in how["memory total"] and "cgroup" in how["processes"], how
+    if mode == "user":
+        assert "watchdog" in how["memory total"] and "watchdog" in how["CPU time total"], how
+        assert "RLIMIT_NPROC" in how["processes"], how
+        assert "user namespace" in results["uid"][1]
+    writable = results["writable folders"][1]
+    for folder in ("/tmp", "/dev/shm", sandbox.HOME, sandbox.SOCKETS):
+        assert f"{folder} (tmpfs " in writable, writable
 
 
 def test_grade_stops_before_grading_without_a_sandbox(monkeypatch, tmp_path):
@@ -395,3 +581,311 @@ def test_no_sandbox_grades_anyway_and_says_so(tmp_path):
     assert [r.status for r in rows] == ["missing notebook"]
     assert "graded without a sandbox (--no-sandbox)" in rows[0].detail
     assert "sandbox: OFF (--no-sandbox)" in (tmp_path / "out" / "summary.txt").read_text()
+
+
+PTRACE = """
+import ctypes, subprocess
+libc = ctypes.CDLL(None, use_errno=True)
+seen["pid"] = os.getpid()
+seen["pid 1"] = open("/proc/1/cmdline", "rb").read().split(b"\\0")[0].decode()
+def environ_of_every_process():
+    found = {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            found[pid] = open(f"/proc/{pid}/environ", "rb").read().decode("latin-1")
+        except OSError as error:
+            found[pid] = type(error).__name__
+    return found
+def attach(pid):  # PTRACE_ATTACH, then read a word of its memory (PTRACE_PEEKDATA)
+    if libc.ptrace(16, pid, None, None) != 0:
+        raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
+    os.waitpid(pid, 0)
+    return libc.ptrace(2, pid, ctypes.c_void_p(0x400000), None)
+sibling = subprocess.Popen(["sleep", "30"])
+attempt("environ", environ_of_every_process)
+attempt("ptrace pid 1", lambda: attach(1))
+attempt("ptrace sibling", lambda: attach(sibling.pid))
+def vm_read(pid):  # process_vm_readv of one byte at an address of its stack
+    buf = ctypes.create_string_buffer(1)
+    iov = (ctypes.c_void_p * 2)(ctypes.cast(buf, ctypes.c_void_p), 1)
+    start = int(open(f"/proc/{pid}/stat").read().split()[27])  # startstack
+    remote = (ctypes.c_void_p * 2)(start, 1)
+    if libc.process_vm_readv(pid, iov, 1, remote, 1, 0) < 0:
+        raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
+    return "read"
+attempt("vm_read sibling", lambda: vm_read(sibling.pid))
+sibling.kill()
+"""
+
+
+@MODES
+def test_pid_1_and_the_graders_environment_are_out_of_reach(mode):
+    """Graded as an ordinary user, the kernel could attach to bwrap (the sandbox's pid 1, same
+    uid) and read the grader's environment from its ``/proc/1/environ``. Now the kernel is
+    pid 1 itself, bwrap starts with an empty environment, and ptrace is denied. The secret is
+    in the grader's environment (checked), and nowhere inside."""
+    secret = "instructor-" + secrets.token_hex(8)
+    snippet = TRY + PTRACE + "\nprint('SEEN', json.dumps(seen))"
+    _, out, err, _ = run_as(mode, snippet, env={"DNNCOURSE_CANARY": secret})
+    grader_env = json.loads(out.split("\n", 1)[0].split(" ", 1)[1])
+    assert "DNNCOURSE_CANARY" in grader_env, "the secret is in the grader's environment"
+    assert secret not in out + err, "the grader's secret reached the sandbox"
+    seen = json.loads(next(ln for ln in out.splitlines() if ln.startswith("SEEN "))[5:])
+    assert seen["pid"] == 1 and seen["pid 1"].endswith("python"), seen
+    assert secret not in json.dumps(seen), "the grader's secret reached the sandbox"
+    environ = seen["environ"]
+    assert environ[0] == "ok" and len(environ[1]) >= 2, environ  # the attack looked at all
+    if mode == "user":  # same uid: the environments were read, and hold nothing of the grader's
+        assert all("PATH=" in text for text in environ[1].values()), environ
+    for name in ("ptrace pid 1", "ptrace sibling", "vm_read sibling"):
+        assert "Operation not permitted" in seen[name][1], seen  # EPERM: the filter
+    # the control: without the filter, the same code attaches to the sibling (same uid)
+    control = run_inside(PTRACE, mode, env={"DNNCOURSE_CANARY": secret}, seccomp=False)
+    assert control["ptrace sibling"][0] == "ok" and control["vm_read sibling"] == ["ok", "read"]
+    assert secret not in json.dumps(control), "a minimal environment even without the filter"
+
+
+KEYS = """
+import ctypes, time
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+def check(value):
+    if value < 0:
+        raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
+    return value
+def add(keyring):  # add_key("user", "channel", secret, keyring)
+    data = b"%(secret)s"
+    return check(libc.syscall(248, b"user", b"channel", data, len(data), keyring))
+def search(keyring):  # keyctl(KEYCTL_SEARCH, keyring, "user", "channel", 0), then KEYCTL_READ
+    key = check(libc.syscall(250, 10, keyring, b"user", b"channel", 0))
+    buf = ctypes.create_string_buffer(100)
+    size = check(libc.syscall(250, 11, key, buf, 100))
+    return buf.raw[:size].decode()
+USER, SESSION = -4, -3
+if "%(role)s" == "writer":
+    attempt("add to user keyring", lambda: add(USER))
+    attempt("add to session keyring", lambda: add(SESSION))
+    time.sleep(%(wait)s)
+else:
+    attempt("user keyring", lambda: search(USER))
+    attempt("session keyring", lambda: search(SESSION))
+seen["keys"] = open("/proc/keys").read()
+"""
+
+
+@MODES
+def test_the_kernel_keyring_is_no_channel_between_students(mode):
+    """One student's kernel leaves a key in its user and session keyrings; another, graded at
+    the same time and one after it, looks for it (by search, and in ``/proc/keys``). The
+    keyring calls are denied: the writer could not add the key, and the reader finds nothing.
+    The control: without the filter the writer adds both keys and lists them (the attack
+    works; graded as a user its key belongs to your uid on the host, and is readable by its
+    serial number to any process of that uid that may call keyctl)."""
+    import threading
+
+    secret = secrets.token_hex(8)
+
+    def writer(found: dict, seccomp: bool):
+        code = KEYS % {"secret": secret, "role": "writer", "wait": 4}
+        found.update(run_inside(code, mode, seccomp=seccomp))
+
+    def reader() -> dict:
+        return run_inside(KEYS % {"secret": secret, "role": "reader", "wait": 0}, mode)
+
+    for seccomp in (False, True):  # False: the control, the writer unfiltered
+        written: dict = {}
+        thread = threading.Thread(target=writer, args=(written, seccomp))
+        thread.start()
+        time.sleep(2)
+        at_once = reader()
+        thread.join()
+        after = reader()
+        if seccomp:
+            for name in ("add to user keyring", "add to session keyring"):
+                assert "not permitted" in written[name][1], written
+        else:
+            assert written["add to user keyring"][0] == "ok", written
+            assert written["add to session keyring"][0] == "ok", written
+        assert written["keys"] == "", "/proc/keys is masked"
+        for seen in (at_once, after):
+            assert secret not in json.dumps(seen) and seen["keys"] == "", seen
+            for name in ("user keyring", "session keyring"):
+                assert "not permitted" in seen[name][1], seen
+
+
+MEMORY_BOMB = """
+import sys, time
+alive = 0
+for i in range(8):
+    if os.fork() == 0:
+        block = b"x" * (32 * 2**20)  # 32 MiB, written: resident
+        print("alive", i, flush=True)
+        time.sleep(20)
+        os._exit(0)
+    time.sleep(0.4)
+print("all forked", flush=True)
+time.sleep(1)
+"""
+
+
+@MODES
+def test_many_small_processes_stay_under_the_total_memory(mode):
+    """Eight processes of 32 MiB each, far under any per-process limit, are 256 MiB together:
+    over a total of 128 MiB, the sandbox is stopped (a cgroup's OOM kill as root, the
+    watchdog as a user). The control without a total runs them all."""
+    code, out, _, exceeded = run_as(mode, MEMORY_BOMB, memory_mb=128)
+    alive = out.count("alive")
+    assert exceeded == "memory" and code != 0, (code, out, exceeded)
+    assert 0 < alive <= 4 and "all forked" not in out, out  # 4 x 32 MiB: the total, at most
+    code, out, _, exceeded = run_as(mode, MEMORY_BOMB, memory_mb=None)
+    assert (code, exceeded, out.count("alive")) == (0, None, 8) and "all forked" in out
+
+
+CPU_BURN = """
+import time
+def spin(seconds):
+    end = time.process_time() + seconds
+    while time.process_time() < end:
+        pass
+kids = []
+for i in range(3):
+    pid = os.fork()
+    if pid == 0:
+        spin(0.8)
+        print("done", i, flush=True)
+        os._exit(0)
+    kids.append(pid)
+for pid in kids:
+    os.waitpid(pid, 0)
+print("all done", flush=True)
+"""
+
+
+@MODES
+def test_cpu_time_counts_all_processes_together(mode):
+    """Three processes of 0.8 s of CPU time each stay under a per-process limit of 1 s, but
+    are 2.4 s together: over a total of 1 s, the sandbox is stopped. The control without a
+    total runs them to the end."""
+    code, out, _, exceeded = run_as(mode, CPU_BURN, cpu_seconds=1)
+    assert exceeded == "cpu" and code != 0 and "all done" not in out, (code, out, exceeded)
+    code, out, _, exceeded = run_as(mode, CPU_BURN, cpu_seconds=None)
+    assert (code, exceeded, out.count("done")) == (0, None, 4), out
+
+
+FILL = """
+import errno
+mounts = [line.split()[4] for line in open("/proc/self/mountinfo")]
+def fill(folder):  # write 1 MiB blocks until the folder is full (or 16 MiB are written)
+    written = 0
+    with open(os.path.join(folder, "fill"), "wb") as f:
+        for _ in range(16):
+            f.write(b"x" * 2**20)
+            f.flush()
+            written += 1
+    return written
+for folder in sorted(set(mounts)):
+    if folder.startswith(("/proc", "/sys")):
+        continue
+    if os.path.isdir(folder):
+        stat = os.statvfs(folder)
+        seen.setdefault("size", {})[folder] = stat.f_blocks * stat.f_frsize
+        attempt("fill " + folder, lambda: fill(folder))
+kernel_folder = [m for m in mounts if "dnncourse-check-" in m][0]
+attempt("per-kernel folder", lambda: fill(kernel_folder))
+seen["kernel folder"] = kernel_folder
+"""
+
+
+@MODES
+def test_every_writable_folder_is_capped_storage(mode, tmp_path):
+    """The kernel fills every folder it may write (each mount point inside): each is a tmpfs
+    with a cap, none the host's disk. The per-kernel folder (connection file) is the host's,
+    bound read-only: its ipc sockets are bound in a 64 KiB tmpfs of the sandbox's own."""
+    seen = run_inside(FILL, mode, workdir_mb=4)
+    cap = 4 * 2**20
+    expected = {"/tmp": cap, "/dev/shm": cap, sandbox.HOME: cap, sandbox.SOCKETS: 64 * 1024}
+    fills = {k[5:]: v for k, v in seen.items() if k.startswith("fill ")}
+    assert len(fills) > len(expected) and "/" in fills, fills  # every mount point was tried
+    for folder, (kind, message) in fills.items():
+        if folder in expected:  # full at its cap
+            assert kind == "OSError" and "No space left" in message, (folder, seen)
+            assert seen["size"][folder] == expected[folder], (folder, seen)
+        else:  # nothing could be written at all
+            assert kind != "ok" and "No space left" not in message, (folder, seen)
+    kind, message = seen["per-kernel folder"]
+    assert kind == "OSError" and "Read-only file system" in message, seen
+
+
+SYSCALLS = """
+import ctypes, mmap
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+def call(*args):
+    if libc.syscall(*args) < 0:
+        raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
+    return "done"
+attempt("memfd_create", lambda: os.memfd_create("hidden"))
+attempt("shmget", lambda: call(29, 0, 2**20, 0o1600))  # IPC_PRIVATE, IPC_CREAT | 0600
+attempt("unshare user", lambda: call(272, 0x10000000))  # unshare(CLONE_NEWUSER)
+attempt("mount", lambda: call(165, b"none", b"/tmp", b"tmpfs", 0, None))
+attempt("bpf", lambda: call(321, 0, None, 0))
+attempt("perf_event_open", lambda: call(298, None, 0, -1, -1, 0))
+attempt("userfaultfd", lambda: call(323, 0))
+attempt("io_uring_setup", lambda: call(425, 1, ctypes.create_string_buffer(120)))
+pid = os.fork()
+if pid == 0:
+    os._exit(0)
+seen["fork"] = ["ok", os.waitpid(pid, 0)[1]]
+"""
+
+
+@MODES
+def test_system_calls_no_notebook_needs_are_denied(mode):
+    """Memory no process maps (memfd, System V), namespaces and mounts of its own, and the
+    kernel's rarely used interfaces fail with EPERM (x86-64 numbers). The control without the
+    filter: memfd, System V memory and a user namespace of its own are there to be had."""
+    if os.uname().machine != "x86_64":
+        pytest.skip("system call numbers of x86-64")
+    snippet = SYSCALLS
+    seen = run_inside(snippet, mode)
+    for name in (
+        "memfd_create",
+        "shmget",
+        "unshare user",
+        "mount",
+        "bpf",
+        "perf_event_open",
+        "userfaultfd",
+        "io_uring_setup",
+    ):
+        assert "Operation not permitted" in seen[name][1], (name, seen[name])
+    assert seen["fork"] == ["ok", 0], "an ordinary fork (clone without namespaces) still works"
+    control = run_inside(snippet, mode, seccomp=False)
+    for name in ("memfd_create", "shmget", "unshare user"):
+        assert control[name][0] == "ok", (name, control[name])
+
+
+@pytest.mark.slow
+def test_a_notebook_over_the_total_memory_gets_memory_limit(tmp_path):
+    """A cell forks up to twenty processes of 200 MiB, each far under the address-space limit
+    of one process (a forked kernel maps ~1.4 GiB); together over the student's 2000 MiB
+    (4000 MiB with twenty), the sandbox is stopped and the student's status is ``memory
+    limit``, with what happened in the details."""
+    import nbformat
+
+    from dnncourse.grading.execute import Limits, execute
+
+    bomb = (
+        "import os, time\nfor i in range(20):\n    if os.fork() == 0:\n"
+        "        block = b'x' * (200 * 2**20)\n        print('alive', i, flush=True)\n"
+        "        time.sleep(60)\n        os._exit(0)\n    time.sleep(0.5)\nprint('all alive')"
+    )
+    nb = nbformat.v4.new_notebook(
+        cells=[nbformat.v4.new_code_cell("print('before')"), nbformat.v4.new_code_cell(bomb)]
+    )
+    run = execute(nb, tmp_path, Limits(memory_limit_mb=2000, cell_timeout=90))
+    assert run.status == "memory limit", (run.details, nb.cells[1].outputs)
+    assert any("all processes together used more than 2000 MiB" in d for d in run.details)
+    assert nb.cells[0].outputs[0]["text"] == "before\n"
+    text = "".join(o.get("text", "") for o in nb.cells[1].outputs)
+    assert "alive 0" in text and "all alive" not in text, nb.cells[1].outputs

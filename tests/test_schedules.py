@@ -11,11 +11,19 @@ import warnings
 
 import pytest
 import torch
-from torch.optim.lr_scheduler import ExponentialLR, LambdaLR, ReduceLROnPlateau, StepLR
+from torch.optim.lr_scheduler import (
+    CosineAnnealingLR,
+    ExponentialLR,
+    LambdaLR,
+    LinearLR,
+    ReduceLROnPlateau,
+    SequentialLR,
+    StepLR,
+)
 
 import dnncourse
 from dnncourse import optim
-from dnncourse.schedules import ExponentialDecay, InverseTimeDecay, StaircaseDecay
+from dnncourse.schedules import CosineDecay, ExponentialDecay, InverseTimeDecay, StaircaseDecay
 
 NUM_STEPS = 300
 TOL = {"rtol": 1e-12, "atol": 0.0}
@@ -52,6 +60,14 @@ FORMULAS = {
         lambda opt: StaircaseDecay(opt, step_size=7, factor=5),
         lambda a, k: a / 5 ** (k // 7),
     ),
+    "cosine": (  # after T = 200 the rate stays at the floor
+        lambda opt: CosineDecay(opt, total_steps=200, warmup_steps=10, final_factor=0.1),
+        lambda a, k: (
+            a * (0.1 + 0.45 * (1 + math.cos(math.pi * min(k - 10, 190) / 190)))
+            if k >= 10
+            else a * (0.1 + 0.9 * k / 10)
+        ),
+    ),
 }
 
 
@@ -80,6 +96,27 @@ TORCH_EQUIVALENTS = {
         lambda opt: StepLR(opt, step_size=7, gamma=1 / 5),
     ),
 }
+
+
+def _warmup_cosine(opt, w=10, total=NUM_STEPS):
+    return SequentialLR(
+        opt,
+        [
+            LinearLR(opt, start_factor=1 / w, total_iters=w),
+            CosineAnnealingLR(opt, T_max=total - w, eta_min=0.0),
+        ],
+        milestones=[w],
+    )
+
+
+TORCH_EQUIVALENTS["cosine"] = (  # k <= T: PyTorch's class oscillates after T_max
+    lambda opt: CosineDecay(opt, total_steps=NUM_STEPS - 1, final_factor=0.0),
+    lambda opt: CosineAnnealingLR(opt, T_max=NUM_STEPS - 1),
+)
+TORCH_EQUIVALENTS["warmup_cosine"] = (
+    lambda opt: CosineDecay(opt, total_steps=NUM_STEPS - 1, warmup_steps=10),
+    lambda opt: _warmup_cosine(opt, total=NUM_STEPS - 1),
+)
 
 
 @pytest.mark.parametrize("name", TORCH_EQUIVALENTS)
@@ -209,3 +246,35 @@ def test_reduce_on_plateau_divides_after_patience():
     assert opt.param_groups[0]["lr"] == 1.0, "patience=2 tolerates two bad epochs"
     scheduler.step(4.0)  # the third bad epoch
     assert opt.param_groups[0]["lr"] == pytest.approx(0.1)
+
+
+def test_cosine_mistakes_are_caught_by_the_torch_oracle():
+    """The oracle can fail: a warmup one step short, or a cosine over T instead of T - w."""
+    theirs = rates(_warmup_cosine(make_optimizer(), total=NUM_STEPS - 1))
+    short = rates(CosineDecay(make_optimizer(), total_steps=NUM_STEPS - 1, warmup_steps=9))
+    with pytest.raises(AssertionError):
+        torch.testing.assert_close(short, theirs, **TOL)
+    longer = rates(CosineDecay(make_optimizer(), total_steps=NUM_STEPS + 9, warmup_steps=10))
+    with pytest.raises(AssertionError):
+        torch.testing.assert_close(longer, theirs, **TOL)
+
+
+def test_cosine_reaches_its_floor_and_stays():
+    got = rates(CosineDecay(make_optimizer(lr=1.0), total_steps=8, final_factor=0.25), 12)
+    assert got[0] == [1.0] and got[4] == [pytest.approx(0.625)]
+    assert got[8:] == [[0.25]] * 4
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"total_steps": 0}, "total_steps"),
+        ({"total_steps": 5, "warmup_steps": 5}, "exceed"),
+        ({"total_steps": 5, "warmup_steps": -1}, "warmup_steps"),
+        ({"total_steps": 5.0}, "total_steps"),
+        ({"total_steps": 5, "final_factor": 1.5}, "final_factor"),
+    ],
+)
+def test_bad_cosine_arguments_raise(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        CosineDecay(make_optimizer(), **kwargs)

@@ -15,7 +15,7 @@ lecture's order:
   generator in, a score out), :func:`dnncourse.fit_mlp` (a fresh MLP from a seed, fitted).
 - :mod:`dnncourse.optim`: SGD, Adagrad, RMSprop, Adam, AdamW as torch.optim.Optimizer subclasses.
 - :mod:`dnncourse.lecture_optim`: the lecture's heavy ball, Nesterov and Adam forms.
-- :mod:`dnncourse.schedules`: 1/t, exponential and staircase learning-rate decay.
+- :mod:`dnncourse.schedules`: 1/t, exponential, staircase and cosine (warmup) decay.
 - :mod:`dnncourse.problems`: test problems (elongated quadratic, least squares).
 - :mod:`dnncourse.init`: weight initialization with torch.nn.init's API.
 - :mod:`dnncourse.diagnostics`: per-layer activation and gradient statistics, gradient norms.

@@ -16,6 +16,11 @@ and practice uses a diminishing learning rate. The lecture's three schedules, wi
 - :class:`StaircaseDecay`: divide by ``factor`` every ``step_size`` steps,
   :math:`t_k = a / \\text{factor}^{\\lfloor k / L \\rfloor}` (popular in practice).
 
+Beyond the lecture, the schedule of much current practice: :class:`CosineDecay`, half a
+cosine from :math:`a` down to a floor over a fixed number of steps (Loshchilov and Hutter,
+2017), optionally after a linear *warmup* from a small rate (Goyal et al., 2017), which
+keeps the first steps of a fresh network, or of Adam's not yet averaged moments, short.
+
 Each class subclasses ``torch.optim.lr_scheduler.LRScheduler`` and computes the rate in
 closed form from ``base_lrs`` and ``last_epoch``, so it works with PyTorch's optimizers,
 with :mod:`dnncourse.optim`, with several param groups, with ``state_dict`` and with
@@ -23,7 +28,9 @@ with :mod:`dnncourse.optim`, with several param groups, with ``state_dict`` and 
 ``"batch"`` counts iterations). The heuristic variant that watches a validation metric
 is PyTorch's ``ReduceLROnPlateau``.
 
-References: Robbins and Monro (1951); Bottou and Bousquet (2008).
+References: Robbins and Monro (1951); Bottou and Bousquet (2008); Loshchilov and Hutter,
+"SGDR: Stochastic Gradient Descent with Warm Restarts" (2017); Goyal et al., "Accurate,
+Large Minibatch SGD" (2017).
 """
 
 import math
@@ -31,7 +38,7 @@ import math
 import torch
 from torch.optim.lr_scheduler import LRScheduler
 
-__all__ = ["ExponentialDecay", "InverseTimeDecay", "StaircaseDecay"]
+__all__ = ["CosineDecay", "ExponentialDecay", "InverseTimeDecay", "StaircaseDecay"]
 
 
 def _check_rate(decay_rate: float) -> float:
@@ -149,3 +156,74 @@ class StaircaseDecay(_ClosedFormSchedule):
 
     def _multiplier(self, k: int) -> float:
         return self.factor ** -(k // self.step_size)
+
+
+class CosineDecay(_ClosedFormSchedule):
+    """Cosine decay over ``total_steps``, after an optional linear warmup.
+
+    With :math:`w` warmup steps, :math:`T` total steps and floor :math:`a_{\\min} =
+    a \\cdot` ``final_factor``:
+
+    .. math::
+
+        t_k = \\begin{cases}
+        a \\bigl(s + (1 - s)\\, k / w\\bigr), & k < w \\quad (s = 1/w), \\\\
+        a_{\\min} + \\tfrac12 (a - a_{\\min})
+        \\bigl(1 + \\cos\\bigl(\\pi \\tfrac{k - w}{T - w}\\bigr)\\bigr), & w \\le k \\le T,
+        \\end{cases}
+
+    and :math:`t_k = a_{\\min}` after :math:`T`. The warmup climbs linearly from
+    :math:`a/w` to :math:`a`; the cosine falls slowly at first, fastest half-way and
+    slowly again at the end. Its sum is finite, so like the exponential decay it does not
+    meet the Robbins-Monro conditions: it is meant for a training run of known length.
+
+    Args:
+        optimizer: any ``torch.optim.Optimizer``; :math:`a` is each group's initial ``lr``.
+        total_steps: :math:`T`, the step (usually the epoch) at which the floor is reached;
+            integer ``> warmup_steps``.
+        warmup_steps: :math:`w \\ge 0` (default 0: no warmup).
+        final_factor: :math:`a_{\\min} / a \\in [0, 1]` (default 0).
+        last_epoch: index of the last step, ``-1`` to start (as in PyTorch).
+
+    Example:
+        >>> scheduler = CosineDecay(torch.optim.SGD(params, lr=0.1), total_steps=30,
+        ...                         warmup_steps=3)
+
+    Note:
+        Without warmup the rates equal ``CosineAnnealingLR(optimizer, T_max=T,
+        eta_min=a_min)`` for :math:`k \\le T` (PyTorch's class computes them recursively
+        and keeps oscillating after :math:`T`). With warmup they equal ``SequentialLR`` of
+        ``LinearLR(start_factor=1/w, total_iters=w)`` and ``CosineAnnealingLR(T_max=T - w,
+        eta_min=a_min)`` with ``milestones=[w]``.
+    """
+
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        total_steps: int,
+        warmup_steps: int = 0,
+        final_factor: float = 0.0,
+        last_epoch: int = -1,
+    ) -> None:
+        checks = (("warmup_steps", warmup_steps, 0), ("total_steps", total_steps, 1))
+        for name, value, low in checks:
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+        if total_steps <= warmup_steps:
+            raise ValueError(
+                f"total_steps ({total_steps}) must exceed warmup_steps ({warmup_steps})"
+            )
+        if not (isinstance(final_factor, int | float) and 0.0 <= final_factor <= 1.0):
+            raise ValueError(f"final_factor must be a number in [0, 1], got {final_factor!r}")
+        self.total_steps = total_steps
+        self.warmup_steps = warmup_steps
+        self.final_factor = float(final_factor)
+        super().__init__(optimizer, last_epoch)
+
+    def _multiplier(self, k: int) -> float:
+        w, T, floor = self.warmup_steps, self.total_steps, self.final_factor
+        if k < w:
+            start = 1.0 / w
+            return start + (1.0 - start) * k / w
+        progress = min(k - w, T - w) / (T - w)
+        return floor + 0.5 * (1.0 - floor) * (1.0 + math.cos(math.pi * progress))

@@ -236,3 +236,62 @@ def gradient_descent_step(params, grads, lr):
 """,
     },
 }
+
+# Correct forms that round differently (issue 19, item 6): fused multiply-adds (addcmul, a
+# fused gradient step through lerp), an einsum in place of four sums, a loss as a dot
+# product or a squared norm, a step made out of place and copied back. The hidden tests'
+# tolerances are derived from the rounding of exactly such differences (see their comments).
+CORRECT["fused and reordered"] = {
+    "cubic_gradients": """
+def cubic_gradients(x, y, coeffs):
+    a, b, c, d = coeffs
+    x2 = x * x
+    y_hat = torch.addcmul(torch.addcmul(torch.addcmul(a.expand_as(x), b, x), c, x2), d, x2 * x)
+    powers = torch.stack([torch.ones_like(x), x, x2, x2 * x])
+    return 2 * torch.einsum("kn,n->k", powers, y_hat - y)
+""",
+    "central_difference": """
+def central_difference(f, w, h=1e-5):
+    grad = torch.empty_like(w)
+    for j in range(w.numel()):
+        e = torch.zeros_like(w).view(-1)
+        e[j] = h
+        e = e.view(w.shape)
+        grad.view(-1)[j] = (f(w + e) - f(w - e)) * (0.5 / h)
+    return grad
+""",
+    "gradient_descent_step": """
+def gradient_descent_step(params, grads, lr):
+    with torch.no_grad():
+        for p, g in zip(params, grads):
+            p.copy_(torch.lerp(p, p - g, lr))
+""",
+    "fit_cubic": """
+def fit_cubic(x, y, coeffs, lr, num_steps):
+    coeffs = torch.clone(coeffs).detach()
+    losses = []
+    for _ in range(num_steps):
+        r = coeffs[0] + x * (coeffs[1] + x * (coeffs[2] + x * coeffs[3])) - y
+        losses.append(torch.dot(r, r).item())
+        gradient_descent_step([coeffs], [cubic_gradients(x, y, coeffs)], lr)
+    return coeffs, losses
+""",
+}
+CORRECT["addcmul step, norm loss"] = {
+    "gradient_descent_step": """
+def gradient_descent_step(params, grads, lr):
+    with torch.no_grad():
+        for p, g in zip(params, grads):
+            p.addcmul_(g, torch.full_like(g, lr), value=-1)
+""",
+    "fit_cubic": """
+def fit_cubic(x, y, coeffs, lr, num_steps):
+    w = coeffs.detach().clone()
+    losses = []
+    for _ in range(num_steps):
+        y_hat = torch.stack([w[k] * x**k for k in range(4)]).sum(dim=0)
+        losses.append(float(torch.linalg.vector_norm(y_hat - y) ** 2))
+        gradient_descent_step([w], [cubic_gradients(x, y, w)], lr)
+    return w, losses
+""",
+}

@@ -324,3 +324,57 @@ class Adam(torch.optim.Optimizer):
         ),
     },
 }
+
+# Correct forms that round differently (issue 19, item 6): the moving averages as lerp
+# (PyTorch's own Adam does this), addcmul/addcdiv against separate products and quotients,
+# state replaced out of place instead of updated in place, _foreach kernels.
+CORRECT["lerp and out of place"] = {
+    **momentum(init="torch.clone(p.grad).detach()", nesterov="torch.add(p.grad, buf, alpha=mu)"),
+    "adagrad": ADAGRAD.replace(
+        "BODY",
+        'state["sum"] = state["sum"] + p.grad**2\n'
+        '                p.sub_(p.grad / (state["sum"].sqrt() + group["eps"]) * group["lr"])',
+    ),
+    "rmsprop": RMSPROP.replace(
+        "v.mul_(ALPHA).addcmul_(p.grad, p.grad, value=ONE_MINUS)",
+        "v.lerp_(p.grad * p.grad, 1 - alpha)",
+    ).replace("RETURN", "loss"),
+    "adam": """
+class Adam(torch.optim.Optimizer):
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8):
+        super().__init__(params, {"lr": lr, "betas": betas, "eps": eps})
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            beta1, beta2 = group["betas"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if not state:
+                    state.update(step=0, exp_avg=torch.zeros_like(p))
+                    state["exp_avg_sq"] = torch.zeros_like(p)
+                state["step"] += 1
+                k = state["step"]
+                state["exp_avg"].lerp_(p.grad, 1 - beta1)
+                state["exp_avg_sq"].mul_(beta2).addcmul_(p.grad, p.grad.conj(), value=1 - beta2)
+                step_size = group["lr"] / (1 - beta1**k)
+                denom = (state["exp_avg_sq"].sqrt() / math.sqrt(1 - beta2**k)).add_(group["eps"])
+                p.addcdiv_(state["exp_avg"], denom, value=-step_size)
+        return loss
+""",
+}
+CORRECT["foreach kernels"] = {
+    "adagrad": ADAGRAD.replace(
+        "BODY",
+        'torch._foreach_addcmul_([state["sum"]], [p.grad], [p.grad])\n'
+        '                root = torch._foreach_sqrt([state["sum"]])\n'
+        '                std = torch._foreach_add(root, group["eps"])\n'
+        '                torch._foreach_addcdiv_([p], [p.grad], std, value=-group["lr"])',
+    ),
+}

@@ -182,3 +182,37 @@ def cross_entropy(logits, target, reduction="mean", label_smoothing=0.0):
         "    return torch.exp(z) / torch.exp(z).sum(dim, keepdim=True)\n",
     },
 }
+
+# Correct forms that round differently (issue 19, item 6): softmax through logsumexp (allowed
+# for softmax, not for the cross-entropy), in-place division, leaky ReLU as a lerp between
+# its two branches, the smoothed loss as a lerp between the NLL and the mean, init drawn
+# out of place and copied in.
+CORRECT["lerp, logsumexp and in place"] = {
+    "softmax": "def softmax(z, dim=-1):\n"
+    "    return torch.exp(z - torch.logsumexp(z, dim=dim, keepdim=True))\n",
+    **activations(
+        leaky="torch.lerp(negative_slope * x, x, (x > 0).to(x.dtype))",
+        elu="torch.where(x > 0, x, torch.expm1(torch.clamp(x, max=0.0)).mul(alpha))",
+    ),
+    "cross_entropy": """
+def cross_entropy(logits, target, reduction="mean", label_smoothing=0.0):
+    if reduction not in ("mean", "sum", "none"):
+        raise ValueError(reduction)
+    shifted = logits - logits.amax(dim=1, keepdim=True)
+    log_p = shifted - shifted.exp().sum(dim=1, keepdim=True).log()
+    nll = -torch.gather(log_p, 1, target.unsqueeze(1)).squeeze(1)
+    loss = torch.lerp(nll, -log_p.mean(dim=1), label_smoothing)
+    if reduction == "none":
+        return loss
+    return loss.sum() if reduction == "sum" else loss.sum() / loss.numel()
+""",
+    **init(
+        draw="w.copy_(torch.empty_like(w).uniform_(-bound, bound, generator=generator))",
+        std='1.0 / math.sqrt((fan_in if mode == "fan_in" else fan_out) / 2.0)',
+    ),
+}
+CORRECT["softmax exponentiated in place"] = {  # exp_ keeps its output for the gradient
+    "softmax": "def softmax(z, dim=-1):\n"
+    "    e = (z - z.amax(dim=dim, keepdim=True)).exp_()\n"
+    "    return e * e.sum(dim=dim, keepdim=True).reciprocal()\n",
+}

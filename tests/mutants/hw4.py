@@ -225,3 +225,32 @@ class EarlyStopper:
         **whitening(),
     },
 }
+
+# Correct forms that round differently (issue 19, item 6): running statistics as a lerp
+# (an exponential moving average), rsqrt and addcmul for the normalization, the dropout scale
+# folded into the mask (x * (mask / (1 - p)) rounds differently from x * mask / (1 - p): the
+# distribution test allows for it), the mask made in place.
+CORRECT["lerp, rsqrt, addcmul"] = {
+    "batchnorm": BATCHNORM.replace(
+        "        x_hat = (x - mean.view(shape)) / torch.sqrt(var.view(shape) + self.eps)\n"
+        "        return x_hat * self.weight.view(shape) + self.bias.view(shape)\n",
+        "        x_hat = (x - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)\n"
+        "        return torch.addcmul(self.bias.view(shape), x_hat, self.weight.view(shape))\n",
+    )
+    .replace("TRAINING", "self.training")
+    .replace("COUNT", "x.numel() // x.shape[1]")
+    .replace("UNBIASED", "False")
+    .replace(
+        "UPDATE",
+        "with torch.no_grad():\n"
+        "                self.running_mean.lerp_(mean, self.momentum)\n"
+        "                self.running_var.lerp_(var * (n / (n - 1)), self.momentum)",
+    ),
+    **dropout(masked="x * ((u >= p).to(x.dtype) * (1.0 / (1 - p)))"),
+}
+CORRECT["mask in place"] = {
+    **dropout(masked="(u >= p).to(x.dtype).mul_(x).div_(1 - p)"),
+}
+CORRECT["scaled in float64"] = {  # 3 / 0.9 in float64 rounded to float32 is 1 ulp off
+    **dropout(masked="(x.double() * (u >= p) / (1 - p)).to(x.dtype)"),
+}

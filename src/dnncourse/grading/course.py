@@ -270,10 +270,13 @@ def save_result(course: Course, result: Result) -> tuple[float, float]:
     without a check, as for a notebook that could not be graded); an answer graded by hand
     gets nbgrader's (zero if left as released, else none: it needs a manual grade); a manual
     grade an instructor entered stays and the cell is flagged for review, as nbgrader does.
+    A cell held by the rules (``Check.review``) is flagged too: the formgrader lists it as
+    needing a manual grade.
     The graded notebooks go to ``course/autograded/<student>/<assignment>/``, where the
     formgrader looks.
     """
     points = {(c.notebook, c.grade_id): c.points for c in result.checks}
+    held = {(c.notebook, c.grade_id) for c in result.checks if c.review}
     by_hand = _by_hand(result.graded)
     with gradebook(course) as gb:
         gb.update_or_create_student(result.student)
@@ -286,7 +289,7 @@ def save_result(course: Course, result: Result) -> tuple[float, float]:
                 else:
                     grade.auto_score = points.get(key, 0.0)
                 grade.needs_manual_grade = (
-                    grade.manual_score is not None or grade.auto_score is None
+                    grade.manual_score is not None or grade.auto_score is None or key in held
                 )
         gb.db.commit()
         submission = gb.find_submission(course.assignment, result.student)

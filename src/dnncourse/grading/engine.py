@@ -503,6 +503,16 @@ def summary(results: list[Result], sandbox: bool | None = None) -> str:
             f"student's process), {len(asserted)} by their asserts inside it (forgeable, as "
             f"in plain nbgrader): {', '.join(asserted)}"
         )
+    held = [r for r in results if r.review]
+    if held:
+        cells = sum(1 for r in held for c in r.checks if c.review)
+        lines.append(
+            f"held for review: {cells} cells of {len(held)} students (0 points until you "
+            "decide; column review of grades.csv)"
+        )
+        lines += [f"  {r.student}: {r.review}"[:300] for r in held[:20]]
+        if len(held) > 20:
+            lines.append(f"  ... and {len(held) - 20} more in grades.csv")
     if sandbox is not None:
         from .sandbox import summary_line
 

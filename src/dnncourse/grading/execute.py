@@ -17,6 +17,7 @@ folder), and the kernel's command wrapped in the kernel's sandbox
 (:mod:`dnncourse.grading.sandbox`) unless grading runs with ``sandbox=False``.
 """
 
+import asyncio
 import atexit
 import functools
 import json
@@ -98,6 +99,14 @@ class SandboxedKernelManager(AsyncKernelManager):
     def format_kernel_cmd(self, extra_arguments=None):
         cmd = super().format_kernel_cmd(extra_arguments)
         return self.box.command(cmd) if self.box is not None else cmd
+
+    async def _async_launch_kernel(self, kernel_cmd, **kw):
+        await super()._async_launch_kernel(kernel_cmd, **kw)
+        if self.box is not None:  # the sandbox's totals are watched from now on
+            pid = self.provisioner.process.pid
+            self.box.watch(pid)
+            # the kernel binds its sockets in the sandbox's own small tmpfs: connect there
+            self.ip = await asyncio.to_thread(self.box.sockets_from_outside, pid)
 
     def write_connection_file(self, **kwargs):
         super().write_connection_file(**kwargs)
@@ -190,6 +199,20 @@ def _kernel_folder() -> Path:
     return Path(tempfile.mkdtemp(prefix="dnncourse-kernel-", dir=base))
 
 
+def _over_total(result: Execution, exceeded: str | None, limits: Limits) -> None:
+    """The student's own status when the sandbox as a whole went over a limit (and died)."""
+    if exceeded == "memory":
+        result.status = Status.MEMORY_LIMIT
+        result.details.append(
+            f"all processes together used more than {limits.memory_limit_mb:g} MiB: stopped"
+        )
+    elif exceeded == "cpu":
+        result.status = Status.TIMEOUT
+        result.details.append(
+            f"all processes together used more than {limits.cpu_seconds:g} s of CPU time: stopped"
+        )
+
+
 def _run_cells(client, nb, limits: Limits, result: Execution, watchdog, refused):
     """Execute the code cells in order until one stops the run; the index where it
     stopped (or None) and the last index run. Prompt numbers are the grader's."""
@@ -279,6 +302,8 @@ def _execute_once(nb, cwd: Path, limits: Limits, sandbox: bool, data: Path | Non
                 data=data,
                 workdir_mb=limits.workdir_mb,
                 processes=limits.processes,
+                memory_mb=limits.memory_limit_mb,
+                cpu_seconds=limits.cpu_seconds,
                 env={**env, "DNNCOURSE_GUARD": str(config)},
             )
         )
@@ -288,6 +313,8 @@ def _execute_once(nb, cwd: Path, limits: Limits, sandbox: bool, data: Path | Non
     km = SandboxedKernelManager(
         kernel_name=KERNEL_NAME, transport="ipc", connection_file=str(work / "kernel.json")
     )
+    if box is not None:  # the sockets' path inside the sandbox (the connection file's ip)
+        km.ip = box.sockets
     km.box = box
     spec_dir = str(kernel_spec_dir())
     if spec_dir not in os.environ.get("JUPYTER_PATH", "").split(os.pathsep):
@@ -349,6 +376,7 @@ def _execute_once(nb, cwd: Path, limits: Limits, sandbox: bool, data: Path | Non
         stderr.close()
         os.environ.pop("DNNCOURSE_GUARD", None)
         if box is not None:
+            _over_total(result, box.exceeded(), limits)
             box.close()  # whatever the student left running goes with the kernel's cgroup
         shutil.rmtree(work, ignore_errors=True)
     result.stopped_at = stopped_at

@@ -28,6 +28,21 @@ import traceback
 # homework probes the meta device: imported here, it does not count against a cell's timeout
 PRELOAD = ("torch", "torch.testing", "numpy", "numpy.testing", "inspect", "torch._dynamo")
 
+# System calls no notebook needs, denied (EPERM) in the sandbox by a seccomp filter, by group:
+DENIED = (
+    # the kernel keyrings: one user keyring per uid is a channel between students
+    "keyctl add_key request_key "
+    # reading or writing another process (the sandbox's own, or one of the same uid)
+    "ptrace process_vm_readv process_vm_writev pidfd_getfd "
+    # memory that no process maps (System V IPC, memfd): invisible to a total counted per process
+    "shmget msgget semget memfd_create memfd_secret "
+    # namespaces and mounts of its own (the sandbox is made once, from outside)
+    "unshare setns mount umount2 pivot_root fsopen fsmount open_tree move_mount "
+    # the Linux kernel's attack surface that no notebook uses
+    "bpf perf_event_open userfaultfd io_uring_setup open_by_handle_at kexec_load"
+).split()
+CLONE_NAMESPACES = 0x7E020000  # CLONE_NEWNS|NEWCGROUP|NEWUTS|NEWIPC|NEWUSER|NEWPID|NEWNET
+
 
 def set_limits(memory_limit_mb: float | None, file_limit_mb: float | None) -> None:
     """Cap the address space and file sizes of this process; die with the parent."""
@@ -69,19 +84,60 @@ def drop_privileges(uid: int, gid: int) -> None:
         os._exit(70)
 
 
+def restrict_syscalls() -> None:
+    """Load the seccomp filter of the sandbox (libseccomp, through ``pyseccomp``): every call of
+    :data:`DENIED` and ``clone`` with a namespace flag fail with EPERM; ``clone3`` (whose flags
+    a filter cannot read) fails with ENOSYS, so that the C library falls back to ``clone``.
+    No way back: the filter holds for this process and all it starts (``no_new_privs`` set).
+    """
+    import errno
+
+    import pyseccomp as seccomp
+
+    rules = seccomp.SyscallFilter(seccomp.ALLOW)
+    for name in DENIED:
+        if seccomp.resolve_syscall(seccomp.Arch.NATIVE, name) != -1:  # -1: unknown here
+            rules.add_rule(seccomp.ERRNO(errno.EPERM), name)
+    for bit in range(32):  # clone's flags: its first argument on x86-64 and arm64 alike
+        if CLONE_NAMESPACES >> bit & 1:
+            flag = seccomp.Arg(0, seccomp.MASKED_EQ, 1 << bit, 1 << bit)
+            rules.add_rule(seccomp.ERRNO(errno.EPERM), "clone", flag)
+    rules.add_rule(seccomp.ERRNO(errno.ENOSYS), "clone3")
+    rules.load()
+
+
+def new_session_keyring() -> None:
+    """Join a fresh, anonymous session keyring (``KEYCTL_JOIN_SESSION_KEYRING``): the keyring
+    inherited from the grader (an instructor's keys, a channel to the kernel graded at the same
+    time) is no longer reachable."""
+    import pyseccomp as seccomp
+
+    number = seccomp.resolve_syscall(seccomp.Arch.NATIVE, "keyctl")
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.syscall(number, 1, None) < 0:  # KEYCTL_JOIN_SESSION_KEYRING, anonymous
+        os._exit(71)
+
+
 def prepare_sandbox(config: dict) -> None:
-    """Inside the sandbox, before anything else: process limit, identity.
+    """Inside the sandbox, before anything else: limits, identity, keyring, system calls.
 
     ``config`` (from :func:`dnncourse.grading.sandbox.launcher_config`): ``processes``
-    (``RLIMIT_NPROC``, where no cgroup limits them), ``uid``/``gid`` to drop to (when bwrap
-    ran as root).
+    (``RLIMIT_NPROC``, where no cgroup limits them), ``cpu_seconds`` (``RLIMIT_CPU``, each
+    process: the backstop of the sandbox's total), ``uid``/``gid`` to drop to (when bwrap ran as
+    root), ``seccomp`` (join a fresh session keyring, then load :func:`restrict_syscalls`).
     """
     if config.get("processes"):
         n = int(config["processes"])
         resource.setrlimit(resource.RLIMIT_NPROC, (n, n))
+    if config.get("cpu_seconds"):
+        n = int(config["cpu_seconds"])
+        resource.setrlimit(resource.RLIMIT_CPU, (n, n))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     if config.get("uid") is not None:
         drop_privileges(int(config["uid"]), int(config["gid"]))
+    if config.get("seccomp"):
+        new_session_keyring()
+        restrict_syscalls()
 
 
 def _free_memory_before_tracebacks(shell) -> None:
@@ -113,7 +169,10 @@ def main() -> None:
     if config_path:
         with open(config_path) as f:
             config = json.load(f)
-        os.unlink(config_path)
+        try:
+            os.unlink(config_path)
+        except OSError:  # in the sandbox the folder is read-only (it holds no secret)
+            pass
     set_limits(config.get("memory_limit_mb"), config.get("file_limit_mb"))
     for name in PRELOAD:
         try:

@@ -79,8 +79,8 @@ class Limits:
     )
     memory_limit_mb: float | None = _limit(
         4096.0,
-        "MiB of address space for a student's kernel (0: no limit; use 0 on a GPU machine, "
-        "see the instructor's guide)",
+        "MiB of memory of all a student's processes together, and of address space of each "
+        "(0: no limit; use 0 on a GPU machine, see the instructor's guide)",
         "--memory-limit",
     )
     file_limit_mb: float | None = _limit(256, "MiB of one file the kernel writes")
@@ -99,6 +99,7 @@ class Limits:
     )
     processes: int = _limit(256, "processes of the student's sandbox")
     workdir_mb: float = _limit(512, "MiB of the sandbox's work folder")
+    cpu_seconds: float | None = _limit(600.0, "seconds of CPU time of all the student's processes")
 
     def __post_init__(self):
         for f in dataclasses.fields(self):
@@ -189,6 +190,9 @@ class Check:
     max_points: float
     passed: bool
     message: str = ""  # written outside the sandbox; never student output or hidden source
+    # non-empty: a person must decide this cell (it scores 0 until then); the evidence of
+    # :mod:`~dnncourse.grading.rules`, from closed sets (never the student's text)
+    review: str = ""
     # "probe": decided outside, from probe records; "assert": a cell without probes, scored
     # as nbgrader scores it (its points if it ran without error), inside the student's
     # process: forgeable, as in plain nbgrader
@@ -261,6 +265,11 @@ class Result:
     graded: dict[str, bytes] = field(default_factory=dict)  # notebook -> graded .ipynb
 
     @property
+    def review(self) -> str:
+        """The cells held for a person to decide, with the evidence ("" when none)."""
+        return "; ".join(f"{c.grade_id}: {c.review}" for c in self.checks if c.review)
+
+    @property
     def assert_score(self) -> float:
         """The points of cells decided by asserts inside the student's process (forgeable)."""
         return float(sum(c.points for c in self.checks if c.kind == "assert"))
@@ -279,6 +288,7 @@ _CSV = {
     "detail": "detail",
     "seconds": "seconds",
     "assert_score": "assert_score",
+    "review": "review",
 }
 COLUMNS = list(_CSV)
 

@@ -9,20 +9,25 @@ one on PATH) makes new pid, network, mount, ipc and uts namespaces and a root ho
   nothing of the repository; the real ``dnncourse`` package is covered if it lies inside;
 * a *stub* ``dnncourse`` package (:func:`stub_package`) on ``PYTHONPATH``: the kernel
   launcher and the probe API only, never the reference implementation of the homework;
-* private, empty, size-capped tmpfs folders: ``/tmp``, ``/dev/shm`` and HOME
-  (``/home/student``), whose ``work`` folder is the kernel's working folder; the
-  assignment's data files (images, CSV, a helper module, subfolders) are bound into it
-  read-only, entry by entry (:func:`share_data`): one copy per worker, never one per student,
-  and never counted against the folder's cap;
-* the per-kernel folder (connection file and ZMQ ``ipc://`` sockets), at its own path.
+* private, empty, size-capped tmpfs folders, the only ones it may write: ``/tmp``,
+  ``/dev/shm`` and HOME (``/home/student``), whose ``work`` folder is the kernel's working
+  folder, and ``/run/kernel`` (64 KiB), where the kernel binds its ZMQ ``ipc://`` sockets;
+  the grader reaches them through ``/proc/<kernel>/root``;
+* the assignment's data files (images, CSV, a helper module, subfolders), bound into the
+  working folder read-only, entry by entry (:func:`share_data`): one copy per worker, never
+  one per student, and never counted against the folder's cap;
+* the per-kernel folder (the connection file), read-only, at its own path.
 
-The environment is built from scratch (``--clearenv``). Identity: run as root, bwrap keeps
-only the capabilities to change user, and the launcher (:func:`dnncourse.grading.kernel.
-drop_privileges`) becomes uid/gid 65534 with no capabilities before any student code; run as
-another user, bwrap makes a user namespace mapping that user to 65534, without capabilities.
-Processes: a cgroup ``pids`` controller where one is writable (as root), else
-``RLIMIT_NPROC`` (per user namespace). Everything the student starts dies with the kernel:
-bwrap's pid 1 owns the pid namespace, and ``--die-with-parent`` ties it to the worker.
+The environment is built from scratch (``--clearenv``), and bwrap itself starts with an empty
+one; the kernel is the sandbox's pid 1 (``--as-pid-1``), so no process of bwrap's is inside.
+Identity: run as root, bwrap keeps only the capabilities to change user, and the launcher
+(:func:`dnncourse.grading.kernel.prepare_sandbox`) becomes a uid of its own
+(:class:`.totals.Uid`) with no capabilities before any student code; run as another user,
+bwrap makes a user namespace mapping that user to 65534, without capabilities. Then the
+launcher joins a fresh session keyring and loads a seccomp filter (keyrings, ptrace, ...).
+Limits of the sandbox as a whole (memory, CPU time, processes): :mod:`.totals` (cgroups as
+root, a watchdog and rlimits as a user). Everything the student starts dies with the kernel:
+the sandbox's pid 1 owns the pid namespace, and ``--die-with-parent`` ties it to the worker.
 
 :func:`requirements` is what ``dnncourse doctor`` prints; :func:`problem` is the one-line reason
 ``dnncourse grade`` stops on a host where no sandbox can be made.
@@ -37,16 +42,29 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from .totals import (
+    UID_BASE,
+    UID_SLOTS,
+    Cgroup,
+    Uid,
+    Watchdog,
+    _v2_root,
+    cgroup_roots,
+    library_bytes,
+)
+
 NOBODY = 65534
 HOME = "/home/student"
 WORK = f"{HOME}/work"
 STUB = "/opt/dnncourse"  # the stub package's folder inside the sandbox (on PYTHONPATH)
+SOCKETS = "/run/kernel"  # the kernel's ipc sockets: a small tmpfs, reached from outside by
+SOCKETS_KB = 64  # /proc/<kernel>/root (sockets take no room; files written there do)
 ETC = (
     "ld.so.cache ld.so.conf ld.so.conf.d localtime alternatives fonts mime.types "
     "nsswitch.conf".split()
 )
-CGROUP_ROOTS = (Path("/sys/fs/cgroup/pids"), Path("/sys/fs/cgroup"))
 STUB_MODULES = ("kernel.py", "probe.py")  # the in-kernel modules of dnncourse.grading
+TMPFS = ("/tmp", "/dev/shm", HOME)  # the sandbox's writable folders (memory, counted)
 
 
 def bwrap() -> str | None:
@@ -67,70 +85,6 @@ def privileged() -> bool:
     return os.geteuid() == 0
 
 
-# -- the process limit -------------------------------------------------------------------------
-def pids_cgroup_root() -> Path | None:
-    """A writable cgroup folder with the ``pids`` controller (v1, or v2 with it enabled)."""
-    if not privileged():
-        return None
-    for root in CGROUP_ROOTS:
-        if (root / "pids.max").exists() or (root / "cgroup.procs").exists():
-            v2 = (root / "cgroup.controllers").exists()
-            if v2 and "pids" not in (root / "cgroup.subtree_control").read_text().split():
-                continue
-            if not v2 and root.name != "pids":
-                continue
-            ours = root / "dnncourse"
-            try:
-                ours.mkdir(exist_ok=True)
-                if v2:
-                    (ours / "cgroup.subtree_control").write_text("+pids")
-            except OSError:
-                continue
-            return ours
-    return None
-
-
-def _sweep(root: Path) -> None:
-    """Remove empty cgroups left by workers that were killed (their pid is gone)."""
-    for group in root.glob("*-*"):
-        owner = group.name.split("-", 1)[0]
-        if owner.isdigit() and not Path(f"/proc/{owner}").exists():
-            try:
-                group.rmdir()
-            except OSError:
-                pass
-
-
-class ProcessGroup:
-    """A cgroup with ``pids.max``; the kernel's wrapper enters it before it execs bwrap."""
-
-    def __init__(self, root: Path, limit: int):
-        _sweep(root)
-        self.path = Path(tempfile.mkdtemp(prefix=f"{os.getpid()}-", dir=root))
-        (self.path / "pids.max").write_text(str(limit))
-
-    def kill(self) -> None:
-        """SIGKILL every process still in the group, then remove it."""
-        import signal
-        import time
-
-        for _ in range(50):
-            try:
-                pids = (self.path / "cgroup.procs").read_text().split()
-            except OSError:
-                return
-            for pid in pids:
-                try:
-                    os.kill(int(pid), signal.SIGKILL)
-                except (ProcessLookupError, ValueError):
-                    pass
-            try:
-                self.path.rmdir()
-                return
-            except OSError:
-                time.sleep(0.02)
-
-
 # -- the stub package --------------------------------------------------------------------------
 @functools.cache
 def stub_package() -> Path:
@@ -149,18 +103,27 @@ def stub_package() -> Path:
     for name in STUB_MODULES:
         if (here / name).is_file():
             shutil.copy(here / name, package / name)
-    (root / "etc").mkdir()
-    (root / "etc" / "passwd").write_text(
-        f"root:x:0:0:root:/root:/usr/sbin/nologin\n"
-        f"student:x:{NOBODY}:{NOBODY}:student:{HOME}:/usr/sbin/nologin\n"
-    )
-    (root / "etc" / "group").write_text(f"root:x:0:\nstudent:x:{NOBODY}:\n")
+    identity_files(root / "etc", NOBODY)
+    (root / "empty").write_text("")  # shown in place of /proc files that are masked
     for path in [root, *root.rglob("*")]:
         path.chmod(0o755 if path.is_dir() else 0o644)
     import atexit
 
     atexit.register(shutil.rmtree, root, ignore_errors=True)
     return root
+
+
+def identity_files(folder: Path, uid: int) -> Path:
+    """``folder/passwd`` and ``folder/group`` naming ``uid`` the sandbox's user ``student``."""
+    folder.mkdir(exist_ok=True)
+    (folder / "passwd").write_text(
+        f"root:x:0:0:root:/root:/usr/sbin/nologin\n"
+        f"student:x:{uid}:{uid}:student:{HOME}:/usr/sbin/nologin\n"
+    )
+    (folder / "group").write_text(f"root:x:0:\nstudent:x:{uid}:\n")
+    for path in (folder, folder / "passwd", folder / "group"):
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    return folder
 
 
 def _real_package() -> Path:
@@ -229,6 +192,7 @@ def layout() -> Layout:
         elif path.is_dir():
             args += ["--ro-bind", str(path), str(path)]
             system.append(path)
+    args += ["--perms", "0755", "--dir", "/etc"]  # bwrap's own would be 0700: unreadable
     for name in ETC:
         if (Path("/etc") / name).exists():
             args += ["--ro-bind", f"/etc/{name}", f"/etc/{name}"]
@@ -259,25 +223,40 @@ def _dirs(paths, made: set) -> list[str]:
 class Options:
     """Per-kernel settings of the sandbox."""
 
-    folder: Path  # the per-kernel folder (connection file, sockets), bound read-write
+    folder: Path  # the per-kernel folder (connection file, the guard's limits), read-only
     data: Path | None = None  # the assignment's data files, bound read-only into WORK
     workdir_mb: float = 512
     processes: int = 256
+    memory_mb: float | None = None  # all the sandbox's processes and tmpfs folders together
+    cpu_seconds: float | None = None  # CPU time of all its processes together
     env: dict | None = None  # extra environment variables (threads, the guard's config)
+    seccomp: bool = True  # off only in the tests' controls (the attack without the filter)
 
 
-def command(inner: list[str], options: Options, cgroup: Path | None = None) -> list[str]:
-    """The argv that runs ``inner`` (the kernel's command) in a fresh sandbox."""
+def command(
+    inner: list[str],
+    options: Options,
+    cgroup: "Cgroup | None" = None,
+    etc: Path | None = None,
+) -> list[str]:
+    """The argv that runs ``inner`` (the kernel's command) in a fresh sandbox.
+
+    bwrap itself starts with an empty environment (``env -i``: nothing of the grader's is in
+    any process of the sandbox), and ``inner`` is the sandbox's pid 1 (``--as-pid-1``: no
+    process of bwrap's is inside for the student to attach to).
+    """
     exe = bwrap()
     if exe is None:
         raise RuntimeError(problem() or "bwrap not found")
     lay = layout()
     stub = stub_package()
+    etc = etc or stub / "etc"
     size = str(int(options.workdir_mb * 2**20))
     made: set = set()
-    args = [exe, "--die-with-parent", "--new-session", "--unshare-pid", "--unshare-net"]
+    args = [shutil.which("env") or "/usr/bin/env", "-i", exe]
+    args += ["--die-with-parent", "--new-session", "--as-pid-1", "--unshare-pid", "--unshare-net"]
     args += ["--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try", "--hostname", "sandbox"]
-    if privileged():  # the launcher drops to 65534; bwrap keeps only what that needs
+    if privileged():  # the launcher drops to the kernel's uid; bwrap keeps only what that needs
         args += ["--cap-drop", "ALL"]
         args += ["--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID", "--cap-add", "CAP_SETPCAP"]
     else:
@@ -285,15 +264,20 @@ def command(inner: list[str], options: Options, cgroup: Path | None = None) -> l
         args += ["--cap-drop", "ALL"]
     # private, size-capped, empty tmpfs first: the binds below may lie inside (a venv in /tmp)
     args += ["--proc", "/proc", "--dev", "/dev"]
+    for name in ("keys", "key-users"):  # the keys of the sandbox's host uid, named: masked
+        args += ["--ro-bind", str(stub / "empty"), f"/proc/{name}"]
     args += ["--perms", "1777", "--size", size, "--tmpfs", "/dev/shm"]
     args += ["--perms", "1777", "--size", size, "--tmpfs", "/tmp"]
     args += ["--perms", "0755", "--dir", "/home"]
     args += ["--perms", "0777", "--size", size, "--tmpfs", HOME]
     args += ["--perms", "0777", "--dir", WORK]
+    args += ["--perms", "0755", "--dir", "/run"]
+    args += ["--perms", "0777", "--size", str(SOCKETS_KB * 1024), "--tmpfs", SOCKETS]
     made.update(Path(p) for p in ("/proc", "/dev", "/dev/shm", "/tmp", "/home", HOME, WORK))
+    made.update((Path("/run"), Path(SOCKETS)))
     args += lay.system
-    args += ["--ro-bind", str(stub / "etc" / "passwd"), "/etc/passwd"]
-    args += ["--ro-bind", str(stub / "etc" / "group"), "/etc/group"]
+    args += ["--ro-bind", str(etc / "passwd"), "/etc/passwd"]
+    args += ["--ro-bind", str(etc / "group"), "/etc/group"]
     args += _dirs([*lay.interpreter, STUB], made)
     for folder in lay.interpreter:
         args += ["--ro-bind", str(folder), str(folder)]
@@ -302,10 +286,12 @@ def command(inner: list[str], options: Options, cgroup: Path | None = None) -> l
     args += ["--ro-bind", str(stub / "python"), STUB]
     for entry in data_entries(options.data):  # read-only, inside the working folder
         args += ["--ro-bind", str(entry), f"{WORK}/{entry.name}"]
-    args += _dirs([options.folder], made)
-    args += ["--bind", str(options.folder), str(options.folder)]
+    args += _dirs([options.folder], made)  # the connection file: read, never written
+    args += ["--ro-bind", str(options.folder), str(options.folder)]
     for dev in sorted(Path("/dev").glob("nvidia*")):  # a GPU, where there is one
         args += ["--dev-bind", str(dev), str(dev)]
+    # the root and /dev are bwrap's own tmpfs (uncapped; the user's own in a user namespace)
+    args += ["--remount-ro", "/", "--remount-ro", "/dev"]
     args += ["--chdir", WORK, "--clearenv"]
     env = {
         "PATH": f"{Path(sys.prefix) / 'bin'}:/usr/local/bin:/usr/bin:/bin",
@@ -321,28 +307,40 @@ def command(inner: list[str], options: Options, cgroup: Path | None = None) -> l
     for key, value in env.items():
         args += ["--setenv", key, str(value)]
     args += ["--", *inner]
-    if cgroup is not None:  # enter the cgroup first: nothing the kernel starts escapes it
-        procs = str(cgroup / "cgroup.procs")
-        args = ["/bin/sh", "-c", 'echo $$ > "$0" && exec "$@"', procs, *args]
+    if cgroup is not None:  # enter the cgroups first: nothing the kernel starts escapes them
+        import shlex
+
+        enter = "".join(f"echo $$ > {shlex.quote(str(p))} && " for p in cgroup.procs())
+        args = ["/bin/sh", "-c", enter + 'exec "$@"', "sh", *args]
     return args
 
 
-def launcher_config(options: Options, cgroup: Path | None) -> dict:
-    """What the kernel launcher does before student code (identity, processes)."""
+def launcher_config(options: Options, cgroup: "Cgroup | None", uid: int = NOBODY) -> dict:
+    """What the kernel launcher does before student code (limits, identity, system calls)."""
+    pids = cgroup is not None and "pids" in cgroup.paths
     return {
-        "uid": NOBODY if privileged() else None,
-        "gid": NOBODY if privileged() else None,
-        "processes": None if cgroup is not None else options.processes,
+        "uid": uid if privileged() else None,
+        "gid": uid if privileged() else None,
+        "processes": None if pids else options.processes,
+        "cpu_seconds": options.cpu_seconds,
+        "seccomp": options.seccomp,
     }
 
 
 class KernelBox:
-    """One kernel's sandbox: its private folder, its cgroup, its command; closed once."""
+    """One kernel's sandbox: its private folder, cgroups, uid and watchdog; closed once."""
 
     def __init__(self, options: Options):
         self.options = options
-        root = pids_cgroup_root()
-        self.group = ProcessGroup(root, options.processes) if root else None
+        roots = cgroup_roots()
+        memory = int(options.memory_mb * 2**20) if options.memory_mb else None
+        self.group = Cgroup(roots, options.processes, memory) if roots else None
+        self.identity = Uid() if privileged() else None
+        self.uid = self.identity.uid if self.identity else NOBODY
+        self.etc = None
+        if self.identity is not None:
+            self.etc = identity_files(Path(tempfile.mkdtemp(prefix="dnncourse-etc-")), self.uid)
+        self.watchdog: Watchdog | None = None
         options.folder.chmod(0o700)
         self.hand_over()
         share_data(options.data)
@@ -352,22 +350,75 @@ class KernelBox:
         if not privileged():
             return
         for path in [self.options.folder, *self.options.folder.iterdir()]:
-            os.chown(path, NOBODY, NOBODY, follow_symlinks=False)
+            os.chown(path, self.uid, self.uid, follow_symlinks=False)
 
     def command(self, inner: list[str]) -> list[str]:
-        return command(inner, self.options, self.group.path if self.group else None)
+        return command(inner, self.options, self.group, self.etc)
 
     def config(self) -> dict:
-        return launcher_config(self.options, self.group.path if self.group else None)
+        return launcher_config(self.options, self.group, self.uid)
+
+    @property
+    def sockets(self) -> str:
+        """The prefix of the kernel's ipc sockets (``ip`` of its connection file), inside."""
+        return f"{SOCKETS}/{self.options.folder.name[-8:]}"
+
+    def sockets_from_outside(self, pid: int, wait: float = 30.0) -> str:
+        """The same prefix as the grader reaches it: through the root of the sandbox's pid 1
+        (the child of bwrap, process ``pid``), once bwrap has made that root."""
+        import time
+
+        import psutil
+
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            try:
+                outer = psutil.Process(pid)
+                if outer.status() == psutil.STATUS_ZOMBIE:
+                    break  # bwrap gave up (it said why on stderr)
+                children = outer.children()
+            except psutil.Error:
+                break
+            if children:
+                root = f"/proc/{children[0].pid}/root"
+                try:
+                    if os.path.isdir(root + SOCKETS):
+                        return root + self.sockets
+                except OSError:
+                    pass
+            time.sleep(0.005)
+        return f"/proc/{pid}/root{self.sockets}"  # it died: no socket will answer there
+
+    tmpfs = TMPFS
+
+    def watch(self, pid: int) -> None:
+        """Start the watchdog on the sandbox started as process ``pid``."""
+        if self.watchdog is None:
+            self.watchdog = Watchdog(self, pid)
+
+    def exceeded(self) -> str | None:
+        """``"memory"`` or ``"cpu"`` when the sandbox as a whole went over that limit."""
+        if self.group is not None and self.group.memory_exceeded():
+            return "memory"
+        return self.watchdog.reason if self.watchdog else None
 
     def close(self) -> None:
+        if self.watchdog is not None:
+            self.watchdog.stop()
         if self.group is not None:
             self.group.kill()
+        if self.identity is not None:
+            self.identity.release()
+        if self.etc is not None:
+            shutil.rmtree(self.etc, ignore_errors=True)
 
 
 # -- can we make one here? ---------------------------------------------------------------------
 def _run_inside(code: str, timeout: float = 60, **options) -> subprocess.CompletedProcess:
-    """Run ``python -c code`` in a sandbox (the kernel launcher's drop of rights included)."""
+    """Run ``python -c code`` in a sandbox (the kernel launcher's drop of rights included).
+
+    The result's ``exceeded`` says which limit of the whole sandbox stopped it, if one did.
+    """
     import json
 
     folder = Path(tempfile.mkdtemp(prefix="dnncourse-check-"))
@@ -381,12 +432,19 @@ def _run_inside(code: str, timeout: float = 60, **options) -> subprocess.Complet
                 f"exec(compile({code!r}, '<check>', 'exec'))\n"
             )
             box.options.env = {"DNNCOURSE_SANDBOX": json.dumps(box.config())}
-            return subprocess.run(
-                box.command([sys.executable, "-c", launch]),
-                capture_output=True,
-                text=True,
-                timeout=timeout,
-            )
+            argv = box.command([sys.executable, "-c", launch])
+            with subprocess.Popen(
+                argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            ) as proc:
+                box.watch(proc.pid)
+                try:
+                    out, err = proc.communicate(timeout=timeout)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    raise
+            result = subprocess.CompletedProcess(argv, proc.returncode, out, err)
+            result.exceeded = box.exceeded()
+            return result
         finally:
             box.close()
     finally:
@@ -431,11 +489,12 @@ class Requirement:
 
 
 PROBE = """
-import json, os, socket
-out = {"uid": os.getuid(), "gid": os.getgid()}
+import ctypes, json, os, socket, subprocess, time
+out = {"uid": os.getuid(), "gid": os.getgid(), "pid": os.getpid()}
 status = dict(l.split(":\\t", 1) for l in open("/proc/self/status").read().splitlines()
               if ":\\t" in l)
 out["caps"] = [status[k].strip() for k in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb")]
+out["seccomp"] = status.get("Seccomp", "?").strip()
 out["interfaces"] = sorted(name for _, name in socket.if_nameindex())
 try:
     socket.create_connection(("1.1.1.1", 53), timeout=2).close()
@@ -443,12 +502,34 @@ try:
 except OSError as error:
     out["network"] = type(error).__name__ + ": " + str(error)
 out["pids"] = len([p for p in os.listdir("/proc") if p.isdigit()])
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+def failed(value):
+    return os.strerror(ctypes.get_errno()) if value < 0 else "allowed"
+out["keyring"] = failed(libc.syscall(250, 0, -4, 0))  # keyctl(GET_KEYRING_ID, user keyring)
+out["proc keys"] = len(open("/proc/keys").read())
+child = subprocess.Popen(["sleep", "5"])
+out["ptrace"] = failed(libc.ptrace(16, child.pid, None, None))  # PTRACE_ATTACH
+child.kill()
+out["writable"] = {}
+for folder in sorted({line.split()[4] for line in open("/proc/self/mountinfo")}):
+    if folder.startswith(("/proc", "/sys", "/dev/pts")) or not os.path.isdir(folder):
+        continue
+    try:
+        with open(os.path.join(folder, ".doctor"), "wb"):
+            pass
+        os.unlink(os.path.join(folder, ".doctor"))
+    except OSError:
+        continue
+    stat = os.statvfs(folder)
+    kind = [l.split(" - ")[1].split()[0] for l in open("/proc/self/mountinfo")
+            if l.split()[4] == folder][-1]
+    out["writable"][folder] = [kind, stat.f_blocks * stat.f_frsize]
 children = []
 try:
     for _ in range(100000):
         pid = os.fork()
         if pid == 0:
-            import time
             time.sleep(30)
             os._exit(0)
         children.append(pid)
@@ -461,9 +542,62 @@ print("CHECK " + json.dumps(out))
 """
 
 
+def limits_in_force(limits=None) -> list[Requirement]:
+    """How each limit of the sandbox as a whole is enforced here (root or user, cgroups)."""
+    from .protocol import Limits
+
+    limits = limits or Limits()
+    roots = cgroup_roots()
+    v = "v2" if _v2_root() else "v1"
+    rows = []
+    memory = f"{limits.memory_limit_mb:g} MiB for all processes and tmpfs folders together"
+    if "memory" in roots:
+        how = (
+            f"counted by the cgroup {v} memory controller ({roots['memory']}; anonymous and "
+            f"tmpfs memory), the sandbox killed over it; the cgroup's hard limit is "
+            f"{library_bytes() / 2**20:.0f} MiB higher (the page cache of the libraries)"
+        )
+    else:
+        how = (
+            "no writable cgroup: a watchdog sums the processes' PSS and the tmpfs folders "
+            "every 0.2 s and kills the sandbox over it"
+        )
+    rows.append(
+        Requirement(
+            "memory total",
+            True,
+            f"{memory}: {how}; address space per process "
+            f"{limits.memory_limit_mb:g} MiB (RLIMIT_AS)",
+        )
+    )
+    cpu = f"{limits.cpu_seconds:g} s of CPU time for all processes together"
+    how = (
+        f"counted by the cgroup {v} ({'cpu.stat' if v == 'v2' else 'cpuacct.usage'})"
+        if "cpuacct" in roots
+        else "counted by the watchdog from the processes' times"
+    )
+    rows.append(
+        Requirement(
+            "CPU time total",
+            True,
+            f"{cpu}: {how}, the sandbox killed over it; "
+            f"RLIMIT_CPU {limits.cpu_seconds:g} s per process",
+        )
+    )
+    how = (
+        f"cgroup {v} pids controller ({roots['pids']})"
+        if "pids" in roots
+        else "RLIMIT_NPROC (no writable cgroup)"
+    )
+    rows.append(Requirement("processes", True, f"{limits.processes} (threads included): {how}"))
+    return rows
+
+
 def requirements() -> list[Requirement]:
     """What ``dnncourse doctor`` reports: can this host sandbox a kernel, and how well?"""
     import json
+
+    from .protocol import Limits
 
     results = []
     exe = bwrap()
@@ -472,7 +606,7 @@ def requirements() -> list[Requirement]:
         return results
     version = subprocess.run([exe, "--version"], capture_output=True, text=True)
     results.append(Requirement("bwrap runs", version.returncode == 0, version.stdout.strip()))
-    mode = "root: no user namespace needed, kernel drops to uid 65534"
+    mode = "root: no user namespace needed, each kernel drops to a uid of its own"
     if not privileged():
         path = Path("/proc/sys/user/max_user_namespaces")
         count = path.read_text().strip() if path.exists() else "?"
@@ -482,29 +616,62 @@ def requirements() -> list[Requirement]:
     results.append(Requirement("sandbox starts", why is None, why or mode))
     if why is not None:
         return results
-    root = pids_cgroup_root()
-    results.append(
-        Requirement(
-            "process limit",
-            True,
-            f"cgroup pids controller ({root})" if root else "RLIMIT_NPROC (no writable cgroup)",
-        )
-    )
-    proc = _run_inside(PROBE, processes=32)
+    limits = Limits()
+    results += limits_in_force(limits)
+    proc = _run_inside(PROBE, processes=32, workdir_mb=limits.workdir_mb)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("CHECK ")]
     if not lines:
         results.append(Requirement("probe ran inside", False, proc.stderr.strip()[-300:]))
         return results
     seen = json.loads(lines[0][6:])
-    identity = f"uid {seen['uid']}, gid {seen['gid']}"
-    results.append(Requirement("unprivileged", seen["uid"] != 0, identity))
-    no_caps = all(int(c, 16) == 0 for c in seen["caps"][:3] + seen["caps"][4:])
-    results.append(Requirement("no capabilities", no_caps, " ".join(seen["caps"])))
+    caps = seen["caps"][:3] + seen["caps"][4:]
+    if privileged():
+        who = f"uid {seen['uid']} of its own (from {UID_BASE}), gid {seen['gid']}"
+        own = UID_BASE <= seen["uid"] < UID_BASE + UID_SLOTS
+    else:
+        who = f"uid {seen['uid']} in a user namespace of its own (your uid outside)"
+        own = seen["uid"] == NOBODY
+    results.append(Requirement("uid", own and seen["uid"] != 0, who))
+    results.append(
+        Requirement("no capabilities", all(int(c, 16) == 0 for c in caps), " ".join(seen["caps"]))
+    )
+    results.append(
+        Requirement("seccomp filter", seen["seccomp"] == "2", f"Seccomp: {seen['seccomp']}")
+    )
+    keys = seen["keyring"] != "allowed" and seen["proc keys"] == 0
+    results.append(
+        Requirement(
+            "keyring",
+            keys,
+            f"a fresh session keyring, keyctl/add_key/request_key denied ({seen['keyring']}), "
+            f"/proc/keys masked",
+        )
+    )
+    results.append(
+        Requirement(
+            "ptrace",
+            seen["ptrace"] != "allowed" and seen["pid"] == 1,
+            f"denied ({seen['ptrace']}); the kernel is the sandbox's pid 1, bwrap started "
+            "with an empty environment",
+        )
+    )
     results.append(
         Requirement(
             "network off",
             seen["network"] != "connected" and seen["interfaces"] == ["lo"],
             f"interfaces {seen['interfaces']}; connect to 1.1.1.1:53: {seen['network']}",
+        )
+    )
+    capped = {
+        folder: f"{kind} {size / 2**20:g} MiB" if size >= 2**20 else f"{kind} {size / 1024:g} KiB"
+        for folder, (kind, size) in seen["writable"].items()
+    }
+    fine = all(kind == "tmpfs" and size > 0 for kind, size in seen["writable"].values())
+    results.append(
+        Requirement(
+            "writable folders",
+            fine,
+            ", ".join(f"{k} ({v})" for k, v in capped.items()) + "; nothing else is writable",
         )
     )
     results.append(
@@ -530,9 +697,11 @@ def summary_line(sandbox: bool) -> str:
             "sandbox: OFF (--no-sandbox): student code ran as the grader, with its files "
             "and network"
         )
-    who = "uid 65534, no capabilities" if privileged() else "uid 65534 in a user namespace"
-    procs = "cgroup pids" if pids_cgroup_root() else "RLIMIT_NPROC"
+    who = "a uid of its own" if privileged() else "uid 65534 in a user namespace"
+    roots = cgroup_roots()
+    totals = "cgroup" if "memory" in roots else "watchdog"
+    procs = "cgroup pids" if "pids" in roots else "RLIMIT_NPROC"
     return (
-        f"sandbox: active (bubblewrap; {who}; no network; read-only system; "
-        f"process limit: {procs})"
+        f"sandbox: active (bubblewrap; {who}, no capabilities, seccomp; no network; "
+        f"read-only system; memory and CPU totals: {totals}; process limit: {procs})"
     )

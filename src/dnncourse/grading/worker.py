@@ -51,7 +51,7 @@ from nbgrader.preprocessors import (
 from nbgrader.preprocessors.base import NbGraderPreprocessor
 from traitlets import Dict
 
-from . import sanitize, verdict
+from . import rules, sanitize, verdict
 from .execute import execute
 from .feedback import feedback_page, notice_page
 from .protocol import Bundle, Check, Result, Status, Task, decode, encode, failed, zero_checks
@@ -108,8 +108,18 @@ def verdict_of(bundle: Path, name: str, nb, run) -> list[Check]:
     expected = json.loads((bundle / "reference" / f"{name}.json").read_text())
     stopped = run.status if run.stopped_at is not None else ""
     checks = verdict.decide(nb, expected, name, stopped)
+    # the statement's rules, from the student's code (the kernel's recorders are evidence)
+    checks = rules.apply(checks, rules.analyze(nb, expected, modules=_data_modules(bundle)))
     verdict.mark(nb, checks)
     return checks
+
+
+def _data_modules(bundle: Path) -> set[str]:
+    """Modules the assignment's own files provide (a student may import them)."""
+    data = bundle / "data"
+    if not data.is_dir():
+        return set()
+    return {p.stem for p in data.iterdir() if p.suffix == ".py" or (p / "__init__.py").is_file()}
 
 
 def _released_tests(release) -> dict[str, str]:

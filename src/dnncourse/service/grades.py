@@ -29,7 +29,7 @@ from sqlalchemy.exc import OperationalError
 from ..grading.course import COURSE_ID
 from ..grading.protocol import Status
 from ..homework import layout
-from .models import Assignment, Submission
+from .models import GRADED, Assignment, Submission
 
 log = logging.getLogger("dnncourse.service")
 
@@ -47,6 +47,7 @@ COLUMNS = [
     "raw_score",
     "detail",
     "deadline",
+    "review",
 ]
 
 
@@ -207,9 +208,21 @@ def rows(
                 "deadline": assignment.deadline.isoformat(timespec="minutes") + "Z"
                 if assignment.deadline
                 else "",
+                "review": review(sub) if sub else "",
             }
         )
     return out
+
+
+def review(sub: Submission) -> str:
+    """The cells held for the instructor to decide (``Check.review``), with the evidence."""
+    return "; ".join(f"{c.get('name')}: {c['review']}" for c in sub.checks if c.get("review"))
+
+
+def needs_a_look(subs: list[Submission], last: int = 50) -> list[Submission]:
+    """Graded submissions with a status other than ok, or with cells held for review."""
+    fine = (Status.OK.value, Status.RENAMED.value)
+    return [s for s in subs if s.state == GRADED and (s.status not in fine or review(s))][-last:]
 
 
 FORMULA = ("=", "+", "-", "@", "\t", "\r")

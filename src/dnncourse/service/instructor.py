@@ -16,7 +16,6 @@ from starlette.responses import (
     RedirectResponse,
 )
 
-from ..grading.protocol import Status
 from . import auth, grades
 from .models import GRADED, Assignment, AuditEntry, Extension, Submission, User
 from .web import LOGIN, MAX_ID, MAX_ROSTER_BYTES, Problem, audit, find_assignment, page
@@ -198,8 +197,7 @@ def dashboard(service, request, db, user, form):
     states = {
         state: sum(s.state == state for s in subs) for state in ("queued", "grading", "graded")
     }
-    fine = (Status.OK.value, Status.RENAMED.value)
-    look = [s for s in subs if s.state == GRADED and s.status not in fine][-50:]
+    look = grades.needs_a_look(subs)
     return service.render(
         request,
         "dashboard.html",

@@ -322,6 +322,7 @@ class Jobs:
                 "max_points": c.max_points,
                 "passed": c.passed,
                 "message": c.message,
+                "review": c.review,
                 "kind": c.kind,
             }
             for c in result.checks
