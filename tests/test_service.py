@@ -127,6 +127,19 @@ def test_a_manual_grade_counts_only_for_the_submission_the_gradebook_holds():
     assert (row["submission"], row["score"], row["raw_score"]) == (2, 6.0, 6.0)
 
 
+def test_the_service_adds_its_mathjax_to_a_stored_page():
+    from dnncourse.service.web import OWN_MATHJAX, with_mathjax
+
+    scrubbed = "<html><head><title>x</title></head><body><p>$x^2$</p></body></html>"
+    assert with_mathjax(scrubbed).index(OWN_MATHJAX) < with_mathjax(scrubbed).index("</head>")
+    old = (
+        '<head><script src="https://cdnjs.cloudflare.com/ajax/libs/mathjax/2.7.7/latest.js?'
+        'config=TeX-AMS_CHTML-full,Safe"> </script><script type="text/x-mathjax-config">'
+        "init_mathjax()</script></head>"
+    )
+    assert with_mathjax(old) == f"<head>{OWN_MATHJAX}</head>"
+
+
 def test_histogram_counts_each_score_once():
     svg = grades.histogram_svg([0, 0, 5, 9.99, 10, 10], 10.0, bins=10)
     counts = [int(n) for n in re.findall(r": (\d+)</title>", svg)]
@@ -375,15 +388,16 @@ def test_script_in_outputs_and_html_in_messages_never_run(server, people, driver
     page = mallory.get(f"/submissions/{sub}").text
     assert "raised ValueError" in page and "PWNED-MSG" not in page
     assert '<iframe sandbox="allow-scripts"' in page  # without allow-same-origin
-    # The attack ran: the graded notebook (stored for formgrader) holds the payload as HTML.
+    # The attack ran: the graded notebook (stored for formgrader) holds the display's output;
+    # its HTML was dropped before storing (grading.safe_html), only the text form is left.
     graded = server.data / "grading" / HW / "course" / "autograded" / "mallory" / HW
     outputs = [
         o for c in json.loads((graded / f"{NAME}.ipynb").read_text())["cells"]
         for o in c.get("outputs", [])
     ]  # fmt: skip
-    live = [o["data"]["text/html"] for o in outputs if "text/html" in o.get("data", {})]
-    live = ["".join(h) if isinstance(h, list) else h for h in live]
-    assert any("<script>console.log('PWNED-RAN')" in h for h in live), "the attack ran"
+    shown = ["".join(o.get("data", {}).get("text/plain", "")) for o in outputs]
+    assert "<IPython.core.display.HTML object>" in shown, "the attack ran"
+    assert not any("text/html" in o.get("data", {}) for o in outputs)
     fb = mallory.get(f"/submissions/{sub}/feedback/{NAME}")
     assert "<script>console.log('PWNED-RAN')" not in fb.text, "outputs shown as text only"
     assert "<b id='xss'>" not in fb.text
@@ -394,10 +408,10 @@ def test_script_in_outputs_and_html_in_messages_never_run(server, people, driver
     assert scripts == [f"{server.url}/mathjax/", f"{server.url}/static/mathjax-config.js"]
     if driver is None:
         pytest.skip("chromium not installed: the headers and markup were checked")
-    # Control: the output the notebook made, shown as HTML, runs (and the log shows it).
+    # Control: the HTML the notebook displayed, shown as HTML, runs (and the log shows it).
     driver.get("about:blank")
     driver.execute_script(
-        "document.open(); document.write(arguments[0]); document.close();", live[0]
+        "document.open(); document.write(arguments[0]); document.close();", PAYLOAD
     )
     time.sleep(0.5)
     assert any("PWNED-RAN" in e["message"] for e in driver.get_log("browser")), "control"
@@ -661,7 +675,7 @@ def test_the_new_pages_in_the_browser(server, people, driver, tmp_path):
     _browser_login(driver, server, "alice", "alice hands in notebooks")
     # the math of the statement is typeset, by the service's own MathJax, in the frame
     stored = (server.data / "feedback" / str(people["alice_sub"]) / f"{NAME}.html").read_text()
-    assert r"$\hat y = a + bx" in stored and "cdnjs" in stored  # control: TeX, a CDN's script
+    assert r"$\hat y = a + bx" in stored and "<script" not in stored  # control: TeX, no script
     driver.get(f"{server.url}/submissions/{people['alice_sub']}")
     driver.switch_to.frame(driver.find_element("css selector", "iframe.feedback"))
     _wait(driver, lambda: driver.execute_script(

@@ -65,10 +65,12 @@ def feedback_csp(origin: str) -> str:
 
 
 def with_mathjax(page: str) -> str:
-    """nbconvert's page with MathJax from the service instead of a CDN (which the policy
-    blocks; the inline configuration would need ``eval``)."""
-    page = INLINE_CONFIG.sub("", page)
-    return CDN_MATHJAX.sub(lambda _: OWN_MATHJAX, page, count=1)
+    """A stored feedback page (scrubbed of every script: :mod:`dnncourse.grading.safe_html`)
+    with the service's MathJax added; a CDN's MathJax and nbconvert's inline configuration,
+    in a page stored before the scrub, go (the policy blocks one, the other needs ``eval``)."""
+    page = CDN_MATHJAX.sub("", INLINE_CONFIG.sub("", page))  # pages stored before the scrub
+    head = page.find("</head>")
+    return OWN_MATHJAX + page if head < 0 else page[:head] + OWN_MATHJAX + page[head:]
 
 
 MAX_ROSTER_BYTES = 2 * 2**20
