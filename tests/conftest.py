@@ -22,7 +22,12 @@ ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("MPLBACKEND", "Agg")
 
 BOOK = ("tests/test_book.py", "tests/test_browser.py")  # one unit: they share the build
-SPLIT = ("tests/test_mutants.py", "tests/test_cli.py", "tests/test_grading_engine.py")
+SPLIT = (
+    "tests/test_mutants.py",
+    "tests/test_cli.py",
+    "tests/test_grading_engine.py",
+    "tests/test_courses.py",
+)
 TOGETHER = {  # tests of a split file that share its module fixtures
     "tests/test_grading_engine.py::test_local_run_grades_stores_and_hides": "engine-cluster",
     "tests/test_grading_engine.py::test_a_cluster_of_two_machines_gives_the_same_grades": (

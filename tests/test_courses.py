@@ -26,7 +26,7 @@ from nbgrader.api import Gradebook
 
 from dnncourse.grading import sandbox
 from dnncourse.grading.api import grade, leaks, release_and_validate
-from dnncourse.homework import layout, nbgrader, tool_env
+from dnncourse.homework import layout, nbgrader, release, tool_env
 
 ROOT = Path(__file__).resolve().parents[1]
 STUB = "    # YOUR CODE HERE\n    raise NotImplementedError()"  # in a function's body
@@ -49,6 +49,16 @@ def test_the_layout_comes_from_the_courses_nbgrader_config(tmp_path):
     course = quickstart(tmp_path)
     theirs = layout(course)  # sets only course_id: nbgrader's default folders
     assert (theirs.source, theirs.release, theirs.course_id) == ("source", "release", "course101")
+    from dnncourse.service.config import ServiceConfig
+    from dnncourse.service.grader import Grader
+
+    nbgrader(course, "generate_assignment", "ps1")
+    grader = Grader(ServiceConfig(data=tmp_path / "data", root=course))  # dnncourse serve's
+    try:
+        assert grader.source("ps1") == course / "source" / "ps1"
+        assert grader.notebooks("ps1") == ["problem1", "problem2"]
+    finally:
+        grader.close()
     (course / "nbgrader_config.py").write_text(
         "c = get_config()\nc.CourseDirectory.source_directory = 'masters'\n"
         "c.CourseDirectory.release_directory = 'handouts'\n"
@@ -228,7 +238,9 @@ return [i ** 2 for i in range(1, n + 1)]
 def submissions(course: Path, where: Path) -> dict[str, Path]:
     """Five students' ps1 folders: the solution, the untouched release, three others."""
     release = course / "release" / "ps1"
-    folders = {"solution": course / "source" / "ps1", "stub": release}
+    folders = {}
+    for name, folder in (("solution", course / "source" / "ps1"), ("stub", release)):
+        folders[name] = shutil.copytree(folder, where / name)
     p1 = nbformat.read(release / "problem1.ipynb", as_version=4)
     # off by one, and no ValueError: fails everything but "uses squares"
     wrong = nbformat.from_dict(json.loads(json.dumps(p1)))
@@ -280,11 +292,7 @@ def gradebook_scores(db_url: str, students: list[str]) -> dict:
 @pytest.mark.slow
 def test_quickstart_course_released_and_graded_as_nbgrader_grades_it(tmp_path):
     course = quickstart(tmp_path / "dnncourse")
-    validation = release_and_validate(["ps1"], root=course)["ps1"]
-    assert validation.problems == []
-    (asserted,) = [w for w in validation.warnings if "decided by their asserts" in w]
-    assert "problem1/correct_squares" in asserted and "problem1/squares_invalid_input" in asserted
-    assert any("10 of 13 points are graded by hand" in w for w in validation.warnings)
+    release(["ps1"], root=course)  # validated in the test below (grading two more students)
     released = course / "release" / "ps1"
     assert sorted(p.name for p in released.iterdir()) == [
         "jupyter.png",
@@ -298,13 +306,18 @@ def test_quickstart_course_released_and_graded_as_nbgrader_grades_it(tmp_path):
         r.student: r
         for r in grade("ps1", tmp_path / "students", tmp_path / "out", jobs=2, root=course)
     }
-    students.pop("solution"), students.pop("stub")  # graded by the validation already
     ours = gradebook_scores(f"sqlite:///{tmp_path / 'out' / 'gradebook.db'}", list(students))
     theirs = nbgrader_autograde(quickstart(tmp_path / "nbgrader"), students)
     table = [(s, ours[s][0], theirs[s][0], ours[s][1]) for s in students]
     print("\n".join(f"{s:<8} dnncourse {a:g}  nbgrader {b:g}  of {m:g}" for s, a, b, m in table))
     assert ours == theirs
-    assert {s: ours[s][0] for s in students} == {"wrong": 0.5, "partial": 2.5, "noisy": 0.5}
+    assert {s: ours[s][0] for s in students} == {
+        "solution": 3.0,  # every automatic point; 10 are graded by hand
+        "stub": 0.0,
+        "wrong": 0.5,
+        "partial": 2.5,
+        "noisy": 0.5,
+    }
     kinds = {c.grade_id: c.kind for c in results["wrong"].checks}
     assert kinds["correct_squares"] == "assert" and results["wrong"].assert_score == 0.5
     assert all(r.status == "ok" for r in results.values()), results
@@ -318,7 +331,10 @@ def test_quickstart_course_without_its_image(tmp_path):
     course = quickstart(tmp_path)
     (course / "source" / "ps1" / "jupyter.png").unlink()
     validation = release_and_validate(["ps1"], root=course)["ps1"]
-    assert validation.problems == [] and validation.warnings
+    assert validation.problems == []  # solution every automatic point, stub zero, no leak
+    (asserted,) = [w for w in validation.warnings if "decided by their asserts" in w]
+    assert "problem1/correct_squares" in asserted and "problem1/squares_invalid_input" in asserted
+    assert any("10 of 13 points are graded by hand" in w for w in validation.warnings)
     assert sorted(p.name for p in (course / "release" / "ps1").iterdir()) == [
         "problem1.ipynb",
         "problem2.ipynb",

@@ -1,8 +1,10 @@
 """The ``dnncourse`` command: release homework and grade a class.
 
-``dnncourse release [ASSIGNMENT ...]`` regenerates ``exercises/`` from ``solutions/`` with
-nbgrader and validates each assignment (the solution earns full marks, the stub zero, no
-solution or hidden-test line leaks); exit status 1 if any validation fails.
+``dnncourse release [ASSIGNMENT ...]`` regenerates ``exercises/`` from ``solutions/`` (the
+folders the course's ``nbgrader_config.py`` names) with nbgrader and validates each
+assignment (the solution earns every automatic point, the stub zero, no solution or
+hidden-test line leaks); exit status 1 if any validation fails; warnings (cells decided by
+asserts, points graded by hand) do not fail it.
 
 ``dnncourse grade ASSIGNMENT SUBMISSIONS --out OUT [--jobs N] [--cell-timeout S]
 [--timeout S] [--memory-limit MB] [--db URL] [--scheduler ADDRESS] [--resume]
