@@ -46,6 +46,7 @@ from tqdm.auto import tqdm
 
 from .course import Course, make_bundle, register, save_result
 from .feedback import notice_page, write_page
+from .processes import kill_tree
 from .protocol import (
     COLUMNS,
     Bundle,
@@ -59,7 +60,7 @@ from .protocol import (
     zero_checks,
 )
 from .sanitize import MAX_NOTEBOOK_BYTES
-from .worker import grade_task, kill_grader, kill_tree, stop_grader
+from .worker import grade_task, kill_grader, stop_grader
 
 CONNECT_TIMEOUT = 15.0  # seconds to reach a scheduler before giving up
 RETRIES = 1  # a student whose worker died is graded once more, on another worker

@@ -35,6 +35,7 @@ from nbclient import NotebookClient
 from nbclient.util import ensure_async
 
 from .probe import MIME
+from .processes import kill_tree
 from .protocol import Limits
 
 OUTPUT_TYPES = ("stream", "display_data", "execute_result", "error", "update_display_data")
@@ -264,23 +265,10 @@ class MemoryWatch:
             while not self._stop.wait(every):
                 if me.memory_info().rss > limit:
                     self.fired = True
-                    _kill_family(pid)
+                    kill_tree(pid, wait=0)
                     return
 
         threading.Thread(target=watch, daemon=True).start()
 
     def stop(self) -> None:
         self._stop.set()
-
-
-def _kill_family(pid: int) -> None:
-    try:
-        top = psutil.Process(pid)
-        family = [*top.children(recursive=True), top]
-    except psutil.Error:
-        return
-    for proc in family:
-        try:
-            proc.kill()
-        except psutil.Error:
-            pass

@@ -347,18 +347,9 @@ class Watchdog:
         return kernel
 
     def kill(self) -> None:
-        import psutil
+        from .processes import kill_tree
 
-        try:
-            top = psutil.Process(self.pid)
-            family = [top, *top.children(recursive=True)]
-        except psutil.Error:
-            return
-        for proc in family:
-            try:
-                proc.kill()
-            except psutil.Error:
-                pass
+        kill_tree(self.pid, wait=0)
 
     def stop(self) -> None:
         self.stopped.set()

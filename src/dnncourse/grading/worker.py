@@ -54,6 +54,7 @@ from traitlets import Dict
 from . import rules, sanitize, verdict
 from .execute import execute
 from .feedback import feedback_page, notice_page
+from .processes import kill_tree
 from .protocol import Bundle, Check, Result, Status, Task, decode, encode, failed, zero_checks
 from .safe_html import safe_cells
 
@@ -286,21 +287,6 @@ def _watch_the_worker(tasks: int) -> None:
 
 
 # -- in the Dask worker ---------------------------------------------------------------------------
-def kill_tree(pid: int) -> None:
-    """SIGKILL a process and all its descendants (children first collected, then killed)."""
-    try:
-        parent = psutil.Process(pid)
-        family = [*parent.children(recursive=True), parent]
-    except psutil.NoSuchProcess:
-        return
-    for proc in family:
-        try:
-            proc.kill()
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(family, timeout=5)
-
-
 class GradingProcess:
     """The warm grading process of this Dask worker, and the lines it answers."""
 
