@@ -176,23 +176,7 @@ def test_silent_solution_cells_are_found():
     assert _silent_solution_cells(BeautifulSoup(html, "html.parser")) == ["s1 cell 1"]
 
 
-# Chapters whose solutions are still being given their output (issue 22, ch. 1-5 by
-# another engineer, at work in their own branch): remove an entry when it lands.
-SOLUTIONS_IN_PROGRESS = {
-    "book/04_sgd": "ex-sgd-batch-scheduler's code shows nothing yet (issue 22, ch. 1-5)",
-}
-
-
-def _solution_cases() -> list:
-    cases = []
-    for name in chapter_files():
-        reason = SOLUTIONS_IN_PROGRESS.get(name)
-        marks = [pytest.mark.xfail(reason=reason, strict=False)] if reason else []
-        cases.append(pytest.param(name, marks=marks, id=name))
-    return cases
-
-
-@pytest.mark.parametrize("name", _solution_cases())
+@pytest.mark.parametrize("name", chapter_files())
 def test_solution_code_shows_its_evidence(book, name):
     """Each code cell of an exercise solution prints or plots something in the built page
     (what the solution's prose cites): a solution cell that only computes shows nothing."""
