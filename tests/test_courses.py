@@ -12,8 +12,6 @@ import csv
 import json
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
 import textwrap
 from pathlib import Path
@@ -26,7 +24,7 @@ from nbgrader.api import Gradebook
 
 from dnncourse.grading import sandbox
 from dnncourse.grading.api import grade, leaks, release_and_validate
-from dnncourse.homework import layout, nbgrader, release, tool_env
+from dnncourse.homework import layout, nbgrader, release
 
 ROOT = Path(__file__).resolve().parents[1]
 STUB = "    # YOUR CODE HERE\n    raise NotImplementedError()"  # in a function's body
@@ -168,11 +166,18 @@ def test_the_summary_and_the_dashboard_say_which_cells_asserts_decided():
 
 # -- data files, as an ordinary user ----------------------------------------------------------
 @needs_sandbox
-@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run a process as another user")
 def test_data_files_are_readable_and_read_only_for_an_ordinary_user():
-    """The sandbox made by a user that is not root (a user namespace): the data folder is
-    theirs, private (0700, a 0600 file), and still readable inside, and not writable."""
-    home = Path(tempfile.mkdtemp(prefix="dnncourse-nobody-"))
+    """The sandbox made by a grader that is not root (a user namespace): the data folder is
+    the grader's, private (0700, a 0600 file), and still readable inside, and not writable.
+
+    The grader runs as the ordinary user of ``test_sandbox`` (made with ``useradd`` when the
+    tests run as root, with the interpreter reachable in a private mount namespace)."""
+    from test_sandbox import ordinary_user, run_as
+
+    user = ordinary_user()
+    if isinstance(user, str):
+        pytest.skip(user)
+    home = Path(tempfile.mkdtemp(prefix="dnncourse-user-data-"))
     try:
         data = home / "data"
         (data / "sub").mkdir(parents=True)
@@ -180,39 +185,20 @@ def test_data_files_are_readable_and_read_only_for_an_ordinary_user():
         (data / "helper.py").write_text("ANSWER = 42\n")
         (data / "helper.py").chmod(0o600)
         data.chmod(0o700)
-        for path in [home, *home.rglob("*")]:
-            os.chown(path, 65534, 65534)
-        code = textwrap.dedent(
-            f"""
-            import json, sys
-            from pathlib import Path
-            sys.path.insert(0, {str(ROOT / "src")!r})
-            from dnncourse.grading import sandbox
-            inner = (
-                "import json, os, helper\\n"
-                "seen = dict(uid=os.getuid(), helper=helper.ANSWER, csv=open('sub/points.csv')"
-                ".read())\\n"
-                "try:\\n open('helper.py', 'a')\\nexcept OSError as e: seen['write'] = e.errno\\n"
-                "print('SEEN', json.dumps(seen))\\n"
-            )
-            proc = sandbox._run_inside(inner, data=Path({str(data)!r}))
-            print(proc.stdout, proc.stderr[-2000:])
-            """
+        home.chmod(0o755)
+        for path in [data, *data.rglob("*")]:
+            os.chown(path, *user)
+        inner = (
+            "import json, os, helper\n"
+            "seen = dict(uid=os.getuid(), helper=helper.ANSWER, csv=open('sub/points.csv')"
+            ".read())\n"
+            "try:\n open('helper.py', 'a')\nexcept OSError as e: seen['write'] = e.errno\n"
+            "print('SEEN', json.dumps(seen))\n"
         )
-        env = {**tool_env(), "HOME": str(home), "TMPDIR": str(home)}
-        proc = subprocess.run(
-            [sys.executable, "-c", code],
-            user=65534,
-            group=65534,
-            capture_output=True,
-            text=True,
-            env=env,
-            cwd=home,
-            timeout=120,
-        )
-        lines = [ln for ln in proc.stdout.splitlines() if "SEEN " in ln]
-        assert lines, proc.stdout + proc.stderr
-        seen = json.loads(lines[0].split("SEEN ", 1)[1])
+        _, out, err, _ = run_as("user", inner, data=data)
+        lines = [ln for ln in out.splitlines() if ln.startswith("SEEN ")]
+        assert lines, out + err
+        seen = json.loads(lines[-1][5:])
         assert seen["uid"] == 65534 and seen["helper"] == 42 and seen["csv"] == "x,y\n1,2\n"
         assert seen["write"] in (13, 30)  # EACCES or EROFS: read-only
         assert (data / "helper.py").read_text() == "ANSWER = 42\n"

@@ -68,7 +68,11 @@ for name in ("dnncourse", "dnncourse.grading"):
     module = sys.modules[name] = types.ModuleType(name)
     module.__path__, module.__file__ = spec.submodule_search_locations, spec.origin
 from dnncourse.grading import sandbox
-proc = sandbox._run_inside(**json.loads(sys.argv[1]))
+options = json.loads(sys.argv[1])
+if options.get("data"):  # a Path, sent as text
+    from pathlib import Path
+    options["data"] = Path(options["data"])
+proc = sandbox._run_inside(**options)
 out = "GRADER-ENV " + json.dumps(sorted(os.environ)) + "\n" + proc.stdout
 print("RESULT " + json.dumps([proc.returncode, out, proc.stderr, proc.exceeded]))
 """
