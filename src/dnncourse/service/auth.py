@@ -92,25 +92,21 @@ def _until(times: list[datetime], limit: int) -> datetime | None:
 def check_throttle(db, login: str, address: str) -> None:
     """Raise :class:`Throttled` if ``login`` or ``address`` had too many wrong passwords."""
     since = utcnow() - THROTTLE_WINDOW
-    recent = SigninFailure.at > since
-    by_login = db.scalars(
-        select(SigninFailure.at).where(SigninFailure.login == login[:200], recent).order_by("at")
-    ).all()
-    until = _until(list(by_login), ACCOUNT_LIMIT)
-    if until:
-        raise Throttled(
-            f"Too many wrong passwords for {login[:64]}: sign-in is paused until "
-            f"{until:%H:%M} UTC. Forgot it? Ask your instructor for a new sign-in link."
-        )
-    by_address = db.scalars(
-        select(SigninFailure.at).where(SigninFailure.address == address, recent).order_by("at")
-    ).all()
-    until = _until(list(by_address), ADDRESS_LIMIT)
-    if until:
-        raise Throttled(
-            f"Too many wrong passwords from your address: sign-in is paused until "
-            f"{until:%H:%M} UTC."
-        )
+    forgot = " Forgot it? Ask your instructor for a new sign-in link."
+    rules = [  # (whose failures, how many, the message's words, a hint)
+        (SigninFailure.login == login[:200], ACCOUNT_LIMIT, f"for {login[:64]}", forgot),
+        (SigninFailure.address == address, ADDRESS_LIMIT, "from your address", ""),
+    ]
+    for which, limit, whose, hint in rules:
+        times = db.scalars(
+            select(SigninFailure.at).where(which, SigninFailure.at > since).order_by("at")
+        ).all()
+        until = _until(list(times), limit)
+        if until:
+            raise Throttled(
+                f"Too many wrong passwords {whose}: sign-in is paused until "
+                f"{until:%H:%M} UTC.{hint}"
+            )
 
 
 def failed(db, login: str, address: str) -> None:
