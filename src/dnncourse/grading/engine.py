@@ -38,7 +38,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import CancelledError
-from contextlib import ExitStack, contextmanager, suppress
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import psutil
@@ -60,10 +60,9 @@ from .protocol import (
     zero_checks,
 )
 from .sanitize import MAX_NOTEBOOK_BYTES
-from .worker import grade_task, kill_grader, stop_grader, warm_task
+from .worker import grade_task, kill_grader, stop_grader
 
 CONNECT_TIMEOUT = 15.0  # seconds to reach a scheduler before giving up
-WARM_TIMEOUT = 300.0  # seconds to ready the workers before a service's first task
 RETRIES = 1  # a student whose worker died is graded once more, on another worker
 
 
@@ -291,32 +290,6 @@ class Session:
             future = client.submit(_identity, bundle, key=key, pure=False)
             self._shared[bundle.assignment] = (client, bundle.hash, future)
             return future
-
-    def warm(self, bundle: Bundle) -> list[str]:
-        """Before the first task: every worker has ``bundle`` unpacked and its grading
-        process started (blocking); the workers' addresses. A worker that joins later (a
-        replacement) warms at its first task."""
-        client = self.client()
-        shared = self._bundle_future(client, bundle)
-        futures = [
-            client.submit(
-                warm_task,
-                shared,
-                workers=[address],
-                allow_other_workers=False,
-                pure=False,
-                key=f"dnncourse-warm-{bundle.hash[:16]}-{os.urandom(4).hex()}",
-            )
-            for address in client.scheduler_info()["workers"]
-        ]
-        from distributed import wait
-
-        try:
-            with suppress(TimeoutError):  # a worker lost meanwhile: the others are ready
-                wait(futures, timeout=WARM_TIMEOUT)
-            return [f.result() for f in futures if f.status == "finished"]
-        finally:
-            client.cancel(futures)
 
     def submit(self, task: Task, bundle: Bundle):
         """Submit one student (graded against ``bundle``); a future of its Result."""

@@ -433,34 +433,17 @@ def kill_grader() -> None:
         kill_tree(grader.proc.pid)
 
 
-def _grader() -> GradingProcess:
-    """This worker's grading process, started now if there is none (or it died since)."""
-    if _STATE["grader"] is not None and _STATE["grader"].proc.poll() is not None:
-        _STATE["grader"].stop()  # it died between two students: start another
-        _STATE["grader"] = None
-    if _STATE["grader"] is None:
-        _STATE["grader"] = GradingProcess(_home())
-    return _STATE["grader"]
-
-
-def warm_task(bundle: Bundle) -> str:
-    """A Dask task before the first student: the bundle unpacked and the grading process
-    started on this worker (a service does this at start, so its first hand-in waits for
-    neither); returns the worker's address."""
-    from distributed import get_worker
-
-    with _LOCK:
-        unpack(bundle)
-        _grader()
-    return get_worker().address
-
-
 def grade_task(task: Task, bundle: Bundle) -> Result:
     """The Dask task: grade one student on this worker (the client stores the result)."""
     with _LOCK:  # one student at a time per worker process (threads_per_worker is 1)
         start = time.perf_counter()
         bundle_dir = unpack(bundle)
-        grader = _grader()
+        if _STATE["grader"] is not None and _STATE["grader"].proc.poll() is not None:
+            _STATE["grader"].stop()  # it died between two students: start another
+            _STATE["grader"] = None
+        if _STATE["grader"] is None:
+            _STATE["grader"] = GradingProcess(_home())
+        grader = _STATE["grader"]
         result = grader.grade(task, bundle_dir)
         if result is None:
             alive = grader.proc.poll() is None

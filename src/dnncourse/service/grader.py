@@ -167,14 +167,10 @@ class Grader:
             return prepared
 
     def warm(self, assignment: str, version: int = 1) -> None:
-        """Prepare ``assignment``, start the engine and ready every worker for it now (its
-        bundle unpacked, its grading process started), so the first hand-in waits for none
-        of it."""
-        prepared = self.prepared(assignment, version)
-        try:
-            self.session.warm(prepared.bundle)
-        finally:
-            self.release(assignment)
+        """Prepare ``assignment`` and start the engine now, so the first hand-in does not wait."""
+        self.prepared(assignment, version)
+        self.release(assignment)
+        self.session.client()
 
     def release(self, assignment: str) -> None:
         with self._cond:

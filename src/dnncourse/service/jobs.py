@@ -8,8 +8,12 @@ oldest waiting submission first, then each one's second, ...), a student holding
 fair share of the graders (``jobs`` / students with work, at least one) across all
 assignments, and never two of their submissions of one assignment at once (they share a row
 of the gradebook). The threads check the stored bytes against
-the checksum, grade through :class:`~dnncourse.service.grader.Grader` and finish the row
-in one UPDATE that only a ``grading`` row accepts. On start, rows left ``grading`` by a
+the checksum and grade through :class:`~dnncourse.service.grader.Grader`; the result is
+stored (gradebook, pages) by a storing thread, so the grading thread feeds its freed worker
+the next submission at once, as ``dnncourse grade`` does, and the row is finished in one
+UPDATE that only a ``grading`` row accepts. Nothing waits for a poll: a hand-in, a regrade
+and a finished grading wake the grading threads, and every change of a submission wakes the
+pages waiting for it (:class:`Changes`, the long poll of its JSON). On start, rows left ``grading`` by a
 crash are queued again: an interrupted grading is redone, a finished one never. A grading
 that ends in ``grader error`` (the worker died, a bug of ours) is queued once more before
 that status is final.
