@@ -319,7 +319,7 @@ def test_during_a_regrade_the_grade_stays_on_its_previous_value(setup):
 def test_a_hand_in_is_picked_up_at_once_not_at_the_next_poll(setup, monkeypatch):
     """The queue's threads sleep on an event that a hand-in sets: with a poll interval of a
     minute, a hand-in is graded within a second. Control: without the wake-up it waits."""
-    sessions, jobs, grader = setup
+    sessions, jobs, _ = setup
     jobs.config.poll_seconds = 60.0
     jobs.start()
     time.sleep(0.3)  # the threads found nothing and sleep

@@ -13,10 +13,10 @@ stored (gradebook, pages) by a storing thread, so the grading thread feeds its f
 the next submission at once, as ``dnncourse grade`` does, and the row is finished in one
 UPDATE that only a ``grading`` row accepts. Nothing waits for a poll: a hand-in, a regrade
 and a finished grading wake the grading threads, and every change of a submission wakes the
-pages waiting for it (:class:`Changes`, the long poll of its JSON). On start, rows left ``grading`` by a
-crash are queued again: an interrupted grading is redone, a finished one never. A grading
-that ends in ``grader error`` (the worker died, a bug of ours) is queued once more before
-that status is final.
+pages waiting for it (:class:`Changes`, the long poll of its JSON). On start, rows left
+``grading`` by a crash are queued again: an interrupted grading is redone, a finished one
+never. A grading that ends in ``grader error`` (the worker died, a bug of ours) is queued
+once more before that status is final.
 """
 
 import asyncio
