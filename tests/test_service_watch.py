@@ -23,6 +23,7 @@ from service_harness import CSRF, HW, NAME, ROOT
 
 from dnncourse.grading.protocol import Check, Result, Status
 from dnncourse.service import auth
+from dnncourse.service import jobs as jobs_module
 from dnncourse.service.app import create_app
 from dnncourse.service.config import ServiceConfig
 from dnncourse.service.models import GRADING, Assignment, Submission, User
@@ -111,3 +112,33 @@ def test_a_long_poll_answers_a_changed_view_at_once_and_bad_waits_plainly(handed
         assert db.scalar(select(Submission.state).where(Submission.id == other.id)) == "queued"
     r = c.get(f"/submissions/{other.id}.json", params={"since": "x", "wait": WAIT})
     assert r.status_code == 404 and "error" in r.json()
+
+
+def test_a_queued_page_hears_of_its_new_place_coalesced(handed_in, monkeypatch):
+    """A queued submission's page is woken when the queue moves (its place changed), but at
+    most every ``MOVES_EVERY`` seconds: fifty waiting pages do not each read the queue at
+    every claim of a burst."""
+    service, c, first = handed_in
+    monkeypatch.setattr(jobs_module, "MOVES_EVERY", 1.5)
+    with service.sessions() as db:
+        alice = db.scalar(select(User).where(User.login == "alice"))
+        second = service.jobs.submit(db, alice, db.get(Assignment, HW), {f"{NAME}.ipynb": b"[]"})
+        second = second.id
+    view = c.get(f"/submissions/{second}.json").json()
+    assert (view["state"], view["ahead"]) == ("queued", 1)
+
+    def claim_first():
+        time.sleep(0.3)
+        with service.sessions() as db:
+            db.execute(update(Submission).where(Submission.id == first).values(state=GRADING))
+            db.commit()
+        service.jobs.changed(first, everyone=True)  # as the queue's claim does
+
+    thread = threading.Thread(target=claim_first)
+    thread.start()
+    start = time.monotonic()
+    answer = c.get(f"/submissions/{second}.json", params={"since": view["tag"], "wait": WAIT})
+    took = time.monotonic() - start
+    thread.join()
+    assert answer.json()["ahead"] == 0
+    assert 1.5 - 0.2 <= took < WAIT - 1.0, took  # coalesced, yet well before the wait's end

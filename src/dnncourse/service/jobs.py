@@ -60,44 +60,79 @@ def fair_order(queued: list, busy: Counter) -> list:
     return [row for *_, row in sorted(keyed, key=lambda k: k[:3])]
 
 
+MOVES_EVERY = 5.0  # seconds: a queued page hears of its new position at most this often
+
+
+class Waiter:
+    """One long poll's wait for a change of its submission (:meth:`Changes.watch`)."""
+
+    def __init__(self):
+        self.loop = asyncio.get_running_loop()
+        self.event = asyncio.Event()
+        self.queued = False  # its view shows a place in the queue: the queue's moves matter
+        self.reset()
+
+    def reset(self) -> None:
+        """Before the view is read: only what happens after counts."""
+        self.own = self.moved = False
+        self.moves_at = self.loop.time() + MOVES_EVERY
+
+    def _wake(self, own: bool) -> None:  # on the loop
+        self.own, self.moved = self.own or own, self.moved or not own
+        self.event.set()
+
+    async def wait(self, seconds: float) -> None:
+        """Until the submission changes, or the queue moved (its place: answered at most
+        every :data:`MOVES_EVERY` seconds), or ``seconds`` have passed."""
+        deadline = self.loop.time() + seconds
+        while True:
+            now = self.loop.time()
+            if self.own or (self.moved and now >= self.moves_at) or now >= deadline:
+                return
+            until = min(deadline, self.moves_at) if self.moved else deadline
+            self.event.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.event.wait(), until - now)
+
+
 class Changes:
     """The pages waiting for a submission to change (long polls of its JSON), woken from the
-    queue's threads as soon as it does: each waiter's asyncio event is set on its own loop.
+    queue's threads as soon as it does, on their own event loop.
 
-    ``changed(sub_id)`` wakes the waiters of that submission; ``everyone=True`` wakes all of
-    them (a submission left or joined the queue: the others' positions moved).
+    ``changed(sub_id)`` wakes the waiters of that submission; ``everyone=True`` also wakes
+    those whose submission is queued (one left or joined the queue: their place moved).
     """
 
     def __init__(self):
         self._lock = threading.Lock()
-        self._waiters: dict[int, set] = defaultdict(set)
+        self._waiters: dict[int, set[Waiter]] = defaultdict(set)
 
     @contextmanager
     def watch(self, sub_id: int):
-        """An :class:`asyncio.Event` set at the next change (enter it before reading the
-        state: a change in between is not missed)."""
-        entry = (asyncio.get_running_loop(), asyncio.Event())
+        """A :class:`Waiter` for ``sub_id`` (enter it, then :meth:`Waiter.reset`, before the
+        state is read: a change after the read is not missed)."""
+        waiter = Waiter()
         with self._lock:
-            self._waiters[sub_id].add(entry)
+            self._waiters[sub_id].add(waiter)
         try:
-            yield entry[1]
+            yield waiter
         finally:
             with self._lock:
-                self._waiters[sub_id].discard(entry)
+                self._waiters[sub_id].discard(waiter)
                 if not self._waiters[sub_id]:
                     del self._waiters[sub_id]
 
     def __call__(self, sub_id: int | None = None, everyone: bool = False) -> None:
         with self._lock:
-            waiters = [
-                entry
-                for key, entries in self._waiters.items()
-                if everyone or key == sub_id
-                for entry in entries
+            woken = [
+                (waiter, key == sub_id)
+                for key, waiters in self._waiters.items()
+                for waiter in waiters
+                if key == sub_id or (everyone and waiter.queued)
             ]
-        for loop, event in waiters:
+        for waiter, own in woken:
             with contextlib.suppress(RuntimeError):  # its loop is closed: nobody waits
-                loop.call_soon_threadsafe(event.set)
+                waiter.loop.call_soon_threadsafe(waiter._wake, own)
 
 
 class RateLimited(Exception):

@@ -10,7 +10,6 @@ Markdown cells, and shown in an ``<iframe sandbox="allow-scripts">``.
 """
 
 import asyncio
-import contextlib
 import hashlib
 import json
 import math
@@ -294,24 +293,25 @@ def _seconds(text: str | None) -> float:
 async def submission_watch(request):
     """A submission's JSON (:func:`submission_json`); with ``?since=TAG&wait=S`` a long poll:
     answered as soon as the view differs from the one tagged ``TAG`` (the queue wakes it the
-    moment the submission changes), or after ``S`` seconds (at most :data:`MAX_WAIT`) with
-    the same view. The page learns the feedback as it is stored, not at its next poll."""
+    moment the submission changes; a queued one's place, at most every few seconds), or
+    after ``S`` seconds (at most :data:`MAX_WAIT`) with the same view. The page learns of
+    the feedback as it is stored, not at its next poll."""
     since, wait = request.query_params.get("since"), _seconds(request.query_params.get("wait"))
     if not since or not wait:
         return await submission_json(request)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait
-    with request.app.state.service.jobs.changed.watch(request.path_params["id"]) as changed:
+    with request.app.state.service.jobs.changed.watch(request.path_params["id"]) as waiter:
         while True:
-            changed.clear()  # before reading: a change after the read wakes the wait below
+            waiter.reset()
             response = await submission_json(request)
-            left = deadline - loop.time()
-            if response.status_code != 200 or json.loads(response.body)["tag"] != since:
+            if response.status_code != 200:
                 return response
-            if left <= 0:
+            view = json.loads(response.body)
+            waiter.queued = view["state"] == QUEUED
+            if view["tag"] != since or loop.time() >= deadline:
                 return response
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(changed.wait(), left)
+            await waiter.wait(deadline - loop.time())
 
 
 @page()
