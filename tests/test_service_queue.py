@@ -25,7 +25,7 @@ from dnncourse.service import jobs as jobs_module
 from dnncourse.service.config import ServiceConfig
 from dnncourse.service.grader import Graded
 from dnncourse.service.jobs import Jobs, RateLimited, fair_order
-from dnncourse.service.models import GRADED, GRADING, Assignment, Submission, User, open_db
+from dnncourse.service.models import GRADED, GRADING, Assignment, Submission, User, open_db, utcnow
 
 NB = "hw1_polynomial_gradients.ipynb"
 
@@ -38,6 +38,7 @@ class FakeGrader:
         self.lock, self.overlap = threading.Lock(), []
         self.gate = threading.Event()
         self.gate.set()
+        self.warmed = []
 
     def grade(self, assignment, student, files, version=1) -> Result:
         with self.lock:
@@ -64,8 +65,8 @@ class FakeGrader:
     def discard(self, graded: Graded) -> None:
         pass
 
-    def warm(self, assignment, version=1):
-        pass
+    def warm(self, assignment, version=1, kernels=False):
+        self.warmed.append((assignment, version, kernels))
 
     def close(self):
         pass
@@ -381,3 +382,51 @@ def test_storing_a_result_does_not_hold_the_worker(setup, tmp_path, monkeypatch)
     times = two_students(inline=True)  # control
     first, second = sorted(("ann", "ben"), key=lambda s: times[s, "run"])
     assert times[second, "run"] >= times[first, "stored"]
+
+
+# -- an idle service keeps a kernel ready for the current assignment ------------------------------
+def test_the_current_assignment_is_the_open_one_handed_in_or_released_last(setup):
+    sessions, jobs, _ = setup
+    now = utcnow()
+    _assignments(sessions, "hw2", "hw3", "hw4")
+    with sessions() as db:
+        db.get(Assignment, "hw2").opens_at = now - timedelta(days=1)  # released last
+        db.get(Assignment, "hw3").opens_at = now + timedelta(days=1)  # not released yet
+        db.get(Assignment, "hw4").closes_at = now - timedelta(hours=1)  # closed
+        db.commit()
+        assert jobs.current(db) == "hw2"
+        db.get(Assignment, "hw3").opens_at = now - timedelta(hours=1)
+        db.commit()
+        assert jobs.current(db) == "hw3"
+    hand_in(sessions, jobs, "ann", b"x")  # hw1: what the class works on now
+    with sessions() as db:
+        assert jobs.current(db) == "hw1"
+        db.get(Assignment, "hw1").closes_at = now - timedelta(minutes=1)
+        db.commit()
+        assert jobs.current(db) == "hw3"  # hw1 closed: the open one released last
+
+
+def test_when_the_queue_empties_the_workers_are_readied_not_at_every_poll(setup):
+    """At start every assignment is prepared and the current one gets a kernel on every
+    worker; when the queue is empty again after work, once more (the idle workers; a
+    regrade may have made a new version), and not at every poll of an idle queue."""
+    sessions, jobs, grader = setup
+    _assignments(sessions, "hw2")
+    jobs.config.assignments = ["hw1", "hw2"]
+    hand_in(sessions, jobs, "ann", b"x" * 10)  # hw1 is current
+    jobs.start()
+    deadline = time.monotonic() + 30
+    while len(grader.warmed) < 3:
+        assert time.monotonic() < deadline, grader.warmed
+        time.sleep(0.05)
+    assert grader.warmed[:2] == [("hw1", 1, True), ("hw2", 1, False)]  # the start's
+    assert grader.warmed[2] == ("hw1", 1, True)  # the queue emptied
+    time.sleep(0.6)  # idle, polled every 0.1 s by three threads
+    assert len(grader.warmed) == 3
+    ids = [hand_in(sessions, jobs, login, b"y" * 10) for login in ("ben", "cal")]
+    wait_graded(sessions, ids)
+    time.sleep(0.3)
+    after = len(grader.warmed)
+    assert after > 3 and grader.warmed[-1] == ("hw1", 1, True)
+    time.sleep(0.6)
+    assert len(grader.warmed) == after

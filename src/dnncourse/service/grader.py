@@ -166,11 +166,19 @@ class Grader:
             self._busy[assignment] += 1
             return prepared
 
-    def warm(self, assignment: str, version: int = 1) -> None:
-        """Prepare ``assignment`` and start the engine now, so the first hand-in does not wait."""
-        self.prepared(assignment, version)
-        self.release(assignment)
-        self.session.client()
+    def warm(self, assignment: str, version: int = 1, kernels: bool = False) -> None:
+        """Prepare ``assignment`` and start the engine now, so the first hand-in does not wait;
+        with ``kernels``, every idle worker also launches a kernel for it ahead of its next
+        student (:meth:`dnncourse.grading.engine.Session.warm`: the bundle unpacked, the
+        grading process and the sandboxed kernel started)."""
+        prepared = self.prepared(assignment, version)
+        try:
+            if kernels:
+                self.session.warm(prepared.bundle, self.config.limits)
+            else:
+                self.session.client()
+        finally:
+            self.release(assignment)
 
     def release(self, assignment: str) -> None:
         with self._cond:

@@ -33,7 +33,7 @@ import traceback
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from sqlalchemy import func, select, update
@@ -155,6 +155,8 @@ class Jobs:
         self.store.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.feedback.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._wake = threading.Event()
+        self._readied = threading.Event()  # the workers have a kernel ready: no more to do
+        self._readied.set()  # at start, _warm readies them
         self._stop = threading.Event()
         self._claim_lock = threading.Lock()
         self._submit_lock = threading.Lock()
@@ -263,17 +265,61 @@ class Jobs:
             self._threads.append(thread)
 
     def _warm(self) -> None:
-        """Prepare every assignment now, so that the first hand-in does not wait for it."""
+        """Prepare every assignment now, the current one first (:meth:`current`) with a
+        kernel ready on every worker, so that the first hand-in waits for none of it."""
         with self.sessions() as db:
             versions = {a.name: a.version for a in db.scalars(select(Assignment))}
-        for name in self.config.assignments or sorted(versions):
+            first = self.current(db)
+        names = self.config.assignments or sorted(versions)
+        for name in sorted(names, key=lambda name: name != first):
             if self._stop.is_set():
                 return
             try:
-                self.grader.warm(name, versions.get(name, 1))
+                self.grader.warm(name, versions.get(name, 1), kernels=name == first)
             except Exception:
                 log.exception("queue: preparing %s failed", name)
-        private_files(self.config.data)  # the gradebook, made by the first preparation
+            private_files(self.config.data)  # the gradebook, made by the first preparation
+
+    def current(self, db) -> str | None:
+        """The assignment an idle service keeps a kernel ready for on every worker: of the
+        open ones (released, not closed), the one handed in last, else the one released
+        last (the last in the course's order among those without a release date)."""
+        now, names = utcnow(), self.config.assignments
+        open_ = [
+            a
+            for a in db.scalars(select(Assignment))
+            if (not names or a.name in names)
+            and (a.opens_at is None or a.opens_at <= now)
+            and (a.closes_at is None or a.closes_at > now)
+        ]
+        if not open_:
+            return None
+        last = db.scalar(
+            select(Submission.assignment)
+            .where(Submission.assignment.in_([a.name for a in open_]))
+            .order_by(Submission.id.desc())
+            .limit(1)
+        )
+        if last is not None:
+            return last
+        order = names or sorted(a.name for a in open_)
+        return max(open_, key=lambda a: (a.opens_at or datetime.min, order.index(a.name))).name
+
+    def _ready(self) -> None:
+        """The queue is empty: have a kernel ready on every idle worker for the current
+        assignment (once per emptying; a worker that just graded one has launched the
+        next kernel itself, and a ready one keeps it)."""
+        if self._readied.is_set() or self._stop.is_set():
+            return
+        self._readied.set()
+        try:
+            with self.sessions() as db:
+                name = self.current(db)
+                version = db.get(Assignment, name).version if name else 1
+            if name is not None:
+                self.grader.warm(name, version, kernels=True)
+        except Exception:
+            log.exception("queue: readying the workers failed")
 
     def stop(self) -> None:
         """Stop taking work; gradings under way are killed and redone at the next start."""
@@ -361,9 +407,11 @@ class Jobs:
                 log.exception("queue: claiming failed")
                 job = None
             if job is None:
+                self._ready()
                 self._wake.wait(self.config.poll_seconds)
                 self._wake.clear()
                 continue
+            self._readied.clear()  # busy again: ready the workers when the queue empties
             self._wake.set()  # another thread may find more work
             (sub_id, login, assignment, version, key, listed), attempt = job
             self.changed(sub_id, everyone=True)  # it leaves the queue: positions move
