@@ -116,17 +116,16 @@ def bench_grade(students: dict, jobs: int, tmp: Path) -> dict:
     }
 
 
-def own_run_time(data: Path, login: str) -> float | None:
-    """The notebook's own run time in the kernel, from the stored result's timings."""
+def phases(data: Path, login: str) -> dict[str, float]:
+    """The wall seconds of each phase of the student's last grading (``Result.timings``)."""
     results = engine.stored_results(data / "grading" / HW)
-    timings = getattr(results.get(login), "timings", None)
-    if not timings:
-        return None
-    return sum(timings[p][0] for p in OWN_PHASES if p in timings)
+    timings = getattr(results.get(login), "timings", None) or {}
+    return {phase: spent[0] for phase, spent in timings.items()}
 
 
 def bench_idle(server, client: Client, login: str, count: int, timeout: float) -> list:
-    """``count`` hand-ins one at a time, each after a pause: (upload-to-feedback, own)."""
+    """``count`` hand-ins one at a time, each after a pause: (upload-to-feedback, the
+    grading's seconds as the service timed it, its phases, the load)."""
     good = notebook(correct=ALL)
     rows = []
     for _ in range(count):
@@ -136,7 +135,10 @@ def bench_idle(server, client: Client, login: str, count: int, timeout: float) -
         view = client.wait(sub, timeout)
         latency = time.perf_counter() - start
         assert view["score"] == 10.0, view
-        rows.append((latency, own_run_time(server.data, login), load()))
+        with sqlite3.connect(server.data / "service.db") as db:
+            query = "SELECT seconds FROM submissions WHERE id = ?"
+            (seconds,) = db.execute(query, (sub,)).fetchone()
+        rows.append((latency, seconds, phases(server.data, login), load()))
     return rows
 
 
@@ -224,14 +226,22 @@ def against(server, link: str, students: dict, grade: dict, args) -> int:
 
     ok = True
     rows = bench_idle(server, idle, "idle", args.idle, args.timeout)
-    for latency, own, at in rows:
-        if own is None:
-            print(f"idle: upload -> feedback {latency:.2f} s; the notebook's own run time "
-                  f"unknown (no Result.timings); {at}")  # fmt: skip
+    for latency, seconds, spent, at in rows:
+        own = sum(spent.get(p, 0.0) for p in OWN_PHASES)
+        print(f"idle: upload -> feedback {latency:.2f} s = the service's own (upload, queue, "
+              f"page) {latency - seconds:.2f} s + grading {seconds:.2f} s (engine, worker, "
+              f"store; {at})")  # fmt: skip
+        if spent:
+            rest = sorted(((w, p) for p, w in spent.items() if p not in OWN_PHASES), reverse=True)
+            print("  grading's phases: " + ", ".join(f"{p} {w:.2f}" for w, p in rest if w >= 0.01)
+                  + f"; the notebook's own cells {own:.2f} s")  # fmt: skip
+        if not spent:
+            print("  the notebook's own run time unknown (no Result.timings)")
+            ok = False
             continue
         verdict = "PASS" if latency <= own + IDLE_SLACK else "FAIL"
-        print(f"idle: upload -> feedback {latency:.2f} s, notebook's own run time {own:.2f} s "
-              f"+ {IDLE_SLACK:g} s = {own + IDLE_SLACK:.2f} s: {verdict}; {at}")  # fmt: skip
+        print(f"  upload -> feedback {latency:.2f} s against the notebook's own run time "
+              f"{own:.2f} s + {IDLE_SLACK:g} s = {own + IDLE_SLACK:.2f} s: {verdict}")  # fmt: skip
         ok = ok and verdict == "PASS"
 
     burst = bench_burst(server, clients, students, args.timeout)
