@@ -424,7 +424,11 @@ class Jobs:
             if self._stop.is_set():  # shutting down: left "grading", redone at the next start
                 self.grader.discard(graded)
                 return
-            self._storing.submit(self._store, sub_id, attempt, graded)
+            try:
+                self._storing.submit(self._store, sub_id, attempt, graded)
+            except RuntimeError:  # stopped meanwhile: left "grading", redone at the next start
+                self.grader.discard(graded)
+                return
 
     def _store(self, sub_id: int, attempt: int, graded: Graded) -> None:
         """A storing thread: the gradebook and the pages (:meth:`Grader.store`), then the
