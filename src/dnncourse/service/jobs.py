@@ -498,11 +498,14 @@ class Jobs:
         ]
         with self.sessions() as db:
             sub = db.get(Submission, sub_id)
+            now = utcnow()
+            waited = (sub.started_at - sub.queued_at).total_seconds() if sub.started_at else 0.0
+            taken = (now - sub.started_at).total_seconds() if sub.started_at else 0.0
             values = dict(
                 state=QUEUED if sub.requeue else GRADED,
                 requeue=False,
                 finished=Submission.finished + 1,
-                graded_at=utcnow(),
+                graded_at=now,
                 status=str(result.status),
                 score=result.score,
                 max_score=result.max_score,
@@ -520,5 +523,13 @@ class Jobs:
             db.commit()
         self.changed(sub_id, everyone=bool(values["state"] == QUEUED))
         log.info(
-            "graded submission %s: %s %s/%s", sub_id, result.status, result.score, result.max_score
+            "graded submission %s: %s %s/%s (%.2f s queued, %.2f s from its claim to its row "
+            "graded, of which %.2f s grading and storing)",
+            sub_id,
+            result.status,
+            result.score,
+            result.max_score,
+            waited,
+            taken,
+            result.seconds,
         )
