@@ -33,6 +33,7 @@ Usage::
 import argparse
 import json
 import os
+import re
 import sqlite3
 import statistics
 import sys
@@ -52,6 +53,7 @@ from dnncourse.grading.course import make_bundle, prepare  # noqa: E402
 from dnncourse.grading.protocol import Limits  # noqa: E402
 
 OWN_PHASES = ("import cells", "student cells", "test cells")  # the notebook's own run time
+LOGGED = re.compile(r"\(([\d.]+) s queued, ([\d.]+) s from its claim .*?([\d.]+) s grading")
 IDLE_SLACK = 1.0  # seconds the service may add to the notebook's own run time
 BURST_FACTOR = 1.1  # the burst's drain against grade's, at most
 
@@ -123,6 +125,19 @@ def phases(data: Path, login: str) -> dict[str, float]:
     return {phase: spent[0] for phase, spent in timings.items()}
 
 
+def logged(server, sub: int) -> tuple[float, ...] | None:
+    """The service's log line of the submission: seconds queued, from its claim to its row
+    graded, grading and storing (written just after the page is told)."""
+    for _ in range(20):
+        text = server.log.read_text()
+        marker = f"graded submission {sub}:"
+        if marker in text:
+            found = LOGGED.search(text.split(marker, 1)[1].split("\n", 1)[0])
+            return tuple(float(x) for x in found.groups()) if found else None
+        time.sleep(0.1)
+    return None
+
+
 def bench_idle(server, client: Client, login: str, count: int, timeout: float) -> list:
     """``count`` hand-ins one at a time, each after a pause: (upload-to-feedback, the
     grading's seconds as the service timed it, its phases, the load)."""
@@ -138,7 +153,7 @@ def bench_idle(server, client: Client, login: str, count: int, timeout: float) -
         with sqlite3.connect(server.data / "service.db") as db:
             query = "SELECT seconds FROM submissions WHERE id = ?"
             (seconds,) = db.execute(query, (sub,)).fetchone()
-        rows.append((latency, seconds, phases(server.data, login), load()))
+        rows.append((latency, seconds, logged(server, sub), phases(server.data, login), load()))
     return rows
 
 
@@ -226,11 +241,16 @@ def against(server, link: str, students: dict, grade: dict, args) -> int:
 
     ok = True
     rows = bench_idle(server, idle, "idle", args.idle, args.timeout)
-    for latency, seconds, spent, at in rows:
+    for latency, seconds, spans, spent, at in rows:
         own = sum(spent.get(p, 0.0) for p in OWN_PHASES)
-        print(f"idle: upload -> feedback {latency:.2f} s = the service's own (upload, queue, "
-              f"page) {latency - seconds:.2f} s + grading {seconds:.2f} s (engine, worker, "
-              f"store; {at})")  # fmt: skip
+        print(f"idle: upload -> feedback {latency:.2f} s = the service's own "
+              f"{latency - seconds:.2f} s + grading {seconds:.2f} s (engine, worker, store); "
+              f"{at}")  # fmt: skip
+        if spans:
+            queued, claimed, _ = spans
+            print(f"  the service's own: queued {queued:.2f} s, claim to row graded less the "
+                  f"grading {claimed - seconds:.2f} s, upload and the page's answer "
+                  f"{latency - queued - claimed:.2f} s")  # fmt: skip
         if spent:
             rest = sorted(((w, p) for p, w in spent.items() if p not in OWN_PHASES), reverse=True)
             print("  grading's phases: " + ", ".join(f"{p} {w:.2f}" for w, p in rest if w >= 0.01)
