@@ -279,6 +279,7 @@ def test_a_result_survives_json_with_its_pages_and_notebooks():
         checks=(Check("nb", "t1", 3.0, 3.0, True), Check("nb", "t2", 0.0, 7.0, False, "no")),
         feedback={"nb": "<html>é</html>"},
         graded={"nb": b'{"cells": []}\xff'},
+        timings={"kernel start": (1.5, 1.25), "store": (0.01, 0.0)},
     )
     assert result_from_json(result_to_json(result)) == result
     short = result_from_json(result_to_json(result, pages=False))

@@ -169,6 +169,7 @@ def complete(course: Course, bundle: Bundle, result: Result) -> Result:
 
 def store(course: Course, bundle: Bundle, result: Result) -> Result:
     """Complete and write one result: gradebook, feedback pages, ``results/<student>.json``."""
+    start, cpu = time.perf_counter(), time.process_time()
     result = complete(course, bundle, result)
     score, max_score = save_result(course, result)  # nbgrader's (manual grades count)
     result = dataclasses.replace(result, score=score, max_score=max_score)
@@ -180,7 +181,8 @@ def store(course: Course, bundle: Bundle, result: Result) -> Result:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(result_to_json(result, pages=False))
     tmp.replace(path)  # atomic: a run stopped mid-write leaves the old result or none
-    return result
+    spent = (round(time.perf_counter() - start, 4), round(time.process_time() - cpu, 4))
+    return dataclasses.replace(result, timings={**result.timings, "store": spent})
 
 
 def symlink_in(folder: Path) -> str | None:
