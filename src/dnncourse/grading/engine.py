@@ -181,7 +181,7 @@ def store(course: Course, bundle: Bundle, result: Result) -> Result:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(result_to_json(result, pages=False))
     tmp.replace(path)  # atomic: a run stopped mid-write leaves the old result or none
-    spent = (round(time.perf_counter() - start, 4), round(time.process_time() - cpu, 4))
+    spent = (round(time.perf_counter() - start, 4), round(time.process_time() - cpu, 4), 0.0)
     return dataclasses.replace(result, timings={**result.timings, "store": spent})
 
 

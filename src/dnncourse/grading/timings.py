@@ -3,9 +3,9 @@
 A lap timer: the grading path says which phase starts now (:func:`lap`), and every moment
 until the next lap is charged to that phase, so the phases add up to the whole. CPU is this
 process's (all its threads) plus, while a kernel runs, its sandbox's (the cgroup, or the
-kernel's process without a sandbox: :func:`watch_kernel`). The seconds travel in
-:attr:`~.protocol.Result.timings` (phase -> (wall, CPU)) and are printed by
-``benchmarks/bench_grading.py``.
+kernel's process without a sandbox: :func:`watch_kernel`), the kernel's share also apart.
+The seconds travel in :attr:`~.protocol.Result.timings` (phase -> (wall, CPU, the kernel's
+CPU)) and are printed by ``benchmarks/bench_grading.py``.
 
 Measurement only: never shown to a student and never trusted for anything (the kernel's
 CPU time is the student's to spend). Outside :func:`record` every call is a no-op.
@@ -37,31 +37,34 @@ PHASES = (
 
 
 class Laps:
-    """The seconds of one student so far: phase -> [wall, CPU]."""
+    """The seconds of one student so far: phase -> [wall, CPU, the kernel's CPU]."""
 
     def __init__(self):
         self.seconds: dict[str, list[float]] = {}
         self._phase: str | None = None
-        self._wall = self._cpu = 0.0
+        self._wall = self._cpu = self._kernel_cpu = 0.0
         self._kernel = None  # a function: the running kernel's CPU seconds so far
         self._kernels = 0.0  # CPU seconds of the kernels already gone
         self._last = 0.0  # the last reading of the running kernel
 
-    def cpu(self) -> float:
+    def kernel_cpu(self) -> float:
+        """CPU seconds of the kernels so far (the running one's, as last read)."""
         if self._kernel is not None:
             try:
                 self._last = self._kernel() or self._last
             except Exception:  # the kernel is gone: its last reading stands
                 pass
-        return time.process_time() + self._kernels + self._last
+        return self._kernels + self._last
 
     def lap(self, phase: str | None) -> None:
-        wall, cpu = time.perf_counter(), self.cpu()
+        wall, kernel = time.perf_counter(), self.kernel_cpu()
+        cpu = time.process_time() + kernel
         if self._phase is not None:
-            spent = self.seconds.setdefault(self._phase, [0.0, 0.0])
+            spent = self.seconds.setdefault(self._phase, [0.0, 0.0, 0.0])
             spent[0] += wall - self._wall
             spent[1] += cpu - self._cpu
-        self._phase, self._wall, self._cpu = phase, wall, cpu
+            spent[2] += kernel - self._kernel_cpu
+        self._phase, self._wall, self._cpu, self._kernel_cpu = phase, wall, cpu, kernel
 
     def watch_kernel(self, read) -> None:
         """From now on, count the kernel's CPU (``read()``: its seconds since it started; all
@@ -70,12 +73,12 @@ class Laps:
 
     def kernel_gone(self) -> None:
         """The kernel has stopped (read it once more while its counters are still there)."""
-        self.cpu()
+        self.kernel_cpu()
         self._kernels += self._last
         self._kernel, self._last = None, 0.0
 
-    def rounded(self) -> dict[str, tuple[float, float]]:
-        return {k: (round(w, 4), round(c, 4)) for k, (w, c) in self.seconds.items()}
+    def rounded(self) -> dict[str, tuple[float, float, float]]:
+        return {k: tuple(round(x, 4) for x in v) for k, v in self.seconds.items()}
 
 
 _CURRENT: ContextVar[Laps | None] = ContextVar("dnncourse_timings", default=None)

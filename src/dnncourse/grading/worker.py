@@ -481,8 +481,9 @@ def grade_task(task: Task, bundle: Bundle) -> Result:
 def _with_dispatch(laps: dict, start: float, cpu: float) -> dict:
     """The grading process's laps and this worker's own share (:mod:`.timings`): the wall
     time it took beyond them (the bundle, the pipe, the codec) and its CPU time."""
-    wall = time.perf_counter() - start - sum(w for w, _ in laps.values())
-    return {**laps, "dispatch: worker": (round(wall, 4), round(time.process_time() - cpu, 4))}
+    wall = time.perf_counter() - start - sum(lap[0] for lap in laps.values())
+    spent = (round(wall, 4), round(time.process_time() - cpu, 4), 0.0)
+    return {**laps, "dispatch: worker": spent}
 
 
 if __name__ == "__main__":
