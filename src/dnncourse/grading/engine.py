@@ -102,8 +102,14 @@ def connect(jobs: int, scheduler: str | None = None):
         return
     # each kernel gets its share of the cores (no oversubscription by torch's threads)
     threads = max(1, (os.cpu_count() or 1) // jobs)
+    # no statistical profiler in the workers: it samples their threads every 10 ms for a
+    # dashboard that the embedded cluster does not serve (about 1% of a core per worker)
+    settings = {
+        "distributed.scheduler.allowed-failures": RETRIES,
+        "distributed.worker.profile.enabled": False,
+    }
     with (
-        dask.config.set({"distributed.scheduler.allowed-failures": RETRIES}),
+        dask.config.set(settings),
         LocalCluster(
             n_workers=jobs,
             threads_per_worker=1,
