@@ -38,6 +38,7 @@ from jupyter_client.manager import AsyncKernelManager
 from nbclient.exceptions import CellTimeoutError, DeadKernelError
 
 from . import sandbox as sandboxes
+from . import timings
 from .messages import GradingClient, MemoryWatch, number_prompts, truncated_note
 from .protocol import Limits, Status, encode
 
@@ -222,6 +223,7 @@ def _run_cells(client, nb, limits: Limits, result: Execution, watchdog, refused)
             continue
         count += 1
         client.current = index
+        timings.cell_lap(cell)
         stop = None
         try:
             client.execute_cell(cell, index, execution_count=count)
@@ -289,6 +291,7 @@ def execute(
 
 
 def _execute_once(nb, cwd: Path, limits: Limits, sandbox: bool, data: Path | None) -> Execution:
+    timings.lap("sandbox")
     result = Execution()
     work = _kernel_folder()
     config = work / "limits.json"
@@ -339,6 +342,7 @@ def _execute_once(nb, cwd: Path, limits: Limits, sandbox: bool, data: Path | Non
     stopped_at, started, index = None, False, 0
     stderr = FirstWords()
     watchdog = None
+    timings.lap("kernel start")
     try:
         # the kernel's own stdout (its banner) is dropped and its stderr kept only for a
         # kernel that dies at start: everything a cell shows comes over the kernel's messages.
@@ -348,12 +352,14 @@ def _execute_once(nb, cwd: Path, limits: Limits, sandbox: bool, data: Path | Non
             stdout=subprocess.DEVNULL, stderr=stderr.write_end, cleanup_kc=True
         ):
             started = True
+            timings.watch_kernel(timings.kernel_cpu(box, km))  # its start's CPU included
             stderr.close()
             refused = client.guard_channels()
             watchdog = MemoryWatch(km, limits.grader_memory_mb)
             try:
                 stopped_at, index = _run_cells(client, nb, limits, result, watchdog, refused)
             finally:  # before nbclient closes the sockets (its context waits for ours)
+                timings.lap("kernel stop")
                 refused.close()
     except RuntimeError as error:
         index = max(client.current, 0)
@@ -375,6 +381,7 @@ def _execute_once(nb, cwd: Path, limits: Limits, sandbox: bool, data: Path | Non
             watchdog.stop()
         stderr.close()
         os.environ.pop("DNNCOURSE_GUARD", None)
+        timings.kernel_gone()
         if box is not None:
             _over_total(result, box.exceeded(), limits)
             box.close()  # whatever the student left running goes with the kernel's cgroup
