@@ -249,7 +249,8 @@ def test_the_grading_process_launches_each_kernel_before_it_is_needed(two_notebo
     """Through the grading process: warmed ahead of the first student, each student's first
     notebook runs in a kernel started before the student arrived, and their second notebook
     in one started while the first ran (before the first notebook's cell ran); scores are
-    right; stopping the grading process leaves no kernel behind."""
+    right; one kernel waits after each student; stopping the grading process leaves no
+    kernel behind."""
     from test_grading_engine import ANSWERS, student_notebook
 
     from dnncourse.grading.protocol import Task
@@ -283,8 +284,9 @@ def test_the_grading_process_launches_each_kernel_before_it_is_needed(two_notebo
             start_b, _ = when(graded["b"].cells[2].outputs)
             assert start_a < arrived, f"{student}'s kernel started after they arrived"
             assert start_b < ran_a, f"{student}'s second kernel started after the first ran"
+            waiting = psutil.Process(grader.proc.pid).children()
+            assert len(waiting) == 1, f"one kernel waits for the next student, not {waiting}"
         seen_kernels |= kernels_now()
-        assert kernels_now(), "no kernel waits for the next student"
     finally:
         grader.stop()
     left = [pid for pid in seen_kernels if not _gone(pid)]

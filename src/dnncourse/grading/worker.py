@@ -14,9 +14,11 @@ Two halves, in two processes:
   notebook, nbgrader's sanitizers with the instructor's cells from the bundle (never the
   gradebook), execute, the trusted verdict (the kernel's probe records against the
   bundle's reference run, :func:`verdict_of`), feedback page. Student code never runs in either
-  process: it runs in the kernel, a child of the grading process with its own limits. When
-  the worker is gone (the task pipe hangs up), the grading process kills its kernel and
-  exits, even mid-student.
+  process: it runs in the kernel, a child of the grading process with its own limits. While
+  a notebook runs, the kernel of the next one (the student's next notebook, else the next
+  student's first) is launched in a sandbox of its own (:mod:`.warm`); a ``warm`` job
+  launches one ahead of the first task. When the worker is gone (the task pipe hangs up),
+  the grading process kills its kernels and exits, even mid-student.
 
 Nothing here writes outside its temporary folders; the client stores the result.
 """
