@@ -40,6 +40,7 @@ from jupyter_core.utils import run_sync
 from nbclient.exceptions import CellTimeoutError, DeadKernelError
 
 from . import sandbox as sandboxes
+from . import timings
 from .messages import GradingClient, MemoryWatch, number_prompts, truncated_note
 from .processes import kill_tree
 from .protocol import Limits, Status, encode
@@ -225,6 +226,7 @@ def _run_cells(client, nb, limits: Limits, result: Execution, watchdog, refused)
             continue
         count += 1
         client.current = index
+        timings.cell_lap(cell)
         stop = None
         try:
             client.execute_cell(cell, index, execution_count=count)
@@ -412,6 +414,7 @@ class Kernel:
 def _execute_once(
     nb, cwd, limits: Limits, sandbox: bool, data: Path | None, kernel: Kernel | None = None
 ) -> Execution:
+    timings.lap("sandbox")
     result = Execution()
     if kernel is None:
         kernel = Kernel(limits, sandbox, data, cwd)
@@ -432,6 +435,7 @@ def _execute_once(
     )
     stopped_at, started, index = None, False, 0
     watchdog = None
+    timings.lap("kernel start")
     try:
         if kernel.launched_at is None:
             kernel.launch()
@@ -439,12 +443,14 @@ def _execute_once(
         # made itself; ours, without it, lived on unsandboxed and was left a zombie otherwise
         with client.setup_kernel(cleanup_kc=True):
             started = True
+            timings.watch_kernel(timings.kernel_cpu(box, km))  # its start's CPU included
             stderr.close()
             refused = client.guard_channels()
             watchdog = MemoryWatch(km, limits.grader_memory_mb)
             try:
                 stopped_at, index = _run_cells(client, nb, limits, result, watchdog, refused)
             finally:  # before nbclient closes the sockets (its context waits for ours)
+                timings.lap("kernel stop")
                 refused.close()
     except RuntimeError as error:
         index = max(client.current, 0)
@@ -464,6 +470,7 @@ def _execute_once(
     finally:
         if watchdog is not None:
             watchdog.stop()
+        timings.kernel_gone()
         if box is not None:
             _over_total(result, box.exceeded(), limits)
         kernel.close()

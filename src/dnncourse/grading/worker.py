@@ -53,7 +53,7 @@ from nbgrader.preprocessors import (
 from nbgrader.preprocessors.base import NbGraderPreprocessor
 from traitlets import Dict
 
-from . import rules, sanitize, verdict, warm
+from . import rules, sanitize, timings, verdict, warm
 from .execute import execute
 from .feedback import feedback_page, notice_page
 from .processes import kill_tree
@@ -126,7 +126,9 @@ def verdict_of(bundle: Path, name: str, nb, run) -> list[Check]:
     stopped = run.status if run.stopped_at is not None else ""
     checks = verdict.decide(nb, expected, name, stopped)
     # the statement's rules, from the student's code (the kernel's recorders are evidence)
+    timings.lap("verdict: rules")
     checks = rules.apply(checks, rules.analyze(nb, expected, modules=_data_modules(bundle)))
+    timings.lap("verdict: comparisons")
     verdict.mark(nb, checks)
     return checks
 
@@ -167,6 +169,7 @@ def grade_notebook(
     With ``kernels``, the notebook runs in the kernel launched ahead for it (if one waits),
     and the kernel of notebook ``after`` (the next one to grade) is launched meanwhile.
     """
+    timings.lap("read and rebuild")
     assignment, limits = task.assignment, task.limits
     cells = json.loads((bundle / "gradebook.json").read_text())[name]
     release = nbformat.read(bundle / "release" / f"{name}.ipynb", as_version=4)
@@ -185,6 +188,7 @@ def grade_notebook(
     nb, notes = sanitize.rebuild(student_nb, release)
     if renamed:
         notes.insert(0, renamed)
+    timings.lap("nbgrader preprocessors")
     resources = {
         "nbgrader": {"student": task.student, "assignment": assignment, "notebook": name},
         "metadata": {},
@@ -199,16 +203,21 @@ def grade_notebook(
     data = bundle / "data" if (bundle / "data").is_dir() else None
     kernel = None
     if kernels is not None:
+        timings.lap("sandbox")  # the next kernel's launch is charged there
         key = warm.Key.of(bundle, name, limits, task.sandbox)
         kernel = kernels.take(key)
         kernels.prepare(dataclasses.replace(key, notebook=after or name))
     # sandboxed, the data files are bound read-only into the kernel's working folder (no
     # copy); without a sandbox it runs as the grader in a fresh folder holding a copy
     run = execute(nb, None, limits, sandbox=task.sandbox, data=data, kernel=kernel)
+    timings.lap("verdict: comparisons")
     checks = verdict_of(bundle, name, nb, run)
+    timings.lap("limit output")
     nb, resources = LimitOutput().preprocess(nb, resources)
     safe_cells(nb)  # the graded notebook is rendered unsanitized by nbgrader's formgrader
+    timings.lap("feedback page")
     page = feedback_page(nb, _released_tests(release), checks, resources)
+    timings.lap("graded notebook")
     status = Status.RENAMED if renamed and run.status == Status.OK else run.status
     return Graded(status, notes + run.details, checks, page, nbformat.writes(nb).encode())
 
@@ -225,25 +234,26 @@ def grade_student(
     start = time.perf_counter()
     statuses, details, checks, pages, graded = [], [], [], {}, {}
     names = sorted(p.stem for p in (bundle / "release").glob("*.ipynb"))
-    for index, name in enumerate(names):
-        after = names[(index + 1) % len(names)]
-        try:
-            one = grade_notebook(bundle, task, folder, name, kernels, after)
-        except Exception as error:  # a bug of ours or nbgrader's: this notebook only
-            traceback.print_exc(file=sys.stderr)
-            cells = json.loads((bundle / "gradebook.json").read_text())[name]
-            one = Graded(
-                Status.GRADER_ERROR,
-                [f"{name}: {error!r}"],
-                zero_checks(name, cells["grade_cells"]),
-                notice_page(name, Status.GRADER_ERROR, "the grader failed"),
-            )
-        statuses.append(one.status)
-        details += one.notes
-        checks += one.checks
-        pages[name] = one.page
-        if one.graded is not None:
-            graded[name] = one.graded
+    with timings.record("read and rebuild") as laps:  # for the benchmark only
+        for index, name in enumerate(names):
+            after = names[(index + 1) % len(names)]
+            try:
+                one = grade_notebook(bundle, task, folder, name, kernels, after)
+            except Exception as error:  # a bug of ours or nbgrader's: this notebook only
+                traceback.print_exc(file=sys.stderr)
+                cells = json.loads((bundle / "gradebook.json").read_text())[name]
+                one = Graded(
+                    Status.GRADER_ERROR,
+                    [f"{name}: {error!r}"],
+                    zero_checks(name, cells["grade_cells"]),
+                    notice_page(name, Status.GRADER_ERROR, "the grader failed"),
+                )
+            statuses.append(one.status)
+            details += one.notes
+            checks += one.checks
+            pages[name] = one.page
+            if one.graded is not None:
+                graded[name] = one.graded
     if not task.sandbox:
         details.append(NO_SANDBOX)
     return Result(
@@ -259,6 +269,7 @@ def grade_student(
         checks=tuple(checks),
         feedback=pages,
         graded=graded,
+        timings=laps.rounded(),
     )
 
 
@@ -523,7 +534,7 @@ def warm_task(bundle: Bundle, limits: Limits, sandbox: bool = True) -> bool:
 def grade_task(task: Task, bundle: Bundle) -> Result:
     """The Dask task: grade one student on this worker (the client stores the result)."""
     with _LOCK:  # one student at a time per worker process (threads_per_worker is 1)
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         bundle_dir = unpack(bundle)
         grader = _grader()
         result = grader.grade(task, bundle_dir)
@@ -542,7 +553,20 @@ def grade_task(task: Task, bundle: Bundle) -> Result:
                 detail = "; ".join([result.detail, NO_SANDBOX])
                 result = dataclasses.replace(result, detail=detail)
             result = dataclasses.replace(result, seconds=seconds)
-        return dataclasses.replace(result, checksum=task.checksum, bundle=bundle.hash)
+        return dataclasses.replace(
+            result,
+            checksum=task.checksum,
+            bundle=bundle.hash,
+            timings=_with_dispatch(result.timings, start, cpu),
+        )
+
+
+def _with_dispatch(laps: dict, start: float, cpu: float) -> dict:
+    """The grading process's laps and this worker's own share (:mod:`.timings`): the wall
+    time it took beyond them (the bundle, the pipe, the codec) and its CPU time."""
+    wall = time.perf_counter() - start - sum(lap[0] for lap in laps.values())
+    spent = (round(wall, 4), round(time.process_time() - cpu, 4), 0.0)
+    return {**laps, "dispatch: worker": spent}
 
 
 if __name__ == "__main__":
