@@ -15,15 +15,17 @@ import time
 import warnings
 from collections import Counter, namedtuple
 from datetime import datetime, timedelta
+from types import SimpleNamespace
 
 import pytest
+from service_harness import ROOT
 from sqlalchemy import select
 
-from dnncourse.grading.protocol import Check, Result, Status
+from dnncourse.grading.protocol import Bundle, Check, Limits, Result, Status
 from dnncourse.service import grades
 from dnncourse.service import jobs as jobs_module
 from dnncourse.service.config import ServiceConfig
-from dnncourse.service.grader import Graded
+from dnncourse.service.grader import Graded, Grader, Prepared
 from dnncourse.service.jobs import Jobs, RateLimited, fair_order
 from dnncourse.service.models import GRADED, GRADING, Assignment, Submission, User, open_db, utcnow
 
@@ -430,3 +432,39 @@ def test_when_the_queue_empties_the_workers_are_readied_not_at_every_poll(setup)
     assert after > 3 and grader.warmed[-1] == ("hw1", 1, True)
     time.sleep(0.6)
     assert len(grader.warmed) == after
+
+
+def test_the_kernels_readied_are_for_the_tasks_the_service_submits(tmp_path, monkeypatch):
+    """The grader readies the workers (warm's ``Session.warm``) with the bundle, limits and
+    sandbox its tasks carry: a kernel of other settings would be closed at the next task."""
+    limits = Limits(cell_timeout=7.0)
+    config = ServiceConfig(data=tmp_path, root=ROOT, assignments=["hw1"], limits=limits)
+    grader = Grader(config)
+    bundle = Bundle("hw1", {"gradebook.json": b"{}"})
+    course = SimpleNamespace(assignment="hw1")
+    monkeypatch.setattr(grader, "_prepare", lambda name: Prepared(course, bundle, set()))
+    calls = []
+
+    class Session:
+        def warm(self, bundle, limits, sandbox=True):
+            calls.append(("warm", bundle.hash, limits, sandbox))
+            return 1
+
+        def client(self):
+            calls.append(("client",))
+
+        def grade(self, task, bundle):
+            calls.append(("task", task.bundle, task.limits, task.sandbox))
+            return Result(task.student, "hw1", Status.OK, 0.0, 0.0)
+
+    grader.session = Session()
+    grader.warm("hw1", kernels=True)
+    grader.warm("hw1")  # prepared only, the engine started
+    graded = grader.run("hw1", "ann", {NB: b"{}"})
+    grader.discard(graded)
+    assert calls == [
+        ("warm", bundle.hash, limits, True),
+        ("client",),
+        ("task", bundle.hash, limits, True),
+    ]
+    assert grader._busy["hw1"] == 0  # every reservation released
