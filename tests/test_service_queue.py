@@ -321,21 +321,20 @@ def test_during_a_regrade_the_grade_stays_on_its_previous_value(setup):
 # -- latency: no wait for a poll, no worker held by storing --------------------------------------
 def test_a_hand_in_is_picked_up_at_once_not_at_the_next_poll(setup, monkeypatch):
     """The queue's threads sleep on an event that a hand-in sets: with a poll interval of a
-    minute, a hand-in is graded within a second. Control: without the wake-up it waits."""
+    minute, a hand-in is graded within seconds (a fraction of one on a quiet machine).
+    Control: without the wake-up it waits for the poll."""
     sessions, jobs, _ = setup
     jobs.config.poll_seconds = 60.0
     jobs.start()
     time.sleep(0.3)  # the threads found nothing and sleep
-    started = time.monotonic()
     first = hand_in(sessions, jobs, "ann", b"a" * 10)
     wait_graded(sessions, [first], timeout=5)
-    assert time.monotonic() - started < 1.0
 
     asleep = threading.Event()  # control: the hand-in's wake-up taken away
     monkeypatch.setattr(jobs._wake, "set", lambda: asleep.set())
     second = hand_in(sessions, jobs, "ben", b"b" * 10)
     with pytest.raises(TimeoutError):
-        wait_graded(sessions, [second], timeout=1.5)
+        wait_graded(sessions, [second], timeout=5)
     assert asleep.is_set()
 
 
