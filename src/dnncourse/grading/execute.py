@@ -38,6 +38,7 @@ from jupyter_client.manager import AsyncKernelManager
 from nbclient.exceptions import CellTimeoutError, DeadKernelError
 
 from . import sandbox as sandboxes
+from . import template
 from .messages import GradingClient, MemoryWatch, number_prompts, truncated_note
 from .protocol import Limits, Status, encode
 
@@ -79,6 +80,7 @@ class SandboxedKernelManager(AsyncKernelManager):
 
     box = None
     max_frame = 16 * 2**20  # Limits.message_bytes
+    limits = None  # with a box: fork the kernel from the template (grading/template.py)
 
     def client(self, **kwargs):
         """A client whose IOPub socket refuses frames larger than ``max_frame`` (ZMQ drops
@@ -98,15 +100,50 @@ class SandboxedKernelManager(AsyncKernelManager):
 
     def format_kernel_cmd(self, extra_arguments=None):
         cmd = super().format_kernel_cmd(extra_arguments)
-        return self.box.command(cmd) if self.box is not None else cmd
+        if self.box is None or self.limits is not None:
+            return cmd
+        return self.box.command(cmd)
 
     async def _async_launch_kernel(self, kernel_cmd, **kw):
+        if self.box is not None and self.limits is not None:
+            await asyncio.to_thread(self._fork_from_template, kernel_cmd, kw)
+            return
         await super()._async_launch_kernel(kernel_cmd, **kw)
         if self.box is not None:  # the sandbox's totals are watched from now on
             pid = self.provisioner.process.pid
             self.box.watch(pid)
             # the kernel binds its sockets in the sandbox's own small tmpfs: connect there
             self.ip = await asyncio.to_thread(self.box.sockets_from_outside, pid)
+
+    def _fork_from_template(self, kernel_cmd, kw) -> None:
+        """The kernel forked from this process's template into a sandbox of its own; its
+        connection file written into the kernel's own folder, then let go."""
+        from . import template as templates
+
+        box = self.box
+        argv = kernel_cmd[kernel_cmd.index("dnncourse.grading.kernel") + 1 :]
+        argv[argv.index("-f") + 1] = f"{sandboxes.SOCKETS}/kernel.json"
+        request = {**templates.request_for(box, box.options, self.limits), "argv": argv}
+        tpl = templates.template_for(box.options.data, templates.base_env(box.options))
+        fds = [kw.get(name) for name in ("stdout", "stderr")]
+        null = os.open(os.devnull, os.O_WRONLY)
+        try:
+            fds = [fd if isinstance(fd, int) and fd >= 0 else null for fd in fds]
+            spawned = tpl.spawn(request, *fds)
+        finally:
+            os.close(null)
+        self.provisioner.process, self.provisioner.pid = spawned, spawned.pid
+        self.provisioner.pgid = None  # its group is the template's: signal the kernel only
+        self._reconcile_connection_info(self.provisioner.connection_info)
+        inside = Path(f"/proc/{spawned.kernel}/root{sandboxes.SOCKETS}/kernel.json")
+        fd = os.open(inside, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with open(fd, "wb") as f:
+            f.write(Path(self.connection_file).read_bytes())
+        if box.identity is not None:
+            os.chown(inside, box.uid, box.uid)
+        templates.enter(box, spawned)
+        self.ip = f"/proc/{spawned.kernel}/root{box.sockets}"
+        spawned.go()
 
     def write_connection_file(self, **kwargs):
         super().write_connection_file(**kwargs)
@@ -316,6 +353,8 @@ def _execute_once(nb, cwd: Path, limits: Limits, sandbox: bool, data: Path | Non
     if box is not None:  # the sockets' path inside the sandbox (the connection file's ip)
         km.ip = box.sockets
     km.box = box
+    if box is not None and template.enabled():
+        km.limits = limits
     spec_dir = str(kernel_spec_dir())
     if spec_dir not in os.environ.get("JUPYTER_PATH", "").split(os.pathsep):
         os.environ["JUPYTER_PATH"] = os.pathsep.join(
