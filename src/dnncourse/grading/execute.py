@@ -124,12 +124,16 @@ class SandboxedKernelManager(AsyncKernelManager):
         argv = kernel_cmd[kernel_cmd.index("dnncourse.grading.kernel") + 1 :]
         argv[argv.index("-f") + 1] = f"{sandboxes.SOCKETS}/kernel.json"
         request = {**templates.request_for(box, box.options, self.limits), "argv": argv}
-        tpl = templates.template_for(box.options.data, templates.base_env(box.options))
         fds = [kw.get(name) for name in ("stdout", "stderr")]
         null = os.open(os.devnull, os.O_WRONLY)
         try:
             fds = [fd if isinstance(fd, int) and fd >= 0 else null for fd in fds]
-            spawned = tpl.spawn(request, *fds)
+            try:
+                tpl = templates.template_for(box.options.data, templates.base_env(box.options))
+                spawned = tpl.spawn(request, *fds)
+            except RuntimeError as error:  # said on the kernel's stderr, as a kernel would
+                os.write(fds[1], f"{error}\n".encode())
+                raise
         finally:
             os.close(null)
         self.provisioner.process, self.provisioner.pid = spawned, spawned.pid

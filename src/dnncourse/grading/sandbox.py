@@ -281,7 +281,7 @@ def command(
     if privileged():  # the launcher drops to the kernel's uid; bwrap keeps only what that needs
         args += ["--cap-drop", "ALL"]
         args += ["--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID", "--cap-add", "CAP_SETPCAP"]
-        args += ["--cap-add", "CAP_SYS_ADMIN"] if template else []
+        args += ["--cap-add", "CAP_SYS_ADMIN", "--cap-add", "CAP_NET_ADMIN"] if template else []
     else:
         args += ["--unshare-user", "--uid", str(NOBODY), "--gid", str(NOBODY)]
         args += ["--cap-drop", "ALL"]

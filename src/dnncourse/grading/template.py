@@ -92,6 +92,29 @@ def _bind_ro(source: str, target: str) -> None:
     _check(_libc.mount(None, target.encode(), None, flags, None), f"read-only {target}")
 
 
+def _loopback_up() -> None:
+    """The new network namespace's ``lo`` up, as bwrap does (SIOCSIFFLAGS: IFF_UP|IFF_RUNNING)."""
+    import fcntl
+    import struct
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        fcntl.ioctl(s, 0x8914, struct.pack("16sH22x", b"lo", 0x1 | 0x8 | 0x40))
+
+
+FRESH = ("/dev/shm", "/tmp", HOME, SOCKETS)  # each child mounts a tmpfs of its own on these
+
+
+def _bound_inside(folders) -> list[str]:
+    """The outermost mount points strictly inside ``folders`` (from ``mountinfo``)."""
+    points = set()
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            point = line.split()[4].encode().decode("unicode_escape")  # \040 is a space
+            if any(point.startswith(folder + "/") for folder in folders):
+                points.add(point)
+    return sorted(p for p in points if not any(p.startswith(q + "/") for q in points))
+
+
 def preload() -> None:
     """What every kernel imports before student code, imported once here (no thread, socket
     or ZMQ context is made by importing these)."""
@@ -132,9 +155,6 @@ def serve() -> None:
     """The template's loop: preload, say ready, then per request fork a kernel or let one go."""
     sock = socket.socket(fileno=0)
     preload()
-    data = {}  # the data files (bound by bwrap into WORK), opened once: bound into each child
-    for name in sorted(os.listdir(WORK)):
-        data[name] = os.open(f"{WORK}/{name}", os.O_PATH | os.O_CLOEXEC)
     threads = len(os.listdir("/proc/self/task"))
     signal.signal(signal.SIGCHLD, _reap)
     _answer(sock, {"ready": True, "threads": threads})
@@ -153,17 +173,17 @@ def serve() -> None:
                 os.close(gate)
             _answer(sock, {"went": gate is not None})
         else:
-            _answer(sock, _spawn(request, fds, data, gates))
+            _answer(sock, _spawn(request, fds, gates))
 
 
-def _spawn(request: dict, fds: list[int], data: dict, gates: dict) -> dict:
+def _spawn(request: dict, fds: list[int], gates: dict) -> dict:
     ready_r, ready_w = os.pipe()
     go_r, go_w = os.pipe()
     template = os.getpid()
     pid = os.fork()
     if pid == 0:
         try:
-            _child(request, fds, data, ready_w, go_r, template)
+            _child(request, fds, ready_w, go_r, template)
         except BaseException as error:  # said to the grader, then gone
             try:
                 os.write(ready_w, f"{type(error).__name__}: {error}\n".encode())
@@ -187,7 +207,7 @@ def _spawn(request: dict, fds: list[int], data: dict, gates: dict) -> dict:
     return {"error": said.decode("utf-8", "replace").strip() or "the child ended at start"}
 
 
-def _child(request, fds, data, ready_w, go_r, template) -> None:
+def _child(request, fds, ready_w, go_r, template) -> None:
     """The forked child: namespaces, folders, then the kernel as pid 1 of its own."""
     for sig in (signal.SIGCHLD, signal.SIGINT, signal.SIGTERM, signal.SIGPIPE):
         signal.signal(sig, signal.SIG_DFL)
@@ -200,7 +220,7 @@ def _child(request, fds, data, ready_w, go_r, template) -> None:
     os.dup2(null, 0)
     os.dup2(stdout, 1)
     os.dup2(stderr, 2)
-    keep = {0, 1, 2, ready_w, go_r, status_w, *data.values()}
+    keep = {0, 1, 2, ready_w, go_r, status_w}
     for fd in map(int, os.listdir("/proc/self/fd")):
         if fd not in keep:
             try:
@@ -224,7 +244,11 @@ def _child(request, fds, data, ready_w, go_r, template) -> None:
     else:  # root: the template's CAP_SYS_ADMIN; the kernel drops to its uid after
         _check(_libc.unshare(spaces), "unshare")
     _check(_libc.mount(None, b"/", None, MS_REC | MS_PRIVATE, None), "private /")
+    # what bwrap bound inside the folders about to be covered (the data files in WORK, a
+    # virtualenv in /tmp), as this mount namespace sees them: bound again on the fresh ones
+    kept = {point: os.open(point, os.O_PATH | os.O_CLOEXEC) for point in _bound_inside(FRESH)}
     _check(_libc.sethostname(b"sandbox", 7), "hostname")
+    _loopback_up()
     size = int(request["size"])
     _tmpfs("/dev/shm", size, "1777")
     _tmpfs("/tmp", size, "1777")
@@ -232,13 +256,13 @@ def _child(request, fds, data, ready_w, go_r, template) -> None:
     os.mkdir(WORK)
     os.chmod(WORK, 0o777)
     _tmpfs(SOCKETS, 64 * 1024, "0777")
-    for name, fd in data.items():  # the data files, read-only, as bwrap binds them
-        target = f"{WORK}/{name}"
+    for point, fd in kept.items():  # read-only, as bwrap binds them
+        os.makedirs(os.path.dirname(point), 0o755, exist_ok=True)
         if os.path.isdir(f"/proc/self/fd/{fd}"):
-            os.mkdir(target)
+            os.mkdir(point, 0o755)
         else:
-            os.close(os.open(target, os.O_CREAT | os.O_WRONLY, 0o644))
-        _bind_ro(f"/proc/self/fd/{fd}", target)
+            os.close(os.open(point, os.O_CREAT | os.O_WRONLY, 0o644))
+        _bind_ro(f"/proc/self/fd/{fd}", point)
         os.close(fd)
     if request.get("uid") is not None:  # root: a passwd naming this kernel's uid
         etc = f"{SOCKETS}/etc"
@@ -305,7 +329,7 @@ def _kernel(request, ready_w, go_r) -> None:
     except ImportError:
         pass
     if "code" in request:  # the sandbox's checks (sandbox._run_inside)
-        namespace = {"__name__": "__main__"}
+        namespace = {"__name__": "__main__", "json": json, "os": os, "sys": sys}
         try:
             exec(compile(request["code"], "<check>", "exec"), namespace)
         except SystemExit as end:
@@ -414,9 +438,9 @@ class Template:
         self.buffer = b""
         hello = self._read()
         if not hello.get("ready"):
+            said = (self.folder / "template.log").read_text(errors="replace").strip()
             self.close()
-            said = (self.folder / "template.log").read_text(errors="replace")[-300:]
-            raise RuntimeError(f"the kernel template did not start: {said}")
+            raise RuntimeError(f"the kernel template did not start: {said[-300:]}")
         self.threads = hello["threads"]
 
     def _read(self) -> dict:
@@ -496,7 +520,10 @@ def template_for(data, env: dict) -> Template:
     again if it died); one per assignment's data folder and environment."""
     import atexit
 
-    key = (str(data), tuple(sorted(env.items())))
+    from . import sandbox
+
+    options = sandbox.Options(folder=sandbox.Path("/"), data=data, env=env)
+    key = tuple(sandbox.command(["template"], options, template=True))  # what it would see
     with _LOCK:
         template = _TEMPLATES.get(key)
         if template is None or not template.alive():
