@@ -43,6 +43,7 @@ import os
 import signal
 import socket
 import sys
+import weakref
 
 # -- the switch -----------------------------------------------------------------------------
 SWITCH = "DNNCOURSE_TEMPLATE"
@@ -436,6 +437,7 @@ class Template:
         theirs.close()
         self.lock = threading.Lock()
         self.buffer = b""
+        self.spawned = weakref.WeakSet()  # the kernels forked, while the grader holds them
         hello = self._read()
         if not hello.get("ready"):
             said = (self.folder / "template.log").read_text(errors="replace").strip()
@@ -454,6 +456,10 @@ class Template:
 
     def alive(self) -> bool:
         return self.proc.poll() is None
+
+    def busy(self) -> bool:
+        """Is a kernel forked from it still running?"""
+        return any(spawned.poll() is None for spawned in list(self.spawned))
 
     def host_pid(self) -> int | None:
         """The template's own host pid (bwrap's only child)."""
@@ -486,7 +492,9 @@ class Template:
                 ns = next(ln.split()[1:] for ln in f if ln.startswith("NSpid:"))
             if len(ns) > 1 and int(ns[1]) == nspid:
                 kernel = child.children()[0].pid
-                return Spawned(self, nspid, child.pid, kernel, status_r)
+                spawned = Spawned(self, nspid, child.pid, kernel, status_r)
+                self.spawned.add(spawned)
+                return spawned
         os.close(status_r)
         raise RuntimeError("the forked kernel was not found")
 
@@ -497,16 +505,21 @@ class Template:
 
     def close(self) -> None:
         import shutil
+        import subprocess
 
         from .processes import kill_tree
 
-        self.sock.close()
-        kill_tree(self.proc.pid)
+        self.sock.close()  # the template reads the end of its requests and ends
+        try:
+            self.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            kill_tree(self.proc.pid)
         self.log.close()
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
-_TEMPLATES: dict = {}
+_TEMPLATES: dict = {}  # in the order they were made
+KEEP = 2  # templates kept per grading process (assignments graded in turn)
 _LOCK = __import__("threading").Lock()
 
 
@@ -527,8 +540,12 @@ def template_for(data, env: dict) -> Template:
     with _LOCK:
         template = _TEMPLATES.get(key)
         if template is None or not template.alive():
+            if template is not None:  # it died: what is left of it goes
+                _TEMPLATES.pop(key).close()
             if not _TEMPLATES:
                 atexit.register(close_all)
+            for other in [k for k, t in _TEMPLATES.items() if not t.busy()][: -KEEP + 1 or None]:
+                _TEMPLATES.pop(other).close()  # the oldest idle ones (each holds torch)
             template = _TEMPLATES[key] = Template(data, env)
     return template
 
