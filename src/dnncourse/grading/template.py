@@ -126,6 +126,10 @@ def preload() -> None:
             __import__(name)
         except ImportError:
             pass
+    import gc
+
+    gc.collect()
+    gc.freeze()  # the collector of each kernel leaves these alone (no copy of their pages)
 
 
 def _receive(sock: socket.socket) -> tuple[dict | None, list[int]]:
