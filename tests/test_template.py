@@ -30,7 +30,7 @@ pytestmark = [
 # data reaches its kernel over ZMQ, never through the template); prints one JSON line
 STUDENT = r"""
 import builtins, ctypes, os, re, signal, socket, sys, time, json
-seen = {"pid": os.getpid(), "uid": os.getuid()}
+seen = {"pid": os.getpid(), "uid": os.getuid(), "uid_map": open("/proc/self/uid_map").read()}
 libc = ctypes.CDLL(None, use_errno=True)
 def attempt(name, action):
     try:
@@ -188,6 +188,10 @@ def test_nothing_passes_between_students_forked_from_one_template(mode):
     assert all(first[k][0] == "ok" for k in first if k.startswith("write ")), first
     assert first["own queue"][0] == "PermissionError", "the seccomp filter denies msgget"
     for name, other in (("second", seen["second"]), ("third", seen["third"])):
+        # its own user namespace maps only its own uid (as a user), none as root
+        uid = str(other["uid"])
+        mapped = [uid, uid, "1"] if mode == "user" else ["0", "0", "4294967295"]
+        assert other["uid_map"].split() == mapped, (name, other["uid_map"])
         # pid namespace: alone, pid 1, signals reach only itself
         assert other["pid"] == 1 and other["processes"] == [1], (name, other)
         assert other["signalled"] == [], (name, other)
@@ -224,3 +228,82 @@ def test_system_v_ipc_is_apart_even_without_the_filter(mode):
         assert other["queue"][0] == "FileNotFoundError", other
         assert other["umount /tmp"] == "Operation not permitted", other
         assert seen["secret"] not in other["memory"]
+
+
+# -- the sandbox's own tests, on forked kernels ----------------------------------------------
+def _sandbox_tests():
+    import test_sandbox
+
+    names = (
+        "test_unprivileged_without_capabilities",
+        "test_system_calls_no_notebook_needs_are_denied",
+        "test_every_writable_folder_is_capped_storage",
+        "test_work_folder_has_the_data_read_only_and_a_size_cap",
+        "test_pid_1_and_the_graders_environment_are_out_of_reach",
+        "test_many_small_processes_stay_under_the_total_memory",
+        "test_cpu_time_counts_all_processes_together",
+    )
+    return [(name, getattr(test_sandbox, name)) for name in names]
+
+
+@pytest.mark.parametrize("mode", ["root", "user"])
+@pytest.mark.parametrize(
+    "name,check", _sandbox_tests(), ids=lambda x: x if isinstance(x, str) else ""
+)
+def test_the_sandboxs_guarantees_hold_for_a_forked_kernel(
+    name, check, mode, monkeypatch, tmp_path
+):
+    """The attacks of test_sandbox.py, each with its control, on kernels forked from the
+    template (identity, system calls, capped folders, pid 1 and environment, totals)."""
+    monkeypatch.setenv("DNNCOURSE_TEMPLATE", "1")
+    names = check.__code__.co_varnames[: check.__code__.co_argcount]
+    if "mode" not in names and mode == "user":
+        pytest.skip("this check runs as the grader that runs the tests only")
+    kwargs = {"mode": mode} if "mode" in names else {}
+    if "tmp_path" in names:
+        kwargs["tmp_path"] = tmp_path
+    check(**kwargs)
+
+
+def test_a_graded_kernel_is_forked_from_the_template_and_costs_less(monkeypatch, tmp_path):
+    """With the switch on, the kernel that runs a notebook is the grandchild of the template
+    (the fork and the child that made its namespaces), pid 1 of its own namespace; off, it is
+    bwrap's child. As root, its cgroup counts its CPU time: a forked kernel's start costs less
+    than a third of a cold one's."""
+    import nbformat
+    import psutil
+
+    from dnncourse.grading import execute as executing
+    from dnncourse.grading import template
+    from dnncourse.grading.protocol import Limits
+
+    seen, chains = [], []
+    close, watch = sandbox.KernelBox.close, sandbox.KernelBox.watch
+
+    def spy_watch(box, pid):  # what the kernel's sandbox hangs from (forked: the child)
+        top = psutil.Process(pid)
+        chains.append([top.name(), *(p.name() for p in top.parents())][:3])
+        watch(box, pid)
+
+    def spy_close(box):  # the kernel's CPU time, before the sandbox goes
+        seen.append((chains[-1], box.group.cpu_seconds() if box.group else None))
+        close(box)
+
+    monkeypatch.setattr(sandbox.KernelBox, "close", spy_close)
+    monkeypatch.setattr(sandbox.KernelBox, "watch", spy_watch)
+    monkeypatch.delenv("DNNCOURSE_TEMPLATE", raising=False)
+    assert not template.enabled(), "off by default"
+    runs = {}
+    for switch in ("0", "1", "1"):
+        monkeypatch.setenv("DNNCOURSE_TEMPLATE", switch)
+        assert template.enabled() == (switch == "1")
+        code = "import os, torch\nprint(os.getpid(), torch.ones(2).sum().item())"
+        nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(code)])
+        run = executing.execute(nb, tmp_path, Limits())
+        assert run.status == "ok" and nb.cells[0].outputs[0]["text"] == "1 2.0\n", run
+        runs.setdefault(switch, []).append(seen[-1])
+    cold, forked = runs["0"][0], runs["1"][-1]  # the second forked one: the template is up
+    assert forked[0] == ["python", "python", "bwrap"], forked  # the child, the template, bwrap
+    assert cold[0][0] in ("sh", "env", "bwrap") and cold[0][1] == "python", cold  # the grader's
+    if os.geteuid() == 0 and cold[1] is not None:
+        assert forked[1] < cold[1] / 3, (forked, cold)
