@@ -41,7 +41,11 @@ AS_FLAG = {
     "constraint": "--constraint",
     "trusted-host": "--allow-insecure-host",
 }
-AS_ENV = {"cert": "SSL_CERT_FILE", "timeout": "UV_HTTP_TIMEOUT", "default-timeout": "UV_HTTP_TIMEOUT"}
+AS_ENV = {
+    "cert": "SSL_CERT_FILE",
+    "timeout": "UV_HTTP_TIMEOUT",
+    "default-timeout": "UV_HTTP_TIMEOUT",
+}
 # pip options that do not change what is installed
 HARMLESS = {
     "disable-pip-version-check",

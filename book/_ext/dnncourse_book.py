@@ -54,7 +54,7 @@ from pathlib import Path
 
 from docutils import nodes
 from pybtex.database import parse_file
-from pybtex.plugin import register_plugin
+from pybtex.plugin import find_plugin, register_plugin
 from pybtex.richtext import Text
 from pybtex.style.formatting.unsrt import Style as UnsrtStyle
 from pybtex.style.labels import BaseLabelStyle
@@ -88,11 +88,17 @@ def _setup_cell(wheel: str) -> dict:
     }
 
 
+# pybtex's ``render_as("text")`` looks its backend up among the entry points of every
+# installed distribution on each call (a third of a cold build's Sphinx time went there,
+# through the labels and citations below): the backend is looked up once.
+_TEXT = find_plugin("pybtex.backends", "text")()
+
+
 def _names(entry) -> str:
     """'Polyak', 'Kingma and Ba', 'Ioffe et al.': the authors (else editors) as cited."""
     people = entry.persons.get("author") or entry.persons.get("editor") or []
     last = [
-        Text.from_latex(" ".join(p.prelast_names + p.last_names)).render_as("text") for p in people
+        Text.from_latex(" ".join(p.prelast_names + p.last_names)).render(_TEXT) for p in people
     ]
     if len(last) > 2:
         return f"{last[0]} et al."
