@@ -210,9 +210,12 @@ def build_wheel(root: Path, out: Path) -> Path:
     return wheel
 
 
-def make_wheel(app: Sphinx) -> None:
-    """Starts building the wheel beside the build (a thread); the site gets it at the end."""
-    if app.builder.format != "html":
+def make_wheel(app: Sphinx, env=None, docnames=None) -> None:
+    """Starts building the wheel beside the build (a thread); the site gets it at the end.
+
+    It starts once the chapters have run (``parallel_execution``, at the same event), when
+    Sphinx reads and writes on one core and the other is free."""
+    if app.builder.format != "html" or hasattr(app, "dnncourse_wheel"):
         return
     staging = Path(app.outdir).parent / ".dnncourse-wheel"
     shutil.rmtree(staging, ignore_errors=True)
@@ -424,7 +427,7 @@ def setup(app: Sphinx) -> dict:
     app.connect("config-inited", invalidate_cache_on_package_change)
     app.connect("env-get-outdated", reread_all_on_package_change)
     app.connect("build-finished", write_package_stamp)
-    app.connect("builder-inited", make_wheel)
+    app.connect("env-before-read-docs", make_wheel, priority=950)  # after the chapters ran
     app.connect("build-finished", publish_wheel)
     app.add_config_value("dnncourse_notebooks_branch", "notebooks", "html")
     app.connect("html-page-context", dedupe_scripts)
