@@ -23,6 +23,7 @@ from dnncourse.grading.protocol import Check, Result, Status
 from dnncourse.service import grades
 from dnncourse.service import jobs as jobs_module
 from dnncourse.service.config import ServiceConfig
+from dnncourse.service.grader import Graded
 from dnncourse.service.jobs import Jobs, RateLimited, fair_order
 from dnncourse.service.models import GRADED, GRADING, Assignment, Submission, User, open_db
 
@@ -53,6 +54,15 @@ class FakeGrader:
         score = float(len(files[NB]) % 11)
         check = Check(NB[:-6], "test_a", score, 10.0, score == 10.0, "" if score == 10 else "no")
         return Result(student, assignment, Status.OK, score, 10.0, checks=(check,))
+
+    def run(self, assignment, student, files, version=1) -> Graded:
+        return Graded(self.grade(assignment, student, files, version), time.perf_counter())
+
+    def store(self, graded: Graded) -> Result:
+        return graded.result
+
+    def discard(self, graded: Graded) -> None:
+        pass
 
     def warm(self, assignment, version=1):
         pass
@@ -303,3 +313,71 @@ def test_during_a_regrade_the_grade_stays_on_its_previous_value(setup):
     grader.gate.set()
     wait_graded(sessions, [second])
     assert counted() == (second, 5.0, GRADED) and grader.calls[-1][2] == 2
+
+
+# -- latency: no wait for a poll, no worker held by storing --------------------------------------
+def test_a_hand_in_is_picked_up_at_once_not_at_the_next_poll(setup, monkeypatch):
+    """The queue's threads sleep on an event that a hand-in sets: with a poll interval of a
+    minute, a hand-in is graded within a second. Control: without the wake-up it waits."""
+    sessions, jobs, _ = setup
+    jobs.config.poll_seconds = 60.0
+    jobs.start()
+    time.sleep(0.3)  # the threads found nothing and sleep
+    started = time.monotonic()
+    first = hand_in(sessions, jobs, "ann", b"a" * 10)
+    wait_graded(sessions, [first], timeout=5)
+    assert time.monotonic() - started < 1.0
+
+    asleep = threading.Event()  # control: the hand-in's wake-up taken away
+    monkeypatch.setattr(jobs._wake, "set", lambda: asleep.set())
+    second = hand_in(sessions, jobs, "ben", b"b" * 10)
+    with pytest.raises(TimeoutError):
+        wait_graded(sessions, [second], timeout=1.5)
+    assert asleep.is_set()
+
+
+class SlowStore(FakeGrader):
+    """Stores slowly (a loaded gradebook); records when each grading and storing ran."""
+
+    def __init__(self, store_seconds: float):
+        super().__init__(seconds=0.05)
+        self.store_seconds, self.times = store_seconds, {}
+
+    def run(self, assignment, student, files, version=1) -> Graded:
+        self.times[student, "run"] = time.monotonic()
+        return super().run(assignment, student, files, version)
+
+    def store(self, graded: Graded) -> Result:
+        time.sleep(self.store_seconds)
+        self.times[graded.result.student, "stored"] = time.monotonic()
+        return graded.result
+
+
+def test_storing_a_result_does_not_hold_the_worker(setup, tmp_path, monkeypatch):
+    """With one grader, the next student's grading starts while the previous result is
+    still being stored (gradebook, pages): the worker is fed at once, as ``grade`` feeds
+    it. Control: storing in the grading thread, the next grading waits for it."""
+    sessions, old, _ = setup
+
+    def two_students(inline: bool) -> dict:
+        grader = SlowStore(store_seconds=0.8)
+        data = tmp_path / f"inline-{inline}"
+        config = ServiceConfig(data=data, root=tmp_path, db_url=old.config.db_url, jobs=1)
+        jobs = Jobs(config, sessions, grader)
+        if inline:  # the old way: the grading thread stores before it claims the next
+            monkeypatch.setattr(jobs._storing, "submit", lambda fn, *args: fn(*args))
+        ids = [hand_in(sessions, jobs, login, b"x" * 10) for login in ("ann", "ben")]
+        jobs.start()
+        try:
+            subs = wait_graded(sessions, ids)
+        finally:
+            jobs.stop()
+        assert all(s.finished == 1 for s in subs.values())
+        return grader.times
+
+    times = two_students(inline=False)
+    first, second = sorted(("ann", "ben"), key=lambda s: times[s, "run"])
+    assert times[second, "run"] < times[first, "stored"] - 0.5
+    times = two_students(inline=True)  # control
+    first, second = sorted(("ann", "ben"), key=lambda s: times[s, "run"])
+    assert times[second, "run"] >= times[first, "stored"]

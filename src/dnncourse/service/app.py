@@ -41,8 +41,8 @@ from .student import (
     login,
     logout,
     signin,
-    submission_json,
     submission_page,
+    submission_watch,
     submit,
     submitted_file,
 )
@@ -59,7 +59,7 @@ ROUTES = [
     Route("/assignments/{name}/release/{notebook}.ipynb", download_release),
     Route("/assignments/{name}/submit", submit, methods=["POST"]),
     Route("/submissions/{id:int}", submission_page),
-    Route("/submissions/{id:int}.json", submission_json),
+    Route("/submissions/{id:int}.json", submission_watch),
     Route("/submissions/{id:int}/feedback/{notebook}", feedback),
     Route("/submissions/{id:int}/files/{file}", submitted_file),
     Route("/instructor", instructor),

@@ -67,6 +67,16 @@ class Prepared:
     secret: set[str]
 
 
+@dataclass
+class Graded:
+    """A submission graded by :meth:`Grader.run`, not yet stored (``prepared`` None: not
+    graded, nothing to store)."""
+
+    result: Result
+    start: float
+    prepared: Prepared | None = None
+
+
 class Grader:
     """Grades submissions on the Dask engine; thread-safe (one grading per queue thread)."""
 
@@ -171,9 +181,18 @@ class Grader:
     def grade(
         self, assignment: str, student: str, files: dict[str, bytes], version: int = 1
     ) -> Result:
-        """Grade one submission (blocking) and store it in the gradebook; never raises for a
-        bad notebook. A grader error (the cluster lost, the service stopping) is not stored:
-        the queue grades the submission again."""
+        """Grade one submission (blocking) and store it in the gradebook: :meth:`run` then
+        :meth:`store`."""
+        return self.store(self.run(assignment, student, files, version))
+
+    def run(
+        self, assignment: str, student: str, files: dict[str, bytes], version: int = 1
+    ) -> "Graded":
+        """Grade one submission on the engine (blocking), not yet stored: hand it to
+        :meth:`store` (the queue does that in a thread of its own, so that the next
+        submission goes to the freed worker at once). Never raises for a bad notebook; a
+        grader error (the cluster lost, the service stopping) is not stored: the queue grades
+        the submission again."""
         for name in files:
             if not safe_name(name):
                 raise ValueError(f"not a plain file name: {name!r}")
@@ -190,7 +209,20 @@ class Grader:
             try:
                 result = self.session.grade(task, prepared.bundle)
             except EngineError as error:  # lost or stopping: the queue grades it again
-                return failed(student, assignment, str(error))
+                self.release(assignment)
+                return Graded(failed(student, assignment, str(error)), start)
+        except BaseException:
+            self.release(assignment)
+            raise
+        return Graded(result, start, prepared)
+
+    def store(self, graded: "Graded") -> Result:
+        """Complete, screen and store a result of :meth:`run` (the gradebook, the pages);
+        the prepared assignment it held is released."""
+        if graded.prepared is None:  # not graded: nothing to store
+            return graded.result
+        prepared, result = graded.prepared, graded.result
+        try:
             result = complete(prepared.course, prepared.bundle, result)
             checks = [
                 dataclasses.replace(c, message=self._message(prepared, c.message))
@@ -199,10 +231,15 @@ class Grader:
             result = store(
                 prepared.course, prepared.bundle, dataclasses.replace(result, checks=tuple(checks))
             )
-            seconds = round(time.perf_counter() - start, 2)
+            seconds = round(time.perf_counter() - graded.start, 2)
             return dataclasses.replace(result, seconds=seconds)
         finally:
-            self.release(assignment)
+            self.release(prepared.course.assignment)
+
+    def discard(self, graded: "Graded") -> None:
+        """Drop a result of :meth:`run` unstored (the service stops: graded again later)."""
+        if graded.prepared is not None:
+            self.release(graded.prepared.course.assignment)
 
     def _message(self, prepared: Prepared, text: str) -> str:
         if any(line in text for line in prepared.secret):

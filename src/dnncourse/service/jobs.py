@@ -8,13 +8,19 @@ oldest waiting submission first, then each one's second, ...), a student holding
 fair share of the graders (``jobs`` / students with work, at least one) across all
 assignments, and never two of their submissions of one assignment at once (they share a row
 of the gradebook). The threads check the stored bytes against
-the checksum, grade through :class:`~dnncourse.service.grader.Grader` and finish the row
-in one UPDATE that only a ``grading`` row accepts. On start, rows left ``grading`` by a
-crash are queued again: an interrupted grading is redone, a finished one never. A grading
-that ends in ``grader error`` (the worker died, a bug of ours) is queued once more before
-that status is final.
+the checksum and grade through :class:`~dnncourse.service.grader.Grader`; the result is
+stored (gradebook, pages) by a storing thread, so the grading thread feeds its freed worker
+the next submission at once, as ``dnncourse grade`` does, and the row is finished in one
+UPDATE that only a ``grading`` row accepts. Nothing waits for a poll: a hand-in, a regrade
+and a finished grading wake the grading threads, and every change of a submission wakes the
+pages waiting for it (:class:`Changes`, the long poll of its JSON). On start, rows left
+``grading`` by a crash are queued again: an interrupted grading is redone, a finished one
+never. A grading that ends in ``grader error`` (the worker died, a bug of ours) is queued
+once more before that status is final.
 """
 
+import asyncio
+import contextlib
 import hashlib
 import json
 import logging
@@ -24,7 +30,9 @@ import shutil
 import statistics
 import threading
 import traceback
-from collections import Counter
+from collections import Counter, defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 
@@ -32,7 +40,7 @@ from sqlalchemy import func, select, update
 
 from ..grading.protocol import Result, Status, checksum, failed
 from .config import ServiceConfig, private_files
-from .grader import Grader
+from .grader import Graded, Grader
 from .models import GRADED, GRADING, QUEUED, Assignment, Submission, User, utcnow
 
 log = logging.getLogger("dnncourse.service")
@@ -50,6 +58,46 @@ def fair_order(queued: list, busy: Counter) -> list:
         keyed.append((seen[row.user_id], row.queued_at, row.id, row))
         seen[row.user_id] += 1
     return [row for *_, row in sorted(keyed, key=lambda k: k[:3])]
+
+
+class Changes:
+    """The pages waiting for a submission to change (long polls of its JSON), woken from the
+    queue's threads as soon as it does: each waiter's asyncio event is set on its own loop.
+
+    ``changed(sub_id)`` wakes the waiters of that submission; ``everyone=True`` wakes all of
+    them (a submission left or joined the queue: the others' positions moved).
+    """
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._waiters: dict[int, set] = defaultdict(set)
+
+    @contextmanager
+    def watch(self, sub_id: int):
+        """An :class:`asyncio.Event` set at the next change (enter it before reading the
+        state: a change in between is not missed)."""
+        entry = (asyncio.get_running_loop(), asyncio.Event())
+        with self._lock:
+            self._waiters[sub_id].add(entry)
+        try:
+            yield entry[1]
+        finally:
+            with self._lock:
+                self._waiters[sub_id].discard(entry)
+                if not self._waiters[sub_id]:
+                    del self._waiters[sub_id]
+
+    def __call__(self, sub_id: int | None = None, everyone: bool = False) -> None:
+        with self._lock:
+            waiters = [
+                entry
+                for key, entries in self._waiters.items()
+                if everyone or key == sub_id
+                for entry in entries
+            ]
+        for loop, event in waiters:
+            with contextlib.suppress(RuntimeError):  # its loop is closed: nobody waits
+                loop.call_soon_threadsafe(event.set)
 
 
 class RateLimited(Exception):
@@ -76,6 +124,9 @@ class Jobs:
         self._claim_lock = threading.Lock()
         self._submit_lock = threading.Lock()
         self._threads: list[threading.Thread] = []
+        # results are stored (gradebook, pages, the row) here, off the grading threads
+        self._storing = ThreadPoolExecutor(max(1, config.jobs), thread_name_prefix="storing")
+        self.changed = Changes()
 
     # -- the web side ------------------------------------------------------------------------
     def submit(self, db, user: User, assignment: Assignment, files: dict[str, bytes]):
@@ -122,6 +173,7 @@ class Jobs:
             db.add(sub)
             db.commit()
         self._wake.set()
+        self.changed(sub.id, everyone=True)
         return sub
 
     def left_this_hour(self, db, user: User, assignment) -> int | None:
@@ -156,6 +208,7 @@ class Jobs:
         )
         db.commit()
         self._wake.set()
+        self.changed(everyone=True)
         return len(ids)
 
     # -- the grading side --------------------------------------------------------------------
@@ -194,6 +247,7 @@ class Jobs:
         self.grader.close()
         for thread in self._threads:
             thread.join(timeout=5)
+        self._storing.shutdown(wait=True, cancel_futures=True)
 
     def _waiting(self, db) -> tuple[list, Counter, set]:
         """The queued submissions in fair order, gradings per student, (student, assignment)
@@ -262,6 +316,9 @@ class Jobs:
         return None
 
     def _run(self) -> None:
+        """A grading thread: claim, grade on the engine, hand the result to the storing
+        threads and claim the next at once (the worker it freed is fed without waiting for
+        the gradebook)."""
         while not self._stop.is_set():
             try:
                 job = self._claim()
@@ -274,19 +331,42 @@ class Jobs:
                 continue
             self._wake.set()  # another thread may find more work
             (sub_id, login, assignment, version, key, listed), attempt = job
+            self.changed(sub_id, everyone=True)  # it leaves the queue: positions move
             try:
-                result = self._grade(login, assignment, version, key, listed)
+                graded = self._grade(login, assignment, version, key, listed)
             except Exception as error:  # a bug of ours: this submission only, and say so
                 log.exception("queue: grading submission %s failed", sub_id)
-                result = failed(login, assignment, repr(error))
+                graded = Graded(failed(login, assignment, repr(error)), 0.0)
                 traceback.print_exc()
             if self._stop.is_set():  # shutting down: left "grading", redone at the next start
+                self.grader.discard(graded)
+                return
+            self._storing.submit(self._store, sub_id, attempt, graded)
+
+    def _store(self, sub_id: int, attempt: int, graded: Graded) -> None:
+        """A storing thread: the gradebook and the pages (:meth:`Grader.store`), then the
+        submission's row: graded, or queued again after a grader error."""
+        try:
+            if self._stop.is_set():
+                self.grader.discard(graded)  # left "grading", redone at the next start
+                result = None
+            else:
+                try:
+                    result = self.grader.store(graded)
+                except Exception as error:  # a bug of ours: this submission only
+                    log.exception("queue: storing submission %s failed", sub_id)
+                    result = failed(graded.result.student, graded.result.assignment, repr(error))
+            if result is None or self._stop.is_set():
                 return
             if result.status == Status.GRADER_ERROR and attempt < MAX_ATTEMPTS:
                 log.warning("queue: submission %s: %s; queued again", sub_id, result.detail)
                 self._requeue(sub_id)
             else:
                 self._finish(sub_id, result)
+        except Exception:
+            log.exception("queue: finishing submission %s failed", sub_id)
+        finally:
+            self._wake.set()  # a student's next submission of this assignment may start now
 
     def _requeue(self, sub_id: int) -> None:
         """A grading that failed on our side (a worker died, a bug): try once more."""
@@ -298,15 +378,17 @@ class Jobs:
             )
             db.commit()
         self._wake.set()
+        self.changed(sub_id, everyone=True)
 
-    def _grade(self, login, assignment, version, key, listed) -> Result:
+    def _grade(self, login, assignment, version, key, listed) -> Graded:
         files = {}
         for name, _size, digest in listed:
             data = (self.store / key / name).read_bytes()
             if hashlib.sha256(data).hexdigest() != digest:
-                return failed(login, assignment, f"the stored {name} does not match its checksum")
+                detail = f"the stored {name} does not match its checksum"
+                return Graded(failed(login, assignment, detail), 0.0)
             files[name] = data
-        return self.grader.grade(assignment, login, files, version)
+        return self.grader.run(assignment, login, files, version)
 
     def _finish(self, sub_id: int, result: Result) -> None:
         folder = self.feedback / str(sub_id)
@@ -349,6 +431,7 @@ class Jobs:
                 .values(**values)
             )
             db.commit()
+        self.changed(sub_id, everyone=bool(values["state"] == QUEUED))
         log.info(
             "graded submission %s: %s %s/%s", sub_id, result.status, result.score, result.max_score
         )

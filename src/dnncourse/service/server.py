@@ -26,6 +26,7 @@ from . import auth
 from .config import ServiceConfig, private_files, private_folder
 from .models import User, open_db
 
+SHUTDOWN_SECONDS = 3  # a stop waits this long for requests under way (a long poll: 25 s)
 SECRET_PATH = re.compile(r"(/signin/)[^/?#\s\"]+")
 
 
@@ -165,6 +166,12 @@ def run(args) -> int:
         if db.scalar(select(User).where(User.role == "instructor")) is None:
             print(f"no instructor yet: run dnncourse serve --data {config.data} "
                   "--add-instructor LOGIN for a sign-in link")  # fmt: skip
-    settings = uvicorn.Config(app, log_level="info", proxy_headers=True, log_config=log_config())
+    settings = uvicorn.Config(
+        app,
+        log_level="info",
+        proxy_headers=True,
+        log_config=log_config(),
+        timeout_graceful_shutdown=SHUTDOWN_SECONDS,  # pages' long polls do not hold a stop
+    )
     uvicorn.Server(settings).run(sockets=[sock])
     return 0

@@ -9,7 +9,11 @@ around it) whose only scripts are the service's own MathJax, which typesets the 
 Markdown cells, and shown in an ``<iframe sandbox="allow-scripts">``.
 """
 
+import asyncio
+import contextlib
+import hashlib
 import json
+import math
 
 from sqlalchemy import select
 from starlette.datastructures import UploadFile
@@ -36,6 +40,7 @@ from .web import (
     with_mathjax,
 )
 
+MAX_WAIT = 25.0  # seconds a long poll of a submission is held open (below proxies' timeouts)
 MAX_DEPTH = 64  # a notebook nests about 6 deep (cells, outputs, data); widget state a few more
 
 
@@ -273,7 +278,40 @@ def submission_json(service, request, db, user, form):
     if sub.state == QUEUED:
         view["ahead"], estimate = service.jobs.position(db, sub.id)
         view["estimate_s"] = round(estimate) if estimate is not None else None
+    view["tag"] = hashlib.sha256(json.dumps(view, sort_keys=True).encode()).hexdigest()[:16]
     return JSONResponse(view)
+
+
+def _seconds(text: str | None) -> float:
+    """``?wait=S`` as seconds, at most :data:`MAX_WAIT` (anything else: 0, no wait)."""
+    try:
+        seconds = float(text or 0)
+    except ValueError:
+        return 0.0
+    return min(max(seconds, 0.0), MAX_WAIT) if math.isfinite(seconds) else 0.0
+
+
+async def submission_watch(request):
+    """A submission's JSON (:func:`submission_json`); with ``?since=TAG&wait=S`` a long poll:
+    answered as soon as the view differs from the one tagged ``TAG`` (the queue wakes it the
+    moment the submission changes), or after ``S`` seconds (at most :data:`MAX_WAIT`) with
+    the same view. The page learns the feedback as it is stored, not at its next poll."""
+    since, wait = request.query_params.get("since"), _seconds(request.query_params.get("wait"))
+    if not since or not wait:
+        return await submission_json(request)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait
+    with request.app.state.service.jobs.changed.watch(request.path_params["id"]) as changed:
+        while True:
+            changed.clear()  # before reading: a change after the read wakes the wait below
+            response = await submission_json(request)
+            left = deadline - loop.time()
+            if response.status_code != 200 or json.loads(response.body)["tag"] != since:
+                return response
+            if left <= 0:
+                return response
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(changed.wait(), left)
 
 
 @page()

@@ -1,4 +1,6 @@
-// Watch a submission's state without reloading: poll its JSON until it is graded.
+// Watch a submission's state without reloading: long-poll its JSON until it is graded.
+// Each request names the view shown (its tag); the server answers as soon as the view
+// changes (the queue wakes it), or after `wait` seconds with the same view.
 // Everything from the server is inserted as text (textContent), never as HTML.
 "use strict";
 (function () {
@@ -41,11 +43,20 @@
     $("result").hidden = $("checks").hidden = $("feedback").hidden = false;
     return true;
   }
+  let since = "";
   async function poll() {
     try {
-      const response = await fetch(box.dataset.url, { credentials: "same-origin" });
-      if (response.ok && show(await response.json())) return;
+      const query = since ? `?since=${encodeURIComponent(since)}&wait=25` : "";
+      const response = await fetch(box.dataset.url + query, { credentials: "same-origin" });
+      if (response.ok) {
+        const view = await response.json();
+        if (show(view)) return;
+        since = view.tag;
+        setTimeout(poll, 0);
+        return;
+      }
     } catch (e) { /* the server restarts: keep trying */ }
+    since = "";
     setTimeout(poll, 1000);
   }
   if (box.dataset.state !== "graded") poll();
