@@ -100,3 +100,9 @@ def test_uv_takes_the_wheel_pip_takes(tmp_path):
         if alone is None:
             pytest.skip("PyPI is not reachable: no control")
         assert alone != installed
+
+
+def test_the_modules_whose_bytecode_is_written_exist():
+    """A name in WARM that no longer exists would silently leave its bytecode unwritten."""
+    missing = [name for name in install_lock.WARM if importlib.util.find_spec(name) is None]
+    assert not missing, missing
