@@ -247,6 +247,80 @@ def test_feedback_page_runs_no_script_of_the_student():
     assert not [a for a in parser.active if mark in a]
 
 
+def _hostile_page_cells() -> list:
+    """Cells whose page a scrub must change: outputs, Markdown and a raw cell with scripts
+    and handlers; and an image."""
+    code = nbformat.v4.new_code_cell("print(1)")
+    code.outputs = [
+        nbformat.v4.new_output("display_data", data={"text/html": "<script>x()</script>"}),
+        nbformat.v4.new_output("display_data", data={"image/png": "iVBORw0KGgo="}),
+    ]
+    image = nbformat.v4.new_markdown_cell("![an image](b.png) <img src='a.png'>")
+    markdown = nbformat.v4.new_markdown_cell(
+        "<img src=c onerror=1> <script>1</script> [l](javascript:1)"
+    )
+    raw = nbformat.v4.new_raw_cell("<img src=d><object><iframe></iframe></object>")
+    raw.metadata["raw_mimetype"] = "text/html"
+    return [code, image, markdown, raw]
+
+
+def test_the_feedback_page_is_nbconvert_s_page_scrubbed_in_one_parse(monkeypatch):
+    """FeedbackExporter leaves nbconvert's own pass over the page (alternative text,
+    focusable cells) to scrub_page's parse: each page is exactly nbconvert's HTMLExporter's
+    page, scrubbed."""
+    from nbconvert.exporters import HTMLExporter
+
+    from dnncourse.grading import feedback
+    from dnncourse.grading.protocol import Check
+    from dnncourse.grading.safe_html import active_content, scrub_page
+
+    release = nbformat.read(RELEASE, as_version=4)
+    tests = {
+        c.metadata.nbgrader["grade_id"]: c.source
+        for c in release.cells
+        if c.metadata.get("nbgrader", {}).get("grade") and c.cell_type == "code"
+    }
+    checks = [
+        Check(NAME, gid, i % 2, 1.0, i % 2 == 1, f"<b>{i}</b>") for i, gid in enumerate(tests)
+    ]
+    cases = [
+        (nbformat.v4.new_notebook(cells=_hostile_page_cells()), {}, []),
+        (release, tests, checks),
+    ]
+
+    def resources():
+        return {"nbgrader": {"student": "s", "assignment": "hw1", "notebook": NAME}}
+
+    with monkeypatch.context() as m:  # the same exporter, set up on nbconvert's own class
+        m.setattr(feedback, "FeedbackExporter", HTMLExporter)
+        plain, redact, scores = feedback.exporter()
+    assert type(plain) is HTMLExporter
+    pages = []
+    for nb, released, cell_checks in cases:
+        redact.released = released
+        scores.points = {c.grade_id: [c.points, c.max_points] for c in cell_checks}
+        redact.checks = {
+            c.grade_id: (c.points, c.max_points, c.passed, c.message) for c in cell_checks
+        }
+        body, _ = plain.from_notebook_node(copy.deepcopy(nb), resources=resources())
+        page = feedback.feedback_page(copy.deepcopy(nb), released, cell_checks, resources())
+        assert page == scrub_page(body)
+        pages.append(page)
+    assert '<img alt="an image" src="b.png"/>' in pages[0]
+    kept = ("<style>", "<meta>", "<link>")  # the template's own, kept by the scrub
+    assert [a for a in active_content(pages[0]) if a not in kept] == []
+
+
+def test_scrub_page_takes_out_nested_active_elements_whole():
+    from dnncourse.grading.safe_html import scrub_page
+
+    page = (
+        "<div><object><iframe><b onclick=1>y</b></iframe><embed src=x></object>"
+        "<p onload=2 title=t>z</p><a href=' jav&#x09;ascript:1'>l</a><style>a{}</style></div>"
+    )
+    assert scrub_page(page) == '<div><p title="t">z</p><a>l</a><style>a{}</style></div>'
+
+
 def test_worst_status_and_summary(tmp_path):
     assert Status.worst(["ok", "output limit", "timeout"]) == "timeout"
     assert Status.worst([]) == "ok"
@@ -279,6 +353,7 @@ def test_a_result_survives_json_with_its_pages_and_notebooks():
         checks=(Check("nb", "t1", 3.0, 3.0, True), Check("nb", "t2", 0.0, 7.0, False, "no")),
         feedback={"nb": "<html>é</html>"},
         graded={"nb": b'{"cells": []}\xff'},
+        timings={"kernel start": (1.5, 1.25), "store": (0.01, 0.0)},
     )
     assert result_from_json(result_to_json(result)) == result
     short = result_from_json(result_to_json(result, pages=False))

@@ -226,6 +226,24 @@ def test_local_run_grades_stores_and_hides(local):
         assert HIDDEN not in page and "double(-3)" not in page
 
 
+def test_each_result_carries_the_phases_of_its_grading(local):
+    """The breakdown of benchmarks/bench_grading.py: every phase of a graded student is
+    recorded, and the grading process's phases add up to the time it measured."""
+    from dnncourse.grading.timings import PHASES
+
+    _, results = local
+    for result in results:
+        if result.status != Status.OK:  # the missing notebook: nothing ran
+            continue
+        laps = result.timings
+        # the tiny notebook has no set-up cell that imports (its answer cell defines)
+        assert set(laps) == set(PHASES) - {"import cells"}, result.student
+        assert all(min(lap) >= 0 and lap[1] >= lap[2] for lap in laps.values()), laps
+        grading = sum(lap[0] for k, lap in laps.items() if k not in ("dispatch: worker", "store"))
+        assert grading == pytest.approx(result.seconds, abs=0.02), laps
+        assert laps["kernel start"][2] > 0.05, "the kernel's own CPU time is counted"
+
+
 def test_a_cluster_of_two_machines_gives_the_same_grades(local, course, cluster):
     root, subs = course
     address, homes = cluster

@@ -60,7 +60,7 @@ from .protocol import (
     zero_checks,
 )
 from .sanitize import MAX_NOTEBOOK_BYTES
-from .worker import grade_task, kill_grader, stop_grader
+from .worker import grade_task, kill_grader, stop_grader, warm_task
 
 CONNECT_TIMEOUT = 15.0  # seconds to reach a scheduler before giving up
 RETRIES = 1  # a student whose worker died is graded once more, on another worker
@@ -102,8 +102,14 @@ def connect(jobs: int, scheduler: str | None = None):
         return
     # each kernel gets its share of the cores (no oversubscription by torch's threads)
     threads = max(1, (os.cpu_count() or 1) // jobs)
+    # no statistical profiler in the workers: it samples their threads every 10 ms for a
+    # dashboard that the embedded cluster does not serve (about 1% of a core per worker)
+    settings = {
+        "distributed.scheduler.allowed-failures": RETRIES,
+        "distributed.worker.profile.enabled": False,
+    }
     with (
-        dask.config.set({"distributed.scheduler.allowed-failures": RETRIES}),
+        dask.config.set(settings),
         LocalCluster(
             n_workers=jobs,
             threads_per_worker=1,
@@ -169,6 +175,7 @@ def complete(course: Course, bundle: Bundle, result: Result) -> Result:
 
 def store(course: Course, bundle: Bundle, result: Result) -> Result:
     """Complete and write one result: gradebook, feedback pages, ``results/<student>.json``."""
+    start, cpu = time.perf_counter(), time.process_time()
     result = complete(course, bundle, result)
     score, max_score = save_result(course, result)  # nbgrader's (manual grades count)
     result = dataclasses.replace(result, score=score, max_score=max_score)
@@ -180,7 +187,8 @@ def store(course: Course, bundle: Bundle, result: Result) -> Result:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(result_to_json(result, pages=False))
     tmp.replace(path)  # atomic: a run stopped mid-write leaves the old result or none
-    return result
+    spent = (round(time.perf_counter() - start, 4), round(time.process_time() - cpu, 4), 0.0)
+    return dataclasses.replace(result, timings={**result.timings, "store": spent})
 
 
 def symlink_in(folder: Path) -> str | None:
@@ -290,6 +298,13 @@ class Session:
             future = client.submit(_identity, bundle, key=key, pure=False)
             self._shared[bundle.assignment] = (client, bundle.hash, future)
             return future
+
+    def warm(self, bundle: Bundle, limits: Limits, sandbox: bool = True) -> int:
+        """Have a kernel ready on each idle worker for the assignment's first notebook with
+        these limits (:func:`.worker.warm_task`), so that the next task's first cell runs at
+        once; how many workers launched one (a busy one launches the next kernel itself)."""
+        answers = self.client().run(warm_task, bundle, limits, sandbox)
+        return sum(bool(answer) for answer in answers.values())
 
     def submit(self, task: Task, bundle: Bundle):
         """Submit one student (graded against ``bundle``); a future of its Result."""

@@ -30,7 +30,9 @@ page runs.
 import html
 from pathlib import Path
 
-from nbconvert.exporters import HTMLExporter
+from nbconvert.exporters import HTMLExporter, TemplateExporter
+from nbconvert.filters.highlight import Highlight2HTML
+from nbconvert.filters.widgetsdatatypefilter import WidgetsDataTypeFilter
 from nbconvert.preprocessors import CSSHTMLHeaderPreprocessor, Preprocessor
 from nbconvert.preprocessors.sanitize import SanitizeHTML
 from nbformat.v4 import new_output
@@ -110,6 +112,28 @@ class Scores(Preprocessor):
         return cell, resources
 
 
+class FeedbackExporter(HTMLExporter):
+    """nbconvert's ``HTMLExporter`` whose own pass over the finished page (alternative text
+    for images, focusable cells) is made in :func:`scrub_page`'s parse: the page (some 2,000
+    tags, most of them the highlighted code) is parsed and written once, not twice."""
+
+    def from_notebook_node(self, nb, resources=None, **kw):
+        # HTMLExporter.from_notebook_node up to its BeautifulSoup pass, which scrub_page makes
+        langinfo = nb.metadata.get("language_info", {})
+        lexer = langinfo.get("pygments_lexer", langinfo.get("name", None))
+        highlight_code = self.filters.get(
+            "highlight_code", Highlight2HTML(pygments_lexer=lexer, parent=self)
+        )
+        resources = self._init_resources(resources)
+        filter_data_type = WidgetsDataTypeFilter(
+            notebook_metadata=self._nb_metadata, parent=self, resources=resources
+        )
+        self.register_filter("highlight_code", highlight_code)
+        self.register_filter("filter_data_type", filter_data_type)
+        page, resources = TemplateExporter.from_notebook_node(self, nb, resources, **kw)
+        return scrub_page(page, accessible=True), resources
+
+
 def exporter() -> tuple[HTMLExporter, RedactTests, Scores]:
     """nbconvert's HTML exporter set up like ``nbgrader generate_feedback``; its two
     preprocessors of ours, to be given each notebook's released tests and points."""
@@ -123,7 +147,7 @@ def exporter() -> tuple[HTMLExporter, RedactTests, Scores]:
         str(base / "static" / "node_modules" / "bootstrap" / "dist" / "css")
     ]
     config.HTMLExporter.sanitize_html = True
-    html_exporter = HTMLExporter(config=config)
+    html_exporter = FeedbackExporter(config=config)
     html_exporter.register_preprocessor(SanitizeHTML(), enabled=True)  # Markdown, raw cells
     html_exporter.register_preprocessor(SafeOutputs(), enabled=True)  # and what bleach left
     redact, scores = RedactTests(), Scores()
@@ -144,8 +168,8 @@ def feedback_page(nb, released: dict[str, str], checks: list[Check], resources: 
     redact.released = released
     scores.points = {c.grade_id: [c.points, c.max_points] for c in checks}
     redact.checks = {c.grade_id: (c.points, c.max_points, c.passed, c.message) for c in checks}
-    body, _ = html_exporter.from_notebook_node(nb, resources=resources)
-    return scrub_page(body)
+    page, _ = html_exporter.from_notebook_node(nb, resources=resources)  # scrubbed
+    return page
 
 
 def notice_page(title: str, status: str, detail: str) -> str:

@@ -263,6 +263,9 @@ class Result:
     checks: tuple[Check, ...] = ()
     feedback: dict[str, str] = field(default_factory=dict)  # notebook -> HTML page
     graded: dict[str, bytes] = field(default_factory=dict)  # notebook -> graded .ipynb
+    # phase -> (wall, CPU, the kernel's CPU) seconds (:mod:`.timings`): for the benchmark,
+    # never shown to a student, never trusted for anything
+    timings: dict[str, tuple[float, ...]] = field(default_factory=dict)
 
     @property
     def review(self) -> str:

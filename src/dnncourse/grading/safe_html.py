@@ -20,6 +20,7 @@ OWASP's XSS prevention cheat sheet and the HTML standard's URL parsing (schemes 
 after stripping tabs and newlines) are the references.
 """
 
+import functools
 import html
 import re
 
@@ -61,13 +62,28 @@ def as_text(source: str) -> str:
     return f"*(shown as text: it held active content)*\n\n{fence}text\n{source}\n{fence}\n"
 
 
+@functools.lru_cache(maxsize=1024)
+def _active(source: str, markdown: bool) -> bool:
+    return bool(active_content(markdown2html_mistune(source) if markdown else source))
+
+
+def renders_active(source: str, markdown: bool) -> bool:
+    """Whether a Markdown (or raw) cell's ``source`` renders to active content.
+
+    Remembered for short sources: every student hands in the same released cells, and each
+    page checks them twice (the graded notebook's cells, then the feedback page's)."""
+    if len(source) > 20_000:  # a long one is checked each time, not kept
+        return _active.__wrapped__(source, markdown)
+    return _active(source, markdown)
+
+
 def safe_cell(cell) -> None:
     """Make one cell safe to render with nbconvert, sanitizing or not (in place)."""
     if cell.cell_type == "markdown":
-        if active_content(markdown2html_mistune(cell.source)):
+        if renders_active(cell.source, markdown=True):
             cell.source = as_text(cell.source)
     elif cell.cell_type == "raw":
-        if active_content(cell.source):  # nbconvert's HTML pastes a raw cell as it is
+        if renders_active(cell.source, markdown=False):  # nbconvert pastes it as it is
             cell.source = html.escape(cell.source)
     cell.get("metadata", {}).pop("attachments", None)
     cell.pop("attachments", None)
@@ -88,17 +104,31 @@ def safe_cells(nb) -> None:
     nb.metadata.pop("widgets", None)
 
 
-def scrub_page(page: str) -> str:
-    """``page`` without script elements, event handlers or script/data URLs."""
+def scrub_page(page: str, accessible: bool = False) -> str:
+    """``page`` without script elements, event handlers or script/data URLs.
+
+    With ``accessible``, first what nbconvert's ``HTMLExporter`` adds to its pages (an
+    alternative text for images without one, input and output areas focusable), for
+    :class:`~.feedback.FeedbackExporter`, which leaves that pass to this one.
+
+    A tag is taken out with ``extract`` (its subtree stays whole, outside the page), so a
+    tag inside it, still in the list, needs no check (bs4's ``decomposed`` searched the
+    tag's whole subtree for a child named ``_decomposed``: quadratic in the page's size).
+    """
     soup = BeautifulSoup(page, "html.parser")
+    if accessible:  # as nbconvert's HTMLExporter.from_notebook_node
+        for elem in soup.select("img:not([alt])"):
+            elem.attrs["alt"] = "No description has been provided for this image"
+        for elem in soup.select(".jp-Notebook div.jp-Cell-inputWrapper"):
+            elem.attrs["tabindex"] = "0"
+        for elem in soup.select(".jp-Notebook div.jp-OutputArea-output"):
+            elem.attrs["tabindex"] = "0"
     for tag in soup.find_all(True):
-        if getattr(tag, "decomposed", False):  # inside a tag removed before
-            continue
         if tag.name.lower() in ACTIVE_TAGS - {"style", "meta", "link"}:
-            tag.decompose()
+            tag.extract()
             continue
         if tag.name.lower() == "meta" and "http-equiv" in {a.lower() for a in tag.attrs}:
-            tag.decompose()
+            tag.extract()
             continue
         for name in list(tag.attrs):
             values = tag.attrs[name] if isinstance(tag.attrs[name], list) else [tag.attrs[name]]
