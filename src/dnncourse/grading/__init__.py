@@ -13,6 +13,7 @@ template); this package adds what grading a class needs around it:
   namespaces, no network, read-only system, nothing of the course; ``dnncourse doctor``);
 * :mod:`~dnncourse.grading.probe`: hidden tests record data in the kernel (no verdict there);
 * :mod:`~dnncourse.grading.execute`: per-cell timeouts, output caps;
+  :mod:`~dnncourse.grading.warm`: the next notebook's kernel launched while one runs;
 * :mod:`~dnncourse.grading.reference` and :mod:`~dnncourse.grading.verdict`: the
   instructor's solution run once, and the student's records compared with it outside the
   kernel: one :class:`~dnncourse.grading.protocol.Check` per graded cell;

@@ -60,7 +60,7 @@ from .protocol import (
     zero_checks,
 )
 from .sanitize import MAX_NOTEBOOK_BYTES
-from .worker import grade_task, kill_grader, stop_grader
+from .worker import grade_task, kill_grader, stop_grader, warm_task
 
 CONNECT_TIMEOUT = 15.0  # seconds to reach a scheduler before giving up
 RETRIES = 1  # a student whose worker died is graded once more, on another worker
@@ -298,6 +298,13 @@ class Session:
             future = client.submit(_identity, bundle, key=key, pure=False)
             self._shared[bundle.assignment] = (client, bundle.hash, future)
             return future
+
+    def warm(self, bundle: Bundle, limits: Limits, sandbox: bool = True) -> int:
+        """Have a kernel ready on each idle worker for the assignment's first notebook with
+        these limits (:func:`.worker.warm_task`), so that the next task's first cell runs at
+        once; how many workers launched one (a busy one launches the next kernel itself)."""
+        answers = self.client().run(warm_task, bundle, limits, sandbox)
+        return sum(bool(answer) for answer in answers.values())
 
     def submit(self, task: Task, bundle: Bundle):
         """Submit one student (graded against ``bundle``); a future of its Result."""

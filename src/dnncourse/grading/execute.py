@@ -30,19 +30,22 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from time import time as wall_time
 
 import nbformat
 import psutil
 import zmq
 from jupyter_client.manager import AsyncKernelManager
+from jupyter_core.utils import run_sync
 from nbclient.exceptions import CellTimeoutError, DeadKernelError
 
 from . import sandbox as sandboxes
 from . import timings
 from .messages import GradingClient, MemoryWatch, number_prompts, truncated_note
+from .processes import kill_tree
 from .protocol import Limits, Status, encode
 
-__all__ = ["Execution", "Limits", "SandboxedKernelManager", "execute"]
+__all__ = ["Execution", "Kernel", "Limits", "SandboxedKernelManager", "execute"]
 
 KERNEL_NAME = "dnncourse-grader"
 
@@ -268,18 +271,32 @@ NOT_STARTED = Status.GRADER_ERROR  # the kernel did not start: no student code r
 
 
 def execute(
-    nb, cwd: Path, limits: Limits, sandbox: bool = True, data: Path | None = None
+    nb,
+    cwd: Path | None,
+    limits: Limits,
+    sandbox: bool = True,
+    data: Path | None = None,
+    kernel: "Kernel | None" = None,
 ) -> Execution:
     """Execute ``nb`` in place in the grading kernel (no verdict: see verdict.py).
 
     With ``sandbox`` the kernel runs in a fresh sandbox whose working folder shows the
     entries of ``data`` (the assignment's data files), read-only; without, it runs as the
-    grader in ``cwd``.
+    grader in ``cwd`` (None: a fresh folder holding a copy of ``data``).
+
+    ``kernel``: a :class:`Kernel` launched ahead for this run (:mod:`.warm`), made with the
+    same ``limits``, ``sandbox`` and ``data``; it is used and closed here. One that turns out
+    dead before it answered is no one's fault and is not mentioned: the run starts over
+    with a fresh kernel, exactly as if none had been made ahead.
 
     A kernel that dies before it answers has run none of the student's code: that is the
     grader's failure, never the student's. It is started once more in a fresh sandbox, and
     if that one does not start either, the run is a ``grader error`` (graded again later).
     """
+    if kernel is not None:
+        result = _execute_once(nb, cwd, limits, sandbox, data, kernel)
+        if result.status != NOT_STARTED:
+            return result
     result = _execute_once(nb, cwd, limits, sandbox, data)
     if result.status == NOT_STARTED:
         time.sleep(1.0)
@@ -290,41 +307,118 @@ def execute(
     return result
 
 
-def _execute_once(nb, cwd: Path, limits: Limits, sandbox: bool, data: Path | None) -> Execution:
+HISTORY = ["--HistoryManager.hist_file=:memory:"]
+
+
+class Kernel:
+    """One student's kernel, launched (not yet connected): its per-kernel folder, sandbox,
+    manager and the first words of its stderr; closed once, with everything it holds.
+
+    :func:`execute` makes one when it needs it, or is handed one that was launched ahead
+    (:mod:`~dnncourse.grading.warm`): the same kernel either way, made for one student only.
+    Without a sandbox, a kernel made ahead (``cwd`` None) runs in a fresh folder of its own
+    holding a copy of ``data``.
+    """
+
+    def __init__(self, limits: Limits, sandbox: bool = True, data: Path | None = None, cwd=None):
+        self.limits, self.sandbox, self.data = limits, sandbox, data
+        self.work = _kernel_folder()
+        self.own_cwd = None
+        if not sandbox and cwd is None:
+            self.own_cwd = Path(tempfile.mkdtemp(prefix="dnncourse-student-"))
+            if data is not None:
+                shutil.copytree(data, self.own_cwd, dirs_exist_ok=True)
+            cwd = self.own_cwd
+        self.cwd = self.work if sandbox else Path(cwd)
+        config = self.work / "limits.json"
+        config.write_text(encode(limits))  # the kernel reads memory_limit_mb and file_limit_mb
+        self.env = {**os.environ, "DNNCOURSE_GUARD": str(config)}
+        self.box = None
+        if sandbox:
+            env = {k: v for k, v in os.environ.items() if k.endswith("_NUM_THREADS")}
+            self.box = sandboxes.KernelBox(
+                sandboxes.Options(
+                    folder=self.work,
+                    data=data,
+                    workdir_mb=limits.workdir_mb,
+                    processes=limits.processes,
+                    memory_mb=limits.memory_limit_mb,
+                    cpu_seconds=limits.cpu_seconds,
+                    env={**env, "DNNCOURSE_GUARD": str(config)},
+                )
+            )
+            self.box.options.env["DNNCOURSE_SANDBOX"] = json.dumps(self.box.config())
+        km = SandboxedKernelManager(
+            kernel_name=KERNEL_NAME,
+            transport="ipc",
+            connection_file=str(self.work / "kernel.json"),
+        )
+        if self.box is not None:  # the connection file's ip: the sockets' path inside
+            km.ip = self.box.sockets
+        km.box = self.box
+        km.max_frame = limits.message_bytes
+        self.km = km
+        spec_dir = str(kernel_spec_dir())
+        if spec_dir not in os.environ.get("JUPYTER_PATH", "").split(os.pathsep):
+            os.environ["JUPYTER_PATH"] = os.pathsep.join(
+                [spec_dir, *filter(None, [os.environ.get("JUPYTER_PATH")])]
+            )
+        self.stderr = FirstWords()
+        self.launched_at: float | None = None  # the wall-clock time of the launch
+
+    def launch(self) -> None:
+        """Start the kernel's process (its start-up then runs on its own): the kernel's stdout
+        (its banner) is dropped, its stderr kept only for a kernel that dies at start."""
+        self.launched_at = wall_time()
+        run_sync(self.km.start_kernel)(
+            extra_arguments=HISTORY,
+            stdout=subprocess.DEVNULL,
+            stderr=self.stderr.write_end,
+            cwd=str(self.cwd),
+            env=self.env,
+        )
+
+    @property
+    def pid(self) -> int | None:
+        """The pid of the process launched (bwrap, in a sandbox), or None."""
+        process = getattr(self.km.provisioner, "process", None) if self.km.provisioner else None
+        return None if process is None else process.pid
+
+    def alive(self) -> bool:
+        """Is the launched process still running (a kernel made ahead may die waiting)?"""
+        process = getattr(self.km.provisioner, "process", None) if self.km.provisioner else None
+        return process is not None and process.poll() is None
+
+    def close(self) -> None:
+        """Kill the kernel and everything of its sandbox; remove its folders (idempotent)."""
+        try:
+            if self.km.has_kernel:
+                run_sync(self.km.shutdown_kernel)(now=True)
+        except Exception:  # already gone: the sandbox's cgroup and folders still go below
+            pid = self.pid
+            if pid is not None:
+                kill_tree(pid)
+        finally:
+            try:
+                run_sync(self.km.cleanup_resources)()
+            except Exception:
+                pass
+            self.stderr.close()
+            if self.box is not None:
+                self.box.close()  # whatever the student left running goes with the cgroup
+            shutil.rmtree(self.work, ignore_errors=True)
+            if self.own_cwd is not None:
+                shutil.rmtree(self.own_cwd, ignore_errors=True)
+
+
+def _execute_once(
+    nb, cwd, limits: Limits, sandbox: bool, data: Path | None, kernel: Kernel | None = None
+) -> Execution:
     timings.lap("sandbox")
     result = Execution()
-    work = _kernel_folder()
-    config = work / "limits.json"
-    config.write_text(encode(limits))  # the kernel reads memory_limit_mb and file_limit_mb
-    box = None
-    if sandbox:
-        env = {k: v for k, v in os.environ.items() if k.endswith("_NUM_THREADS")}
-        box = sandboxes.KernelBox(
-            sandboxes.Options(
-                folder=work,
-                data=data,
-                workdir_mb=limits.workdir_mb,
-                processes=limits.processes,
-                memory_mb=limits.memory_limit_mb,
-                cpu_seconds=limits.cpu_seconds,
-                env={**env, "DNNCOURSE_GUARD": str(config)},
-            )
-        )
-        box.options.env["DNNCOURSE_SANDBOX"] = json.dumps(box.config())
-    else:
-        os.environ["DNNCOURSE_GUARD"] = str(config)
-    km = SandboxedKernelManager(
-        kernel_name=KERNEL_NAME, transport="ipc", connection_file=str(work / "kernel.json")
-    )
-    if box is not None:  # the sockets' path inside the sandbox (the connection file's ip)
-        km.ip = box.sockets
-    km.box = box
-    spec_dir = str(kernel_spec_dir())
-    if spec_dir not in os.environ.get("JUPYTER_PATH", "").split(os.pathsep):
-        os.environ["JUPYTER_PATH"] = os.pathsep.join(
-            [spec_dir, *filter(None, [os.environ.get("JUPYTER_PATH")])]
-        )
-    km.max_frame = limits.message_bytes
+    if kernel is None:
+        kernel = Kernel(limits, sandbox, data, cwd)
+    km, box, stderr = kernel.km, kernel.box, kernel.stderr
     client = GradingClient(
         nb,
         limits,
@@ -336,21 +430,18 @@ def _execute_once(nb, cwd: Path, limits: Limits, sandbox: bool, data: Path | Non
         shutdown_kernel="immediate",
         record_timing=False,  # timestamps would come from the kernel's message headers
         store_widget_state=False,
-        extra_arguments=["--HistoryManager.hist_file=:memory:"],
-        resources={"metadata": {"path": str(work if sandbox else cwd)}},
+        extra_arguments=HISTORY,
+        resources={"metadata": {"path": str(kernel.cwd)}},
     )
     stopped_at, started, index = None, False, 0
-    stderr = FirstWords()
     watchdog = None
     timings.lap("kernel start")
     try:
-        # the kernel's own stdout (its banner) is dropped and its stderr kept only for a
-        # kernel that dies at start: everything a cell shows comes over the kernel's messages.
+        if kernel.launched_at is None:
+            kernel.launch()
         # cleanup_kc: nbclient shuts down (kills and collects) only a kernel whose manager it
         # made itself; ours, without it, lived on unsandboxed and was left a zombie otherwise
-        with client.setup_kernel(
-            stdout=subprocess.DEVNULL, stderr=stderr.write_end, cleanup_kc=True
-        ):
+        with client.setup_kernel(cleanup_kc=True):
             started = True
             timings.watch_kernel(timings.kernel_cpu(box, km))  # its start's CPU included
             stderr.close()
@@ -379,13 +470,10 @@ def _execute_once(nb, cwd: Path, limits: Limits, sandbox: bool, data: Path | Non
     finally:
         if watchdog is not None:
             watchdog.stop()
-        stderr.close()
-        os.environ.pop("DNNCOURSE_GUARD", None)
         timings.kernel_gone()
         if box is not None:
             _over_total(result, box.exceeded(), limits)
-            box.close()  # whatever the student left running goes with the kernel's cgroup
-        shutil.rmtree(work, ignore_errors=True)
+        kernel.close()
     result.stopped_at = stopped_at
     if client.truncated:
         result.details.append(f"output truncated in {len(client.truncated)} cell(s)")

@@ -14,9 +14,11 @@ Two halves, in two processes:
   notebook, nbgrader's sanitizers with the instructor's cells from the bundle (never the
   gradebook), execute, the trusted verdict (the kernel's probe records against the
   bundle's reference run, :func:`verdict_of`), feedback page. Student code never runs in either
-  process: it runs in the kernel, a child of the grading process with its own limits. When
-  the worker is gone (the task pipe hangs up), the grading process kills its kernel and
-  exits, even mid-student.
+  process: it runs in the kernel, a child of the grading process with its own limits. While
+  a notebook runs, the kernel of the next one (the student's next notebook, else the next
+  student's first) is launched in a sandbox of its own (:mod:`.warm`); a ``warm`` job
+  launches one ahead of the first task. When the worker is gone (the task pipe hangs up),
+  the grading process kills its kernels and exits, even mid-student.
 
 Nothing here writes outside its temporary folders; the client stores the result.
 """
@@ -51,11 +53,22 @@ from nbgrader.preprocessors import (
 from nbgrader.preprocessors.base import NbGraderPreprocessor
 from traitlets import Dict
 
-from . import rules, sanitize, timings, verdict
+from . import rules, sanitize, timings, verdict, warm
 from .execute import execute
 from .feedback import feedback_page, notice_page
 from .processes import kill_tree
-from .protocol import Bundle, Check, Result, Status, Task, decode, encode, failed, zero_checks
+from .protocol import (
+    Bundle,
+    Check,
+    Limits,
+    Result,
+    Status,
+    Task,
+    decode,
+    encode,
+    failed,
+    zero_checks,
+)
 from .safe_html import safe_cells
 
 RESULT_PREFIX = "@@dnncourse-result "
@@ -92,11 +105,14 @@ class BundleCells(OverwriteCells):
 @dataclass(frozen=True)
 class Job:
     """One line to the grading process: a student's task, where its bundle is unpacked, and
-    the nonce its answer must carry."""
+    the nonce its answer must carry. With ``warm``, only launch a kernel for the task's
+    assignment (its first notebook, its limits and sandbox) ahead of a task to come; no
+    answer."""
 
     task: Task
     bundle_dir: str
     nonce: str
+    warm: bool = False
 
 
 def verdict_of(bundle: Path, name: str, nb, run) -> list[Check]:
@@ -140,8 +156,19 @@ class Graded:
     graded: bytes | None = None  # the graded notebook; None where none ran
 
 
-def grade_notebook(bundle: Path, task: Task, folder: Path, name: str) -> Graded:
-    """Grade notebook ``name`` of one student: status, notes, checks, page, graded bytes."""
+def grade_notebook(
+    bundle: Path,
+    task: Task,
+    folder: Path,
+    name: str,
+    kernels: warm.Kernels | None = None,
+    after: str | None = None,
+) -> Graded:
+    """Grade notebook ``name`` of one student: status, notes, checks, page, graded bytes.
+
+    With ``kernels``, the notebook runs in the kernel launched ahead for it (if one waits),
+    and the kernel of notebook ``after`` (the next one to grade) is launched meanwhile.
+    """
     timings.lap("read and rebuild")
     assignment, limits = task.assignment, task.limits
     cells = json.loads((bundle / "gradebook.json").read_text())[name]
@@ -173,16 +200,16 @@ def grade_notebook(bundle: Path, task: Task, folder: Path, name: str) -> Graded:
         nb.metadata["kernelspec"] = kernelspec
     nb, resources = BundleCells(cells=cells).preprocess(nb, resources)
     nb, resources = CheckCellMetadata().preprocess(nb, resources)
-    work = Path(tempfile.mkdtemp(prefix="dnncourse-student-"))
-    sandbox = task.sandbox
-    try:
-        data = bundle / "data" if (bundle / "data").is_dir() else None
-        if not sandbox and data is not None:  # the kernel runs in this folder, as the grader
-            shutil.copytree(data, work, dirs_exist_ok=True)
-        # sandboxed, the data files are bound read-only into its working folder (no copy)
-        run = execute(nb, work, limits, sandbox=sandbox, data=data)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    data = bundle / "data" if (bundle / "data").is_dir() else None
+    kernel = None
+    if kernels is not None:
+        timings.lap("sandbox")  # the next kernel's launch is charged there
+        key = warm.Key.of(bundle, name, limits, task.sandbox)
+        kernel = kernels.take(key)
+        kernels.prepare(dataclasses.replace(key, notebook=after or name))
+    # sandboxed, the data files are bound read-only into the kernel's working folder (no
+    # copy); without a sandbox it runs as the grader in a fresh folder holding a copy
+    run = execute(nb, None, limits, sandbox=task.sandbox, data=data, kernel=kernel)
     timings.lap("verdict: comparisons")
     checks = verdict_of(bundle, name, nb, run)
     timings.lap("limit output")
@@ -195,15 +222,23 @@ def grade_notebook(bundle: Path, task: Task, folder: Path, name: str) -> Graded:
     return Graded(status, notes + run.details, checks, page, nbformat.writes(nb).encode())
 
 
-def grade_student(bundle: Path, task: Task, folder: Path) -> Result:
-    """The result of one student, every notebook of the assignment."""
+def grade_student(
+    bundle: Path, task: Task, folder: Path, kernels: warm.Kernels | None = None
+) -> Result:
+    """The result of one student, every notebook of the assignment.
+
+    With ``kernels`` (:mod:`.warm`), each notebook's kernel is launched while the one before
+    runs: the next notebook's, and after the last one the first notebook's of the next
+    student (the same assignment, limits and sandbox: the likeliest next task).
+    """
     start = time.perf_counter()
     statuses, details, checks, pages, graded = [], [], [], {}, {}
     names = sorted(p.stem for p in (bundle / "release").glob("*.ipynb"))
     with timings.record("read and rebuild") as laps:  # for the benchmark only
-        for name in names:
+        for index, name in enumerate(names):
+            after = names[(index + 1) % len(names)]
             try:
-                one = grade_notebook(bundle, task, folder, name)
+                one = grade_notebook(bundle, task, folder, name, kernels, after)
             except Exception as error:  # a bug of ours or nbgrader's: this notebook only
                 traceback.print_exc(file=sys.stderr)
                 cells = json.loads((bundle / "gradebook.json").read_text())[name]
@@ -247,22 +282,40 @@ def serve() -> None:
     os.dup2(null, 0)  # a kernel reading stdin must not eat the next task
     os.dup2(2, 1)  # nor write fake results: fd 1 is now the log
     sys.stdout = sys.stderr
-    for line in tasks:
-        if _worker_gone(tasks.fileno()):  # a task left in the pipe by a worker since killed
-            _end_with_the_worker()
-        job = decode(Job, line)
-        task = job.task
-        folder = Path(tempfile.mkdtemp(prefix="submitted-"))  # in our TMPDIR, see GradingProcess
-        try:
-            _write_files(folder, task.files)
-            result = grade_student(Path(job.bundle_dir), task, folder)
-        except Exception as error:
-            traceback.print_exc(file=sys.stderr)
-            result = failed(task.student, task.assignment, repr(error))
-        finally:
-            shutil.rmtree(folder, ignore_errors=True)
-        results.write(f"{RESULT_PREFIX}{job.nonce} {encode(result)}\n")
-        results.flush()
+    kernels = warm.Kernels()  # the next kernel, launched while a student runs
+    try:
+        for line in tasks:
+            if _worker_gone(tasks.fileno()):  # a task left in the pipe by a worker since killed
+                _end_with_the_worker()
+            job = decode(Job, line)
+            if job.warm:
+                _warm_up(kernels, Path(job.bundle_dir), job.task)
+                continue
+            result = _grade_job(job, kernels)
+            results.write(f"{RESULT_PREFIX}{job.nonce} {encode(result)}\n")
+            results.flush()
+    finally:
+        kernels.close()
+
+
+def _grade_job(job: Job, kernels: warm.Kernels) -> Result:
+    task = job.task
+    folder = Path(tempfile.mkdtemp(prefix="submitted-"))  # in our TMPDIR, see GradingProcess
+    try:
+        _write_files(folder, task.files)
+        return grade_student(Path(job.bundle_dir), task, folder, kernels)
+    except Exception as error:
+        traceback.print_exc(file=sys.stderr)
+        return failed(task.student, task.assignment, repr(error))
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _warm_up(kernels: warm.Kernels, bundle: Path, task: Task) -> None:
+    """Launch a kernel for the first notebook of ``bundle`` with the task's limits."""
+    names = sorted(p.stem for p in (bundle / "release").glob("*.ipynb"))
+    if names:
+        kernels.prepare(warm.Key.of(bundle, names[0], task.limits, task.sandbox))
 
 
 def _worker_gone(tasks: int, wait: bool = False) -> bool:
@@ -365,6 +418,17 @@ class GradingProcess:
             if result.student == task.student:
                 return result
 
+    def warm(self, bundle_dir: Path, limits: Limits, sandbox: bool = True) -> bool:
+        """Have the grading process launch a kernel for the bundle's first notebook with
+        these limits, ahead of the first task (it answers nothing); False if it is gone."""
+        task = Task(student="", assignment="", files={}, bundle="", limits=limits, sandbox=sandbox)
+        try:
+            self.proc.stdin.write(encode(Job(task, str(bundle_dir), "", warm=True)) + "\n")
+            self.proc.stdin.flush()
+        except OSError:
+            return False
+        return True
+
     def stop(self):
         kill_tree(self.proc.pid)
         self.log.close()
@@ -443,17 +507,36 @@ def kill_grader() -> None:
         kill_tree(grader.proc.pid)
 
 
+def _grader() -> GradingProcess:
+    """This worker's grading process, a new one if there is none or it died (hold _LOCK)."""
+    if _STATE["grader"] is not None and _STATE["grader"].proc.poll() is not None:
+        _STATE["grader"].stop()  # it died between two students: start another
+        _STATE["grader"] = None
+    if _STATE["grader"] is None:
+        _STATE["grader"] = GradingProcess(_home())
+    return _STATE["grader"]
+
+
+def warm_task(bundle: Bundle, limits: Limits, sandbox: bool = True) -> bool:
+    """Have a kernel ready on this worker for the bundle's first notebook (an idle service).
+
+    Run it on each worker with ``client.run`` (:meth:`.engine.Session.warm`). A worker that is
+    grading is left alone (False): its grading process launches the next kernel itself.
+    """
+    if not _LOCK.acquire(blocking=False):
+        return False
+    try:
+        return _grader().warm(unpack(bundle), limits, sandbox)
+    finally:
+        _LOCK.release()
+
+
 def grade_task(task: Task, bundle: Bundle) -> Result:
     """The Dask task: grade one student on this worker (the client stores the result)."""
     with _LOCK:  # one student at a time per worker process (threads_per_worker is 1)
         start, cpu = time.perf_counter(), time.process_time()
         bundle_dir = unpack(bundle)
-        if _STATE["grader"] is not None and _STATE["grader"].proc.poll() is not None:
-            _STATE["grader"].stop()  # it died between two students: start another
-            _STATE["grader"] = None
-        if _STATE["grader"] is None:
-            _STATE["grader"] = GradingProcess(_home())
-        grader = _STATE["grader"]
+        grader = _grader()
         result = grader.grade(task, bundle_dir)
         if result is None:
             alive = grader.proc.poll() is None
