@@ -432,7 +432,15 @@ class Kernel:
         return process is not None and process.poll() is None
 
     def close(self) -> None:
-        """Kill the kernel and everything of its sandbox; remove its folders (idempotent)."""
+        """Kill the kernel and everything of its sandbox; remove its folders (idempotent).
+
+        The launched process's whole tree is killed and waited for first: killing bwrap alone
+        ends the sandbox's processes only a moment later (its child dies with its parent,
+        then the pid namespace with its pid 1), and nothing a student started may outlive
+        ``close``."""
+        pid = self.pid
+        if pid is not None and self.alive():
+            kill_tree(pid)
         try:
             if self.km.has_kernel:
                 run_sync(self.km.shutdown_kernel)(now=True)
