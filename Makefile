@@ -20,10 +20,11 @@ python-version:
 
 venv: python-version $(STAMP)
 
-$(STAMP): requirements-lock.txt pyproject.toml
+# The lock and the package, installed by uv (pinned in the lock, bootstrapped with pip;
+# pip itself where uv is unavailable) with pip's own configuration: tools/install_lock.py.
+$(STAMP): requirements-lock.txt pyproject.toml tools/install_lock.py
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --requirement requirements-lock.txt
-	$(BIN)/python -m pip install --quiet --no-deps --editable .
+	$(BIN)/python tools/install_lock.py
 	touch $(STAMP)
 
 book: python-version $(STAMP)

@@ -17,14 +17,25 @@ alone. There the script runs the command of ``make book``
 
 Prints the wall-clock times, the number of chapters, and each chapter's execution time.
 
+With ``--clone`` it measures instead what a new contributor waits for: ``git clone`` of the
+repository's committed ``HEAD`` into a temporary folder, then ``make venv`` (a fresh
+``.venv``: ``tools/install_lock.py``) and ``make book`` (the cold build) there, each with its
+wall-clock and CPU time (all child processes, kernels included) and the load average around
+it, and each chapter's execution time. It fails when the two together exceed 3 minutes
+(:data:`COLD_LIMIT_S`): on a loaded machine read the CPU times and the load it prints.
+``--installer pip`` makes the venv with pip alone (the set-up before uv).
+
 Usage:
     python benchmarks/bench_book.py [--keep] [--no-baseline]    # --keep: leave the copy
+    python benchmarks/bench_book.py --clone [--installer pip] [--keep]
 """
 
 import argparse
 import os
 import re
+import resource
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -53,6 +64,12 @@ def executions(log: str) -> list[tuple[str, float]]:
     """(chapter, seconds) for every execution in the build log, repeats included."""
     pattern = re.compile(r"([\w./-]+)\.(?:md|ipynb): Executed notebook in ([\d.]+) seconds")
     return [(Path(m[1]).name, float(m[2])) for m in pattern.finditer(log)]
+
+
+def executed_cpu(log: str) -> dict[str, float]:
+    """Chapter -> CPU seconds (its kernel and its pool process), as the pool logs them."""
+    pattern = re.compile(r"([\w./-]+)\.md: Executed notebook in [\d.]+ seconds \(([\d.]+) s CPU")
+    return {Path(m[1]).name: float(m[2]) for m in pattern.finditer(log)}
 
 
 def executed(log: str) -> dict[str, float]:
@@ -89,11 +106,74 @@ def prose_change(chapter: Path) -> None:
     raise RuntimeError(f"no prose sentence found in {chapter}")
 
 
+def timed_make(target: str, cwd: Path, env: dict[str, str]) -> tuple[float, float, str]:
+    """Run ``make target`` in ``cwd``: (wall seconds, CPU seconds of all children, log)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    proc = subprocess.run(["make", target], cwd=cwd, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    log = proc.stdout + proc.stderr
+    if proc.returncode != 0:
+        sys.exit(f"make {target} failed:\n" + "\n".join(log.splitlines()[-40:]))
+    return wall, cpu, log
+
+
+def load() -> str:
+    return "load {:.1f} {:.1f} {:.1f}".format(*os.getloadavg())
+
+
+def cold_make_book(installer: str | None, keep: bool) -> None:
+    """A fresh clone, ``make venv``, ``make book``: what a new contributor waits for."""
+    workdir = Path(tempfile.mkdtemp(prefix="dnncourse-bench-clone-"))
+    repo = workdir / "dnncourse"
+    subprocess.run(["git", "clone", "--quiet", str(ROOT), str(repo)], check=True)
+    head = subprocess.run(
+        ["git", "log", "-1", "--format=%h %s"], cwd=repo, capture_output=True, text=True
+    ).stdout.strip()
+    print(f"clone of HEAD ({head[:70]}) in {repo}; {os.cpu_count()} cores")
+    # make's own python3, not this benchmark's venv
+    ours = str(Path(sys.executable).parent)
+    path = os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep) if p != ours)
+    env = {k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"}
+    env.update(PATH=path, DNNCOURSE_INSTALLER=installer or "uv")
+    env.pop("DNNCOURSE_BOOK_SERIAL", None)
+    rows = []
+    for target in ("venv", "book"):
+        before = load()
+        wall, cpu, log = timed_make(target, repo, env)
+        rows.append((target, wall, cpu, before, load(), log))
+    print(f"\n{'':14s} {'wall':>8s} {'CPU':>8s}")
+    for target, wall, cpu, before, after, _ in rows:
+        print(f"make {target:9s} {wall:7.1f}s {cpu:7.1f}s   {before} before, {after} after")
+    total, total_cpu = sum(r[1] for r in rows), sum(r[2] for r in rows)
+    who = installer or "uv"
+    print(f"{'cold make book':14s} {total:7.1f}s {total_cpu:7.1f}s   (installer: {who})")
+    book_log = rows[1][5]
+    pool = re.search(r"Executed \d+ notebooks in ([\d.]+) s", book_log)
+    if pool:
+        build_s = rows[1][1]
+        print(f"    chapters in the pool: {float(pool[1]):6.1f} s of the build's {build_s:.1f} s")
+    cpu = executed_cpu(book_log)
+    for name, seconds in sorted(executed(book_log).items(), key=lambda item: -item[1]):
+        print(f"    {name:40s} {seconds:6.1f} s  {cpu.get(name, float('nan')):6.1f} s CPU")
+    print(f"    {'all chapters':40s} {'':8s} {sum(cpu.values()):6.1f} s CPU")
+    if not keep:
+        shutil.rmtree(workdir, ignore_errors=True)
+    assert total <= COLD_LIMIT_S, f"a cold make book took {total:.0f} s > {COLD_LIMIT_S:.0f} s"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--keep", action="store_true", help="keep the temporary copy")
     parser.add_argument("--no-baseline", action="store_true", help="skip the serial build")
+    parser.add_argument("--clone", action="store_true", help="fresh clone: make venv, make book")
+    parser.add_argument("--installer", choices=["uv", "pip"], help="with --clone: who installs")
     args = parser.parse_args()
+    if args.clone:
+        cold_make_book(args.installer, args.keep)
+        return
 
     workdir = Path(tempfile.mkdtemp(prefix="dnncourse-bench-book-"))
     for name in SOURCES:

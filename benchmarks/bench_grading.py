@@ -34,6 +34,7 @@ Usage::
 """
 
 import argparse
+import atexit
 import itertools
 import json
 import os
@@ -120,12 +121,18 @@ class CpuMeter:
         return int(text) / self.scale
 
     def close(self) -> None:
+        """Back to where this process was; the cgroup removed once its last process ended."""
         if self.folder is not None:
             try:
                 self.back.write_text(str(os.getpid()))
-                self.folder.rmdir()
             except OSError:
                 pass
+            for _ in range(50):  # processes just killed may still be in it for a moment
+                try:
+                    self.folder.rmdir()
+                    break
+                except OSError:
+                    time.sleep(0.1)
         self.folder = None
 
 
@@ -498,6 +505,7 @@ def main() -> None:
     args = p.parse_args()
     print(f"{os.cpu_count()} CPUs; load average at start {os.getloadavg()}", flush=True)
     meter = CPU["meter"] = CpuMeter()
+    atexit.register(meter.close)  # also when the benchmark stops half-way
     if not meter.exact:
         print("no cgroup of our own (not root?): CPU s from getrusage, the kernels in part")
     with tempfile.TemporaryDirectory() as tmp:

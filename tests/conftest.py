@@ -27,6 +27,7 @@ SPLIT = (
     "tests/test_cli.py",
     "tests/test_grading_engine.py",
     "tests/test_courses.py",
+    "tests/test_template.py",
 )
 TOGETHER = {  # tests of a split file that share its module fixtures
     "tests/test_grading_engine.py::test_local_run_grades_stores_and_hides": "engine-cluster",

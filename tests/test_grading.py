@@ -321,6 +321,26 @@ def test_scrub_page_takes_out_nested_active_elements_whole():
     assert scrub_page(page) == '<div><p title="t">z</p><a>l</a><style>a{}</style></div>'
 
 
+def test_the_grader_s_processes_import_no_pytorch():
+    """The Dask workers and the grading processes import the grading side only: no PyTorch
+    (about 2 s of CPU in each), which the kernel's side (probe.py) does need; the two spell
+    the probe records' MIME type alike."""
+    import subprocess
+    import sys
+
+    from dnncourse.grading import probe, protocol
+
+    assert protocol.PROBE_MIME == probe.MIME
+    code = (
+        "import sys, dnncourse, dnncourse.grading.worker, dnncourse.grading.engine\n"
+        "print('torch' in sys.modules)\n"
+        "dnncourse.train  # the package's own names still load, on first use\n"
+        "print('torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "True"]
+
+
 def test_worst_status_and_summary(tmp_path):
     assert Status.worst(["ok", "output limit", "timeout"]) == "timeout"
     assert Status.worst([]) == "ok"

@@ -54,7 +54,7 @@ from pathlib import Path
 
 from docutils import nodes
 from pybtex.database import parse_file
-from pybtex.plugin import register_plugin
+from pybtex.plugin import find_plugin, register_plugin
 from pybtex.richtext import Text
 from pybtex.style.formatting.unsrt import Style as UnsrtStyle
 from pybtex.style.labels import BaseLabelStyle
@@ -88,11 +88,17 @@ def _setup_cell(wheel: str) -> dict:
     }
 
 
+# pybtex's ``render_as("text")`` looks its backend up among the entry points of every
+# installed distribution on each call (a third of a cold build's Sphinx time went there,
+# through the labels and citations below): the backend is looked up once.
+_TEXT = find_plugin("pybtex.backends", "text")()
+
+
 def _names(entry) -> str:
     """'Polyak', 'Kingma and Ba', 'Ioffe et al.': the authors (else editors) as cited."""
     people = entry.persons.get("author") or entry.persons.get("editor") or []
     last = [
-        Text.from_latex(" ".join(p.prelast_names + p.last_names)).render_as("text") for p in people
+        Text.from_latex(" ".join(p.prelast_names + p.last_names)).render(_TEXT) for p in people
     ]
     if len(last) > 2:
         return f"{last[0]} et al."
@@ -204,9 +210,12 @@ def build_wheel(root: Path, out: Path) -> Path:
     return wheel
 
 
-def make_wheel(app: Sphinx) -> None:
-    """Starts building the wheel beside the build (a thread); the site gets it at the end."""
-    if app.builder.format != "html":
+def make_wheel(app: Sphinx, env=None, docnames=None) -> None:
+    """Starts building the wheel beside the build (a thread); the site gets it at the end.
+
+    It starts once the chapters have run (``parallel_execution``, at the same event), when
+    Sphinx reads and writes on one core and the other is free."""
+    if app.builder.format != "html" or hasattr(app, "dnncourse_wheel"):
         return
     staging = Path(app.outdir).parent / ".dnncourse-wheel"
     shutil.rmtree(staging, ignore_errors=True)
@@ -418,7 +427,7 @@ def setup(app: Sphinx) -> dict:
     app.connect("config-inited", invalidate_cache_on_package_change)
     app.connect("env-get-outdated", reread_all_on_package_change)
     app.connect("build-finished", write_package_stamp)
-    app.connect("builder-inited", make_wheel)
+    app.connect("env-before-read-docs", make_wheel, priority=950)  # after the chapters ran
     app.connect("build-finished", publish_wheel)
     app.add_config_value("dnncourse_notebooks_branch", "notebooks", "html")
     app.connect("html-page-context", dedupe_scripts)

@@ -27,6 +27,7 @@ one chapter at a time): ``benchmarks/bench_book.py`` builds both ways and prints
 from __future__ import annotations
 
 import os
+import resource
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path, PurePosixPath
@@ -47,15 +48,26 @@ def _init_worker(threads: int) -> None:
         os.environ[name] = str(threads)
 
 
+def _cpu_seconds() -> float:
+    """CPU time of this process and of its children that ended (the kernels it ran)."""
+    own, kernels = (
+        resource.getrusage(resource.RUSAGE_SELF),
+        resource.getrusage(resource.RUSAGE_CHILDREN),
+    )
+    return own.ru_utime + own.ru_stime + kernels.ru_utime + kernels.ru_stime
+
+
 def _execute(notebook, cwd: str, timeout: int | None, allow_errors: bool):
-    """In a pool process: execute one notebook; return (notebook, seconds, error text)."""
+    """In a pool process: execute one notebook; return (notebook, seconds, CPU seconds,
+    error text)."""
     from jupyter_cache.executors.utils import single_nb_execution
 
+    cpu = _cpu_seconds()
     result = single_nb_execution(
         notebook, cwd=cwd, timeout=timeout, allow_errors=allow_errors, meta_override=True
     )
     error = None if result.err is None else (result.exc_string or repr(result.err))
-    return notebook, result.time, error
+    return notebook, result.time, _cpu_seconds() - cpu, error
 
 
 def _to_execute(env, cache, docnames: list[str]) -> list[tuple[Path, object, dict]]:
@@ -118,9 +130,9 @@ def execute_in_parallel(app: Sphinx, env, docnames: list[str]) -> None:
         for done, future in enumerate(as_completed(futures), 1):
             path, read_fmt = futures[future]
             try:
-                notebook, seconds, error = future.result()
+                notebook, seconds, cpu, error = future.result()
             except Exception as exc:  # the pool process itself died
-                notebook, seconds, error = None, 0.0, repr(exc)
+                notebook, seconds, cpu, error = None, 0.0, 0.0, repr(exc)
             if error is not None:
                 LOGGER.info(f"[{done}/{len(pending)}] {path}: failed, myst-nb will retry it")
                 continue
@@ -130,7 +142,7 @@ def execute_in_parallel(app: Sphinx, env, docnames: list[str]) -> None:
                 check_validity=False,
                 overwrite=True,
             )
-            seconds_text = f"{seconds:.2f} seconds"
+            seconds_text = f"{seconds:.2f} seconds ({cpu:.1f} s CPU)"
             LOGGER.info(f"[{done}/{len(pending)}] {path}: Executed notebook in {seconds_text}")
     LOGGER.info(f"Executed {len(pending)} notebooks in {time.perf_counter() - start:.1f} s")
 

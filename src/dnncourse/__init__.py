@@ -31,8 +31,40 @@ lecture's order:
   and the instructor's side (``dnncourse release``, ``dnncourse grade``).
 """
 
-from dnncourse.devices import default_device
-from dnncourse.training import Callback, History, evaluate, fit_classifier, fit_mlp, train
+import importlib
+
+# Loaded on first use (PEP 562), not when ``dnncourse`` is imported: the grader's processes
+# (the Dask workers, the grading processes, ``dnncourse grade`` itself) need no PyTorch, which
+# takes about 2 s of CPU to import in each of them.
+_EXPORTS = {
+    "default_device": "dnncourse.devices",
+    **dict.fromkeys(
+        ["Callback", "History", "evaluate", "fit_classifier", "fit_mlp", "train"],
+        "dnncourse.training",
+    ),
+}
+
+
+def __getattr__(name: str):
+    """``dnncourse.train`` and the others of ``__all__``, and any submodule, on first use."""
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    elif not name.startswith("__"):
+        try:
+            value = importlib.import_module(f"{__name__}.{name}")
+        except ModuleNotFoundError as error:
+            if error.name != f"{__name__}.{name}":  # a submodule that failed to import
+                raise
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})
+
 
 __all__ = [
     "Callback",

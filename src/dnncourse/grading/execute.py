@@ -40,7 +40,7 @@ from jupyter_core.utils import run_sync
 from nbclient.exceptions import CellTimeoutError, DeadKernelError
 
 from . import sandbox as sandboxes
-from . import timings
+from . import template, timings
 from .messages import GradingClient, MemoryWatch, number_prompts, truncated_note
 from .processes import kill_tree
 from .protocol import Limits, Status, encode
@@ -83,6 +83,7 @@ class SandboxedKernelManager(AsyncKernelManager):
 
     box = None
     max_frame = 16 * 2**20  # Limits.message_bytes
+    limits = None  # with a box: fork the kernel from the template (grading/template.py)
 
     def client(self, **kwargs):
         """A client whose IOPub socket refuses frames larger than ``max_frame`` (ZMQ drops
@@ -102,15 +103,54 @@ class SandboxedKernelManager(AsyncKernelManager):
 
     def format_kernel_cmd(self, extra_arguments=None):
         cmd = super().format_kernel_cmd(extra_arguments)
-        return self.box.command(cmd) if self.box is not None else cmd
+        if self.box is None or self.limits is not None:
+            return cmd
+        return self.box.command(cmd)
 
     async def _async_launch_kernel(self, kernel_cmd, **kw):
+        if self.box is not None and self.limits is not None:
+            await asyncio.to_thread(self._fork_from_template, kernel_cmd, kw)
+            return
         await super()._async_launch_kernel(kernel_cmd, **kw)
         if self.box is not None:  # the sandbox's totals are watched from now on
             pid = self.provisioner.process.pid
             self.box.watch(pid)
             # the kernel binds its sockets in the sandbox's own small tmpfs: connect there
             self.ip = await asyncio.to_thread(self.box.sockets_from_outside, pid)
+
+    def _fork_from_template(self, kernel_cmd, kw) -> None:
+        """The kernel forked from this process's template into a sandbox of its own; its
+        connection file written into the kernel's own folder, then let go."""
+        from . import template as templates
+
+        box = self.box
+        argv = kernel_cmd[kernel_cmd.index("dnncourse.grading.kernel") + 1 :]
+        argv[argv.index("-f") + 1] = f"{sandboxes.SOCKETS}/kernel.json"
+        request = {**templates.request_for(box, box.options, self.limits), "argv": argv}
+        fds = [kw.get(name) for name in ("stdout", "stderr")]
+        null = os.open(os.devnull, os.O_WRONLY)
+        try:
+            fds = [fd if isinstance(fd, int) and fd >= 0 else null for fd in fds]
+            try:
+                tpl = templates.template_for(box.options.data, templates.base_env(box.options))
+                spawned = tpl.spawn(request, *fds)
+            except RuntimeError as error:  # said on the kernel's stderr, as a kernel would
+                os.write(fds[1], f"{error}\n".encode())
+                raise
+        finally:
+            os.close(null)
+        self.provisioner.process, self.provisioner.pid = spawned, spawned.pid
+        self.provisioner.pgid = None  # its group is the template's: signal the kernel only
+        self._reconcile_connection_info(self.provisioner.connection_info)
+        inside = Path(f"/proc/{spawned.kernel}/root{sandboxes.SOCKETS}/kernel.json")
+        fd = os.open(inside, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with open(fd, "wb") as f:
+            f.write(Path(self.connection_file).read_bytes())
+        if box.identity is not None:
+            os.chown(inside, box.uid, box.uid)
+        templates.enter(box, spawned)
+        self.ip = f"/proc/{spawned.kernel}/root{box.sockets}"
+        spawned.go()
 
     def write_connection_file(self, **kwargs):
         super().write_connection_file(**kwargs)
@@ -356,6 +396,8 @@ class Kernel:
         if self.box is not None:  # the connection file's ip: the sockets' path inside
             km.ip = self.box.sockets
         km.box = self.box
+        if self.box is not None and template.enabled():  # forked from the template
+            km.limits = limits
         km.max_frame = limits.message_bytes
         self.km = km
         spec_dir = str(kernel_spec_dir())
@@ -390,7 +432,15 @@ class Kernel:
         return process is not None and process.poll() is None
 
     def close(self) -> None:
-        """Kill the kernel and everything of its sandbox; remove its folders (idempotent)."""
+        """Kill the kernel and everything of its sandbox; remove its folders (idempotent).
+
+        The launched process's whole tree is killed and waited for first: killing bwrap alone
+        ends the sandbox's processes only a moment later (its child dies with its parent,
+        then the pid namespace with its pid 1), and nothing a student started may outlive
+        ``close``."""
+        pid = self.pid
+        if pid is not None and self.alive():
+            kill_tree(pid)
         try:
             if self.km.has_kernel:
                 run_sync(self.km.shutdown_kernel)(now=True)

@@ -147,6 +147,9 @@ def exporter() -> tuple[HTMLExporter, RedactTests, Scores]:
         str(base / "static" / "node_modules" / "bootstrap" / "dist" / "css")
     ]
     config.HTMLExporter.sanitize_html = True
+    # the notebook validated once, after the last preprocessor, not after each of them
+    # (about a tenth of a page's time)
+    config.HTMLExporter.optimistic_validation = True
     html_exporter = FeedbackExporter(config=config)
     html_exporter.register_preprocessor(SanitizeHTML(), enabled=True)  # Markdown, raw cells
     html_exporter.register_preprocessor(SafeOutputs(), enabled=True)  # and what bleach left

@@ -71,7 +71,11 @@ def drop_privileges(uid: int, gid: int) -> None:
     libc = ctypes.CDLL(None, use_errno=True)
     for cap in range(CAP_LAST + 1):
         libc.prctl(24, cap, 0, 0, 0)  # PR_CAPBSET_DROP
-    os.setgroups([])
+    try:
+        os.setgroups([])
+    except PermissionError:  # a user namespace that denies setgroups (a forked kernel's)
+        if not set(os.getgroups()) <= {gid}:
+            os._exit(70)
     os.setresgid(gid, gid, gid)
     os.setresuid(uid, uid, uid)
     header = (ctypes.c_uint32 * 2)(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3, this process
@@ -179,10 +183,15 @@ def main() -> None:
             __import__(name)
         except ImportError:
             pass
+    start(sys.argv[1:])
+
+
+def start(argv: list[str]) -> None:
+    """Start the IPython kernel (``argv``: IPKernelApp's, ``-f CONNECTION_FILE`` ...)."""
     from ipykernel.kernelapp import IPKernelApp
 
     app = IPKernelApp.instance()
-    app.initialize(sys.argv[1:])
+    app.initialize(argv)
     _free_memory_before_tracebacks(app.kernel.shell)
     app.start()
 

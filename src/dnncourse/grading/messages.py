@@ -34,8 +34,8 @@ import zmq
 from nbclient import NotebookClient
 from nbclient.util import ensure_async
 
-from .probe import MIME
 from .processes import kill_tree
+from .protocol import PROBE_MIME as MIME
 from .protocol import Limits
 
 OUTPUT_TYPES = ("stream", "display_data", "execute_result", "error", "update_display_data")

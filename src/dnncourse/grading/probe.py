@@ -42,7 +42,7 @@ import numpy as np
 import torch
 from torch.overrides import TorchFunctionMode
 
-MIME = "application/vnd.dnncourse.probe+json"
+MIME = "application/vnd.dnncourse.probe+json"  # protocol.PROBE_MIME (the grader's side)
 VERSION = 1
 MAX_BYTES = 4 * 2**20  # raw tensor bytes in one record; beyond: recorded as too large
 MAX_STR = 200

@@ -29,6 +29,11 @@ import typing
 from dataclasses import dataclass, field
 from enum import Enum, StrEnum
 
+# the MIME type of a probe record among a cell's outputs; the kernel's side (probe.py, which
+# runs standalone in the sandbox) spells it too, and a test keeps the two the same. Here, the
+# grader's processes read it without importing probe.py's PyTorch.
+PROBE_MIME = "application/vnd.dnncourse.probe+json"
+
 
 class Status(StrEnum):
     """How a student's grading ended, worst first (a :class:`str`, so it compares to text)."""

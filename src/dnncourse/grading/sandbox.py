@@ -63,7 +63,8 @@ ETC = (
     "ld.so.cache ld.so.conf ld.so.conf.d localtime alternatives fonts mime.types "
     "nsswitch.conf".split()
 )
-STUB_MODULES = ("kernel.py", "probe.py")  # the in-kernel modules of dnncourse.grading
+# the in-kernel modules of dnncourse.grading
+STUB_MODULES = ("kernel.py", "probe.py", "template.py")
 TMPFS = ("/tmp", "/dev/shm", HOME)  # the sandbox's writable folders (memory, counted)
 
 
@@ -233,17 +234,38 @@ class Options:
     seccomp: bool = True  # off only in the tests' controls (the attack without the filter)
 
 
+def environment(options: Options) -> dict:
+    """The kernel's whole environment (bwrap's ``--clearenv``, then these)."""
+    return {
+        "PATH": f"{Path(sys.prefix) / 'bin'}:/usr/local/bin:/usr/bin:/bin",
+        "HOME": HOME,
+        "USER": "student",
+        "LOGNAME": "student",
+        "LANG": "C.UTF-8",
+        "TMPDIR": "/tmp",
+        "PYTHONPATH": STUB,
+        "MPLBACKEND": "Agg",
+        **(options.env or {}),
+    }
+
+
 def command(
     inner: list[str],
     options: Options,
     cgroup: "Cgroup | None" = None,
     etc: Path | None = None,
+    template: bool = False,
 ) -> list[str]:
     """The argv that runs ``inner`` (the kernel's command) in a fresh sandbox.
 
     bwrap itself starts with an empty environment (``env -i``: nothing of the grader's is in
     any process of the sandbox), and ``inner`` is the sandbox's pid 1 (``--as-pid-1``: no
     process of bwrap's is inside for the student to attach to).
+
+    ``template``: the sandbox of a kernel template (:mod:`.template`), which makes each
+    kernel's namespaces itself: ``/proc`` unmasked (a nested ``/proc`` may only be mounted
+    where one is fully visible), as root CAP_SYS_ADMIN kept (for ``unshare`` and ``mount``),
+    and no per-kernel folder.
     """
     exe = bwrap()
     if exe is None:
@@ -259,12 +281,13 @@ def command(
     if privileged():  # the launcher drops to the kernel's uid; bwrap keeps only what that needs
         args += ["--cap-drop", "ALL"]
         args += ["--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID", "--cap-add", "CAP_SETPCAP"]
+        args += ["--cap-add", "CAP_SYS_ADMIN", "--cap-add", "CAP_NET_ADMIN"] if template else []
     else:
         args += ["--unshare-user", "--uid", str(NOBODY), "--gid", str(NOBODY)]
         args += ["--cap-drop", "ALL"]
     # private, size-capped, empty tmpfs first: the binds below may lie inside (a venv in /tmp)
     args += ["--proc", "/proc", "--dev", "/dev"]
-    for name in ("keys", "key-users"):  # the keys of the sandbox's host uid, named: masked
+    for name in () if template else ("keys", "key-users"):  # the host uid's keys: masked
         args += ["--ro-bind", str(stub / "empty"), f"/proc/{name}"]
     args += ["--perms", "1777", "--size", size, "--tmpfs", "/dev/shm"]
     args += ["--perms", "1777", "--size", size, "--tmpfs", "/tmp"]
@@ -286,25 +309,15 @@ def command(
     args += ["--ro-bind", str(stub / "python"), STUB]
     for entry in data_entries(options.data):  # read-only, inside the working folder
         args += ["--ro-bind", str(entry), f"{WORK}/{entry.name}"]
-    args += _dirs([options.folder], made)  # the connection file: read, never written
-    args += ["--ro-bind", str(options.folder), str(options.folder)]
+    if not template:  # the connection file: read, never written
+        args += _dirs([options.folder], made)
+        args += ["--ro-bind", str(options.folder), str(options.folder)]
     for dev in sorted(Path("/dev").glob("nvidia*")):  # a GPU, where there is one
         args += ["--dev-bind", str(dev), str(dev)]
     # the root and /dev are bwrap's own tmpfs (uncapped; the user's own in a user namespace)
     args += ["--remount-ro", "/", "--remount-ro", "/dev"]
     args += ["--chdir", WORK, "--clearenv"]
-    env = {
-        "PATH": f"{Path(sys.prefix) / 'bin'}:/usr/local/bin:/usr/bin:/bin",
-        "HOME": HOME,
-        "USER": "student",
-        "LOGNAME": "student",
-        "LANG": "C.UTF-8",
-        "TMPDIR": "/tmp",
-        "PYTHONPATH": STUB,
-        "MPLBACKEND": "Agg",
-        **(options.env or {}),
-    }
-    for key, value in env.items():
+    for key, value in environment(options).items():
         args += ["--setenv", key, str(value)]
     args += ["--", *inner]
     if cgroup is not None:  # enter the cgroups first: nothing the kernel starts escapes them
@@ -425,6 +438,10 @@ def _run_inside(code: str, timeout: float = 60, **options) -> subprocess.Complet
     try:
         box = KernelBox(Options(folder=folder, **options))
         try:
+            from . import template
+
+            if template.enabled():  # forked from the kernel template, in a sandbox of its own
+                return template.run_code(box, code, timeout)
             launch = (
                 "import json, os, sys\n"
                 "from dnncourse.grading.kernel import prepare_sandbox\n"

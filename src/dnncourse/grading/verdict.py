@@ -36,7 +36,7 @@ import nbformat
 import numpy as np
 from nbgrader import utils as nbutils
 
-from .probe import MIME
+from .protocol import PROBE_MIME as MIME
 from .protocol import Check, Compare, Comparison
 
 # torch.testing.assert_close's defaults per dtype (rtol, atol)
