@@ -11,7 +11,8 @@ same number of workers (``--jobs``):
 2. **The service** (``dnncourse serve --jobs J``, loopback, no hourly limit) with the same
    students signed in; one hand-in first, not counted (the assignment prepared, the
    workers started: a service in the middle of a term).
-3. **Idle**: ``--idle`` hand-ins one at a time, each after a pause with nothing queued. Each
+3. **Idle**: ``--idle`` hand-ins one at a time, each after ``--pause`` seconds with nothing
+   queued (time for the workers' next kernels to start, as in a quiet hour). Each
    is timed from the upload to the moment the submission's JSON says *graded* (the page's
    own long poll), against **the notebook's own run time**: the wall seconds of its cells
    (the student's cells and the test cells with the hidden tests) executed in the kernel,
@@ -27,7 +28,8 @@ inflated, so ratios measured side by side in this run are what to compare.
 
 Usage::
 
-    python benchmarks/bench_service.py [--students 50] [--jobs 2] [--idle 3] [--timeout 1200]
+    python benchmarks/bench_service.py [--students 50] [--jobs 2] [--idle 3] [--pause 10]
+        [--timeout 1200]
 """
 
 import argparse
@@ -138,13 +140,13 @@ def logged(server, sub: int) -> tuple[float, ...] | None:
     return None
 
 
-def bench_idle(server, client: Client, login: str, count: int, timeout: float) -> list:
+def bench_idle(server, client: Client, login: str, count: int, pause: float, timeout: float):
     """``count`` hand-ins one at a time, each after a pause: (upload-to-feedback, the
     grading's seconds as the service timed it, its phases, the load)."""
     good = notebook(correct=ALL)
     rows = []
     for _ in range(count):
-        time.sleep(3.0)  # idle: nothing queued, the workers ready for the next student
+        time.sleep(pause)  # idle: nothing queued, the workers' next kernels started
         start = time.perf_counter()
         sub = client.submission_id(client.upload(good))
         view = client.wait(sub, timeout)
@@ -206,6 +208,7 @@ def main() -> int:
     p.add_argument("--students", type=int, default=50)
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--idle", type=int, default=3, help="idle hand-ins, one at a time")
+    p.add_argument("--pause", type=float, default=10.0, help="seconds idle before each")
     p.add_argument("--timeout", type=float, default=1200.0, help="seconds for each stage")
     args = p.parse_args()
     students = the_class(args.students)
@@ -240,7 +243,7 @@ def against(server, link: str, students: dict, grade: dict, args) -> int:
     print(f"warm-up hand-in graded in {time.perf_counter() - t0:.1f} s (not counted); {load()}")
 
     ok = True
-    rows = bench_idle(server, idle, "idle", args.idle, args.timeout)
+    rows = bench_idle(server, idle, "idle", args.idle, args.pause, args.timeout)
     for latency, seconds, spans, spent, at in rows:
         own = sum(spent.get(p, 0.0) for p in OWN_PHASES)
         print(f"idle: upload -> feedback {latency:.2f} s = the service's own "
