@@ -56,3 +56,24 @@ def test_make_book_runs_bookbuild_and_nothing_else_builds():
     lines = [line.rstrip() for line in proc.stdout.splitlines()]
     assert [ln for ln in lines if ln.endswith("-m dnncourse.bookbuild")], proc.stdout
     assert not [ln for ln in lines if "jupyter-book" in ln or "--keep-going" in ln], proc.stdout
+
+
+def test_the_longest_chapters_are_submitted_first():
+    """``dnncourse_start_first`` (``_config.yml``) names existing chapters only, and the pool
+    takes them first in its order, the rest after in their own order."""
+    import yaml
+
+    sys.path.insert(0, str(ROOT / "book" / "_ext"))
+    try:
+        from parallel_execution import longest_first
+    finally:
+        sys.path.pop(0)
+    first = yaml.safe_load((ROOT / "_config.yml").read_text())["sphinx"]["config"][
+        "dnncourse_start_first"
+    ]
+    chapters = sorted(p.stem for p in (ROOT / "book").glob("[0-9][0-9]_*.md"))
+    assert first and set(first) <= set(chapters), set(first) - set(chapters)
+    pending = [(ROOT / "book" / f"{name}.md", None, "md") for name in chapters]
+    order = [Path(p).stem for p, *_ in longest_first(pending, first)]
+    assert order[: len(first)] == first
+    assert order[len(first) :] == [c for c in chapters if c not in first]

@@ -13,7 +13,10 @@ jupyter-cache (and after ``dnncourse_book`` has emptied it if the package change
 3. the rest are executed by ``jupyter_cache``'s ``single_nb_execution``, the function
    myst-nb itself calls, in a pool of ``min(cores, notebooks)`` processes; each kernel
    gets ``cores // workers`` threads (``OMP_NUM_THREADS``) so the pool does not
-   oversubscribe the machine;
+   oversubscribe the machine; the chapters named in ``dnncourse_start_first`` (the book's
+   ``_config.yml``: the longest, as the build's log measures them) are submitted first, in
+   that order, so that no long chapter starts last and leaves a core idle at the end
+   (longest-processing-time first, Graham 1969);
 4. each success is stored in the cache exactly as myst-nb stores it.
 
 When Sphinx then reads the pages, myst-nb finds every chapter in the cache. A chapter that
@@ -98,6 +101,13 @@ def _to_execute(env, cache, docnames: list[str]) -> list[tuple[Path, object, dic
     return pending
 
 
+def longest_first(pending: list, first: list[str]) -> list:
+    """``pending`` ((path, ...) tuples) with the pages named in ``first`` (by file stem) in
+    front, in that order; the rest after them in their own order."""
+    rank = {name: i for i, name in enumerate(first)}
+    return sorted(pending, key=lambda item: rank.get(Path(item[0]).stem, len(rank)))
+
+
 def execute_in_parallel(app: Sphinx, env, docnames: list[str]) -> None:
     from jupyter_cache import get_cache
     from jupyter_cache.base import CacheBundleIn
@@ -106,7 +116,7 @@ def execute_in_parallel(app: Sphinx, env, docnames: list[str]) -> None:
     if os.environ.get("DNNCOURSE_BOOK_SERIAL") == "1" or nb_config.execution_mode != "cache":
         return
     cache = get_cache(nb_config.execution_cache_path)
-    pending = _to_execute(env, cache, docnames)
+    pending = longest_first(_to_execute(env, cache, docnames), app.config.dnncourse_start_first)
     if not pending:
         return
     workers = min(os.cpu_count() or 1, len(pending))
@@ -148,6 +158,7 @@ def execute_in_parallel(app: Sphinx, env, docnames: list[str]) -> None:
 
 
 def setup(app: Sphinx) -> dict:
+    app.add_config_value("dnncourse_start_first", [], "env", types=[list])
     # after myst-nb's own handlers (default priority 500), before any page is read
     app.connect("env-before-read-docs", execute_in_parallel, priority=900)
     return {"parallel_read_safe": True, "parallel_write_safe": True}
