@@ -1,6 +1,9 @@
 # dnncourse: `make book` and `make test` each set up .venv from scratch on a
 # machine with only python3, pip and make, then do their work.
 PYTHON ?= python3
+# Python writes the bytecode of what it imports (some machines set PYTHONDONTWRITEBYTECODE,
+# and then every process, each grading kernel included, compiles torch again from source)
+unexport PYTHONDONTWRITEBYTECODE
 VENV   := .venv
 BIN    := $(abspath $(VENV))/bin
 STAMP  := $(VENV)/.installed
