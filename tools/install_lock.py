@@ -92,8 +92,6 @@ WARM = (
     "pgserver",
     "pyseccomp",
     "zxcvbn",
-    "limits",
-    "starsessions",
     "numpy",
     "pandas",
     "sklearn.decomposition",
