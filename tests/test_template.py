@@ -16,6 +16,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -197,8 +198,14 @@ def test_nothing_passes_between_students_forked_from_one_template(mode):
         assert other["signalled"] == [], (name, other)
         # nothing of student 1: memory, files, tampered libraries, socket
         assert secret not in other["memory"], (name, other["memory"])
+        # /tmp holds only what the sandbox binds in read-only: the venv, if it lies in /tmp
+        bound = {
+            Path(p).relative_to("/tmp").parts[0]
+            for p in (sys.prefix, sys.base_prefix)
+            if Path(p).is_relative_to("/tmp")
+        }
         assert other["files"] == {
-            "/tmp": [],
+            "/tmp": sorted(bound),
             "/dev/shm": [],
             "/home/student": ["work"],
             "/home/student/work": ["points.csv"],
