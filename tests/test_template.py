@@ -299,7 +299,7 @@ def test_a_graded_kernel_is_forked_from_the_template_and_costs_less(monkeypatch,
     monkeypatch.setattr(sandbox.KernelBox, "close", spy_close)
     monkeypatch.setattr(sandbox.KernelBox, "watch", spy_watch)
     monkeypatch.delenv("DNNCOURSE_TEMPLATE", raising=False)
-    assert not template.enabled(), "off by default"
+    assert template.enabled(), "on by default"
     runs = {}
     for switch in ("0", "1", "1"):
         monkeypatch.setenv("DNNCOURSE_TEMPLATE", switch)
@@ -314,3 +314,107 @@ def test_a_graded_kernel_is_forked_from_the_template_and_costs_less(monkeypatch,
     assert cold[0][0] in ("sh", "env", "bwrap") and cold[0][1] == "python", cold  # the grader's
     if os.geteuid() == 0 and cold[1] is not None:
         assert forked[1] < cold[1] / 3, (forked, cold)
+
+
+def test_a_template_that_stops_during_a_notebook_is_the_graders_failure(monkeypatch, tmp_path):
+    """The template is killed while a forked kernel runs a student's cell (the kernel dies
+    with it): that is the grader's failure, not ``kernel died``; the notebook runs again from
+    its first cell in a kernel forked from a fresh template, and the student gets ``ok``. The
+    control: the kill really happened during the cell (the kernel had written its file in its
+    own working folder), and the template it came from is dead."""
+    import threading
+    import time
+
+    import nbformat
+
+    from dnncourse.grading import execute as executing
+    from dnncourse.grading import template
+    from dnncourse.grading.processes import kill_tree
+    from dnncourse.grading.protocol import Limits, Status
+
+    monkeypatch.setenv("DNNCOURSE_TEMPLATE", "1")
+    template.close_all()
+    killed = []
+
+    def kill_during_the_cell():
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not killed:
+            for tpl in list(template._TEMPLATES.values()):
+                for spawned in list(tpl.spawned):
+                    if os.path.exists(f"/proc/{spawned.kernel}/root{template.WORK}/started"):
+                        kill_tree(tpl.proc.pid)
+                        killed.append(tpl)
+            time.sleep(0.05)
+
+    code = "import time\nopen('started', 'w').close()\ntime.sleep(3)\nprint('done')"
+    killer = threading.Thread(target=kill_during_the_cell, daemon=True)
+    killer.start()
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(code)])
+    run = executing.execute(nb, tmp_path, Limits())
+    killer.join(10)
+    assert killed and not killed[0].alive(), "the template was not killed during the cell"
+    assert run.status == Status.OK, run
+    assert nb.cells[0].outputs == [nbformat.v4.new_output("stream", text="done\n")]
+    assert run.details == [
+        "a second kernel was started (the kernel template stopped, and the kernel with it)"
+    ], run.details
+    assert [t for t in template._TEMPLATES.values() if t.alive()], "no fresh template"
+
+
+def test_a_template_that_cannot_start_leaves_kernels_cold(monkeypatch, tmp_path, capfd):
+    """Where the template cannot start (here: its command exits at once), each kernel starts
+    cold in bwrap as it does with ``DNNCOURSE_TEMPLATE=0``: the notebooks are graded, the
+    grader's log says it once, and the template is not tried again for every student."""
+    import nbformat
+
+    from dnncourse.grading import execute as executing
+    from dnncourse.grading import template
+    from dnncourse.grading.protocol import Limits, Status
+
+    monkeypatch.setenv("DNNCOURSE_TEMPLATE", "1")
+    template.close_all()
+    monkeypatch.setattr(template, "_FAILED", {})
+    monkeypatch.setattr(template, "_SAID", set())
+    tries, command = [], sandbox.command
+
+    def broken(argv, options, template=False):
+        if template and "dnncourse.grading.template" in argv:
+            tries.append(argv)
+            return [sys.executable, "-c", "import sys; sys.exit('no template here')"]
+        return command(argv, options, template=template)
+
+    monkeypatch.setattr(sandbox, "command", broken)
+    for _ in range(2):
+        code = "print(open('/proc/self/cmdline').read().split(chr(0))[2])"
+        nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(code)])
+        run = executing.execute(nb, tmp_path, Limits())
+        assert run.status == Status.OK and run.details == [], run
+        assert nb.cells[0].outputs[0]["text"] == "dnncourse.grading.kernel\n", nb.cells[0]
+    assert len(tries) == 1, "the template was tried again"
+    said = capfd.readouterr().err
+    assert said.count("grading kernels start cold: the kernel template did not start") == 1
+    assert "no template here" in said
+
+
+def test_forked_kernels_draw_numbers_of_their_own(monkeypatch, tmp_path):
+    """The template imported ``random`` and ``numpy`` once, seeding their global generators;
+    each forked kernel reseeds them, so two students never draw the same "random" numbers
+    (torch's default generator has a fixed seed in every Python, forked or cold)."""
+    import nbformat
+
+    from dnncourse.grading import execute as executing
+    from dnncourse.grading import template
+    from dnncourse.grading.protocol import Limits, Status
+
+    monkeypatch.setenv("DNNCOURSE_TEMPLATE", "1")
+    code = "import random, sys, numpy\nprint(random.random(), numpy.random.rand())"
+    drawn = []
+    for _ in range(3):
+        nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(code)])
+        run = executing.execute(nb, tmp_path, Limits())
+        assert run.status == Status.OK, run
+        drawn.append(nb.cells[0].outputs[0]["text"].split())
+    assert template._TEMPLATES, "the kernels were not forked"
+    for i, generator in enumerate(("random", "numpy.random")):
+        values = [d[i] for d in drawn]
+        assert len(set(values)) == 3, f"forked kernels drew the same {generator}: {values}"

@@ -109,8 +109,12 @@ class SandboxedKernelManager(AsyncKernelManager):
 
     async def _async_launch_kernel(self, kernel_cmd, **kw):
         if self.box is not None and self.limits is not None:
-            await asyncio.to_thread(self._fork_from_template, kernel_cmd, kw)
-            return
+            try:
+                await asyncio.to_thread(self._fork_from_template, kernel_cmd, kw)
+                return
+            except template.Unavailable as error:  # started cold, in bwrap, as without one
+                template.say_once(f"grading kernels start cold: {error}")
+                kernel_cmd = self.box.command(kernel_cmd)
         await super()._async_launch_kernel(kernel_cmd, **kw)
         if self.box is not None:  # the sandbox's totals are watched from now on
             pid = self.provisioner.process.pid
@@ -131,12 +135,8 @@ class SandboxedKernelManager(AsyncKernelManager):
         null = os.open(os.devnull, os.O_WRONLY)
         try:
             fds = [fd if isinstance(fd, int) and fd >= 0 else null for fd in fds]
-            try:
-                tpl = templates.template_for(box.options.data, templates.base_env(box.options))
-                spawned = tpl.spawn(request, *fds)
-            except RuntimeError as error:  # said on the kernel's stderr, as a kernel would
-                os.write(fds[1], f"{error}\n".encode())
-                raise
+            tpl = templates.template_for(box.options.data, templates.base_env(box.options))
+            spawned = tpl.spawn(request, *fds)
         finally:
             os.close(null)
         self.provisioner.process, self.provisioner.pid = spawned, spawned.pid
@@ -332,6 +332,8 @@ def execute(
     A kernel that dies before it answers has run none of the student's code: that is the
     grader's failure, never the student's. It is started once more in a fresh sandbox, and
     if that one does not start either, the run is a ``grader error`` (graded again later).
+    So is a forked kernel whose template stopped while it ran (:mod:`.template`): the
+    notebook runs once more from its first cell in a fresh kernel.
     """
     if kernel is not None:
         result = _execute_once(nb, cwd, limits, sandbox, data, kernel)
@@ -431,6 +433,12 @@ class Kernel:
         process = getattr(self.km.provisioner, "process", None) if self.km.provisioner else None
         return process is not None and process.poll() is None
 
+    def template_died(self) -> bool:
+        """Was this kernel forked from a template that has stopped since (its kernels die
+        with it: that is the grader's failure, never the student's)?"""
+        process = getattr(self.km.provisioner, "process", None) if self.km.provisioner else None
+        return isinstance(process, template.Spawned) and not process.template.alive()
+
     def close(self) -> None:
         """Kill the kernel and everything of its sandbox; remove its folders (idempotent).
 
@@ -523,6 +531,9 @@ def _execute_once(
         timings.kernel_gone()
         if box is not None:
             _over_total(result, box.exceeded(), limits)
+        if result.status == Status.KERNEL_DIED and kernel.template_died():
+            result.status = NOT_STARTED  # so run again from the start in a fresh kernel
+            result.details.append("the kernel template stopped, and the kernel with it")
         kernel.close()
     result.stopped_at = stopped_at
     if client.truncated:

@@ -441,7 +441,10 @@ def _run_inside(code: str, timeout: float = 60, **options) -> subprocess.Complet
             from . import template
 
             if template.enabled():  # forked from the kernel template, in a sandbox of its own
-                return template.run_code(box, code, timeout)
+                try:
+                    return template.run_code(box, code, timeout)
+                except template.Unavailable as error:  # cold, in bwrap, as without one
+                    template.say_once(f"grading kernels start cold: {error}")
             launch = (
                 "import json, os, sys\n"
                 "from dnncourse.grading.kernel import prepare_sandbox\n"

@@ -50,9 +50,25 @@ SWITCH = "DNNCOURSE_TEMPLATE"
 
 
 def enabled() -> bool:
-    """Fork each kernel from a template (``DNNCOURSE_TEMPLATE=1``) or start it cold (``0``,
-    the default)."""
-    return os.environ.get(SWITCH, "0").strip().lower() in ("1", "on", "true", "yes")
+    """Fork each kernel from a template (the default, ``DNNCOURSE_TEMPLATE=1``) or start each
+    one cold in bwrap (``DNNCOURSE_TEMPLATE=0``)."""
+    return os.environ.get(SWITCH, "1").strip().lower() not in ("0", "off", "false", "no")
+
+
+class Unavailable(RuntimeError):
+    """No kernel could be forked (the template did not start, or went away before it
+    answered): that kernel starts cold in bwrap instead, as it would without a template."""
+
+
+_SAID: set = set()
+
+
+def say_once(text: str) -> None:
+    """Tell the grader's log once per process (a template that cannot start here would
+    otherwise say so for every student)."""
+    if text not in _SAID:
+        _SAID.add(text)
+        print(f"dnncourse: {text}", file=sys.stderr, flush=True)
 
 
 # -- inside the template's sandbox ----------------------------------------------------------
@@ -327,12 +343,7 @@ def _kernel(request, ready_w, go_r) -> None:
     kernel.set_limits(request.get("memory_limit_mb"), request.get("file_limit_mb"))
     os.environ.clear()
     os.environ.update(request["env"])
-    try:  # numpy's global generator was seeded once, in the template: a seed of its own
-        import numpy
-
-        numpy.random.seed()  # noqa: NPY002 - the legacy global generator itself
-    except ImportError:
-        pass
+    _reseed()
     if "code" in request:  # the sandbox's checks (sandbox._run_inside)
         namespace = {"__name__": "__main__", "json": json, "os": os, "sys": sys}
         try:
@@ -354,6 +365,20 @@ def _kernel(request, ready_w, go_r) -> None:
     kernel.start(request["argv"])
     sys.stdout.flush()
     os._exit(0)
+
+
+def _reseed() -> None:
+    """Fresh seeds for the generators the template seeded once at import (numpy's global
+    generator, Python's ``random``): forked kernels would otherwise draw the same numbers."""
+    import random
+
+    random.seed()
+    try:
+        import numpy
+
+        numpy.random.seed()  # noqa: NPY002 - the legacy global generator itself
+    except ImportError:
+        pass
 
 
 # -- the grading process's side -------------------------------------------------------------
@@ -417,6 +442,9 @@ class Spawned:
         self.template.go(self.nspid)
 
 
+START_TIMEOUT = 300  # seconds for a template's start (its imports: ~3 s on a quiet core)
+
+
 class Template:
     """One template process in its sandbox, for one assignment's data files (see above)."""
 
@@ -442,11 +470,16 @@ class Template:
         self.lock = threading.Lock()
         self.buffer = b""
         self.spawned = weakref.WeakSet()  # the kernels forked, while the grader holds them
-        hello = self._read()
+        self.sock.settimeout(START_TIMEOUT)
+        try:
+            hello = self._read()
+        except (OSError, ValueError):  # no word in time, or not a ready line
+            hello = {}
+        self.sock.settimeout(None)
         if not hello.get("ready"):
             said = (self.folder / "template.log").read_text(errors="replace").strip()
             self.close()
-            raise RuntimeError(f"the kernel template did not start: {said[-300:]}")
+            raise Unavailable(f"the kernel template did not start: {said[-300:]}")
         self.threads = hello["threads"]
 
     def _read(self) -> dict:
@@ -489,7 +522,7 @@ class Template:
             os.close(status_w)
         if "pid" not in answer:
             os.close(status_r)
-            raise RuntimeError(answer.get("error") or "the kernel template is gone")
+            raise Unavailable(answer.get("error") or "the kernel template is gone")
         nspid, top = answer["pid"], self.host_pid()
         for child in psutil.Process(top).children():
             with open(f"/proc/{child.pid}/status") as f:
@@ -500,7 +533,7 @@ class Template:
                 self.spawned.add(spawned)
                 return spawned
         os.close(status_r)
-        raise RuntimeError("the forked kernel was not found")
+        raise Unavailable("the forked kernel was not found")
 
     def go(self, nspid: int) -> None:
         with self.lock:
@@ -523,6 +556,7 @@ class Template:
 
 
 _TEMPLATES: dict = {}  # in the order they were made
+_FAILED: dict = {}  # the templates that did not start, and why
 KEEP = 2  # templates kept per grading process (assignments graded in turn)
 _LOCK = __import__("threading").Lock()
 
@@ -550,7 +584,13 @@ def template_for(data, env: dict) -> Template:
                 atexit.register(close_all)
             for other in [k for k, t in _TEMPLATES.items() if not t.busy()][: -KEEP + 1 or None]:
                 _TEMPLATES.pop(other).close()  # the oldest idle ones (each holds torch)
-            template = _TEMPLATES[key] = Template(data, env)
+            if key in _FAILED:  # it could not start here once: every kernel starts cold
+                raise Unavailable(_FAILED[key])
+            try:
+                template = _TEMPLATES[key] = Template(data, env)
+            except Exception as error:
+                _FAILED[key] = str(error) if isinstance(error, Unavailable) else repr(error)
+                raise Unavailable(_FAILED[key]) from error
     return template
 
 
