@@ -74,6 +74,57 @@ def kernel_spec_dir() -> Path:
     return root
 
 
+async def _wait_for_ready(kc, timeout: float | None = None) -> None:
+    """jupyter_client's ``wait_for_ready`` without its closing 0.2 s of silence on IOPub.
+
+    As jupyter_client does: ask for ``kernel_info`` until the reply comes on the shell channel
+    and IOPub is seen connected, else start over. It then waits until IOPub has been quiet
+    for 0.2 s, whatever the kernel; we wait instead for the one message that ends the
+    request, its ``idle`` status on IOPub (a kernel publishes it after the reply), so a kernel
+    started ahead is ready at once. A message left on IOPub would be of no cell: nbclient reads
+    a cell's messages by their parent only.
+    """
+    from queue import Empty
+
+    deadline = time.monotonic() + (float("inf") if timeout is None else timeout)
+    asked = set()  # every kernel_info request sent: a late reply to any of them will do
+    while True:
+        asked.add(kc.kernel_info())
+        try:
+            reply = await kc.shell_channel.get_msg(timeout=1)
+        except Empty:
+            reply = None
+        if (
+            reply is not None
+            and reply.get("msg_type") == "kernel_info_reply"
+            and await _idle_after(kc, asked, until=time.monotonic() + 1)
+        ):
+            kc._handle_kernel_info_reply(reply)
+            return
+        if not await kc._async_is_alive():
+            raise RuntimeError("Kernel died before replying to kernel_info")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"Kernel didn't respond in {timeout:g} seconds")
+
+
+async def _idle_after(kc, asked: set, until: float) -> bool:
+    """Did IOPub say ``idle`` for one of the requests ``asked`` before ``until``?"""
+    from queue import Empty
+
+    while (left := until - time.monotonic()) > 0:
+        try:
+            msg = await kc.iopub_channel.get_msg(timeout=left)
+        except Empty:
+            return False
+        if (
+            msg.get("parent_header", {}).get("msg_id") in asked
+            and msg.get("msg_type") == "status"
+            and msg.get("content", {}).get("execution_state") == "idle"
+        ):
+            return True
+    return False
+
+
 class SandboxedKernelManager(AsyncKernelManager):
     """A kernel manager whose kernel runs in ``box`` (a :class:`sandbox.KernelBox`, or None).
 
@@ -99,7 +150,14 @@ class SandboxedKernelManager(AsyncKernelManager):
                 kc.context.setsockopt(zmq.MAXMSGSIZE, -1)
 
         kc.connect_iopub = connect_iopub
+        kc.wait_for_ready = functools.partial(_wait_for_ready, kc)
         return kc
+
+    async def _async_wait(self, pollinterval: float = 0.1) -> None:
+        """jupyter_client's wait for a killed kernel to be gone, polled every 5 ms instead of
+        every 100 ms: a killed kernel is gone within milliseconds, and every student waited
+        for the first 100."""
+        await super()._async_wait(pollinterval=0.005)
 
     def format_kernel_cmd(self, extra_arguments=None):
         cmd = super().format_kernel_cmd(extra_arguments)
