@@ -6,6 +6,7 @@ takes. An option it cannot translate leaves the installing to pip.
 """
 
 import importlib.util
+import json
 import os
 import shutil
 import subprocess
@@ -106,3 +107,21 @@ def test_the_modules_whose_bytecode_is_written_exist():
     """A name in WARM that no longer exists would silently leave its bytecode unwritten."""
     missing = [name for name in install_lock.WARM if importlib.util.find_spec(name) is None]
     assert not missing, missing
+
+
+def test_the_kernels_preload_is_compiled_with_the_rest():
+    """The set-up's import run covers what every grading kernel imports first, taken from
+    ``dnncourse.grading.kernel.PRELOAD`` itself (not a copy of it that could drift); the
+    control: importing the kernel module alone does not import its preload."""
+    left = "[n for n in PRELOAD if n not in sys.modules]"
+    check = f"\nimport json\nprint('MISSING', json.dumps({left}))"
+    alone = "import sys\nfrom dnncourse.grading.kernel import PRELOAD" + check
+    for code, expected in ((install_lock.WARM_CODE + check, []), (alone, None)):
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr
+        line = [ln for ln in proc.stdout.splitlines() if ln.startswith("MISSING ")][-1]
+        missing = json.loads(line[len("MISSING ") :])
+        if expected is None:
+            assert "torch._dynamo" in missing, "the control imported the preload by itself"
+        else:
+            assert missing == expected

@@ -25,7 +25,8 @@ bytecode on first import only where ``PYTHONDONTWRITEBYTECODE`` is unset (it is 
 machines, this course's shared one included), so every kernel, grader and test process would
 compile torch again from source (2-3 s of CPU each). Compiling all of the lock as pip does
 costs more than the install itself, so the set-up imports once, with bytecode written, the
-modules the book, the kernels, the grader and the tests import (:data:`WARM`); a module
+modules the book, the kernels (their preload, ``dnncourse.grading.kernel.PRELOAD``), the
+grader and the tests import (:data:`WARM`); a module
 left out still works, compiled in memory when imported.
 """
 
@@ -76,12 +77,9 @@ SCOPES = ("global", "install", ":env:")
 # What the chapters' kernels, the book's build, the grader and the tests import (the heavy
 # part: its dependencies come with each): its bytecode is written at set-up.
 WARM = (
-    "dnncourse",
-    "torch",
-    "torch.testing",
-    "torch._dynamo",  # the kernel's preload (sympy with it): every grading kernel imports it
-    "numpy.testing",
+    "dnncourse",  # then the kernel's preload, dnncourse.grading.kernel.PRELOAD (WARM_CODE)
     "dnncourse.grading.kernel",
+    "dnncourse.grading.template",
     "dnncourse.grading.worker",
     "dnncourse.grading.engine",
     "dnncourse.service.app",
@@ -146,7 +144,13 @@ WARM = (
 WARM_CODE = """
 import importlib, sys, warnings
 warnings.simplefilter("ignore")
-for name in sys.argv[1:]:
+names = sys.argv[1:]
+try:  # what every grading kernel (and the kernel template) imports first: torch, _dynamo
+    from dnncourse.grading.kernel import PRELOAD
+    names = [*PRELOAD, *names]
+except Exception as error:
+    print(f"install_lock: no bytecode for the kernel's preload: {error!r}")
+for name in names:
     try:
         importlib.import_module(name)
     except Exception as error:
