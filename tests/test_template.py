@@ -377,11 +377,11 @@ def test_a_template_that_cannot_start_leaves_kernels_cold(monkeypatch, tmp_path,
     monkeypatch.setattr(template, "_SAID", set())
     tries, command = [], sandbox.command
 
-    def broken(argv, options, template=False):
-        if template and "dnncourse.grading.template" in argv:
+    def broken(argv, *args, **kwargs):
+        if kwargs.get("template") and "dnncourse.grading.template" in argv:
             tries.append(argv)
             return [sys.executable, "-c", "import sys; sys.exit('no template here')"]
-        return command(argv, options, template=template)
+        return command(argv, *args, **kwargs)
 
     monkeypatch.setattr(sandbox, "command", broken)
     for _ in range(2):

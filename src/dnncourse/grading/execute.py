@@ -30,6 +30,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from time import monotonic
 from time import time as wall_time
 
 import nbformat
@@ -86,7 +87,7 @@ async def _wait_for_ready(kc, timeout: float | None = None) -> None:
     """
     from queue import Empty
 
-    deadline = time.monotonic() + (float("inf") if timeout is None else timeout)
+    deadline = monotonic() + (float("inf") if timeout is None else timeout)
     asked = set()  # every kernel_info request sent: a late reply to any of them will do
     while True:
         asked.add(kc.kernel_info())
@@ -97,13 +98,13 @@ async def _wait_for_ready(kc, timeout: float | None = None) -> None:
         if (
             reply is not None
             and reply.get("msg_type") == "kernel_info_reply"
-            and await _idle_after(kc, asked, until=time.monotonic() + 1)
+            and await _idle_after(kc, asked, until=monotonic() + 1)
         ):
             kc._handle_kernel_info_reply(reply)
             return
         if not await kc._async_is_alive():
             raise RuntimeError("Kernel died before replying to kernel_info")
-        if time.monotonic() > deadline:
+        if monotonic() > deadline:
             raise RuntimeError(f"Kernel didn't respond in {timeout:g} seconds")
 
 
@@ -111,7 +112,7 @@ async def _idle_after(kc, asked: set, until: float) -> bool:
     """Did IOPub say ``idle`` for one of the requests ``asked`` before ``until``?"""
     from queue import Empty
 
-    while (left := until - time.monotonic()) > 0:
+    while (left := until - monotonic()) > 0:
         try:
             msg = await kc.iopub_channel.get_msg(timeout=left)
         except Empty:
