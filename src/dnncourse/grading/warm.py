@@ -17,11 +17,12 @@ passes between students: a kernel is used once and closed with everything it hol
 * **A kernel that died waiting** (killed, a sandbox that did not start) is closed and
   replaced, never charged to a student: :func:`.execute.execute` starts over with a fresh
   kernel as if none had been made ahead.
-* **Limits**: the sandbox's totals (CPU time, memory) count from the kernel's launch, the
-  preload included, exactly as they did when the kernel was started on the student's clock
-  (the preload always counted; the defaults leave it a small share: ~2 s of 600 s of CPU,
-  ~0.3 GiB of 4 GiB). A kernel waiting idle uses no CPU time. The per-cell and per-student
-  timeouts are wall-clock times from the student's arrival, so waiting costs nothing there.
+* **Limits**: the sandbox's totals (CPU time, memory) count from the kernel's launch, as
+  they did when the kernel was started on the student's clock: a cold kernel's preload
+  included (the defaults leave it a small share: ~2 s of 600 s of CPU, ~0.3 GiB of 4 GiB), a
+  forked one's from the fork (:mod:`.template`). A kernel waiting idle uses no CPU time.
+  The per-cell and per-student timeouts are wall-clock times from the student's arrival,
+  so waiting costs nothing there.
 * **Nothing is left behind**: at most one kernel waits per grading process; it is closed
   when the process ends its loop, and when the process is killed (the worker gone, a
   student over the hard timeout) it dies with it like the running kernel (it is a child of
