@@ -63,9 +63,13 @@ def kernels_under(pid: int) -> list[int]:
 
     found = []
     for p in psutil.Process(pid).children(recursive=True):
+        try:  # a process may end while we look: it is no kernel waiting
+            chain = [p, *p.parents()[:2]]
+        except psutil.Error:
+            continue
         if "dnncourse.grading.kernel" in command(p):
             found.append(p.pid)
-        elif all("dnncourse.grading.template" in command(q) for q in [p, *p.parents()[:2]]):
+        elif all("dnncourse.grading.template" in command(q) for q in chain):
             found.append(p.pid)
     return found
 

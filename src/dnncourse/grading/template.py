@@ -33,8 +33,11 @@ requests on a private socket (its stdin) from the grading process. Per student
 The template never sees a connection key, and nothing of one student reaches the next: each
 child is forked from the template as it was before any student (copy on write).
 
-:class:`Template` is the grading process's side (``DNNCOURSE_TEMPLATE``, read by
-:func:`enabled`, switches it on or off).
+:class:`Template` is the grading process's side. It is on by default; ``DNNCOURSE_TEMPLATE=0``
+(read by :func:`enabled`) starts every kernel cold in bwrap. A template that cannot start
+raises :class:`Unavailable` and that grading process's kernels start cold (said once in its
+log); a template that stops kills its kernels with it (``PR_SET_PDEATHSIG``), which
+:func:`.execute.execute` treats as the grader's failure: the notebook runs again.
 """
 
 import ctypes
