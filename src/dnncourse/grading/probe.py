@@ -135,16 +135,20 @@ def resolve(dotted: str):
 
 
 def _codes(obj) -> set:
-    """Code objects of a Python function and of what it wraps (decorators)."""
-    codes, seen = set(), 0
+    """The code object of the Python function named, under its decorators (``__wrapped__``).
+
+    Only the innermost one: a wrapper's code is shared by every function it wraps. PyTorch
+    wraps each optimizer's ``step`` in the same two wrappers, and a student's own
+    ``torch.optim.Optimizer`` subclass gets them too: counting them would charge the
+    student's own ``step`` as ``torch.optim.Adam.step``, and each real call three times.
+    """
+    code, seen = None, 0
     while obj is not None and seen < 10:
         seen += 1
         obj = getattr(obj, "__func__", obj)
-        code = getattr(obj, "__code__", None)
-        if code is not None:
-            codes.add(code)
+        code = getattr(obj, "__code__", None) or code
         obj = getattr(obj, "__wrapped__", None)
-    return codes
+    return set() if code is None else {code}
 
 
 class Recorders(TorchFunctionMode):
@@ -159,9 +163,9 @@ class Recorders(TorchFunctionMode):
                 obj = resolve(name)
             except (ImportError, AttributeError):
                 continue
-            self.by_id[id(obj)] = (obj, name)
-            for code in _codes(obj):
-                self.by_code[code] = name
+            self.by_id.setdefault(id(obj), (obj, []))[1].append(name)
+            for code in _codes(obj):  # names of one function (AdamW.step is Adam.step): each
+                self.by_code.setdefault(code, []).append(name)
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         hit = self.by_id.get(id(func))
@@ -170,14 +174,15 @@ class Recorders(TorchFunctionMode):
         return func(*args, **(kwargs or {}))
 
     @staticmethod
-    def _count(counts, name):
-        counts[name] = counts.get(name, 0) + 1
+    def _count(counts, names):
+        for name in names:
+            counts[name] = counts.get(name, 0) + 1
 
     def _profile(self, frame, event, arg):
         if event == "call":
-            name = self.by_code.get(frame.f_code)
-            if name is not None:
-                self._count(self.seen[1], name)
+            names = self.by_code.get(frame.f_code)
+            if names is not None:
+                self._count(self.seen[1], names)
 
     @property
     def counts(self) -> dict:
