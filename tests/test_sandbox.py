@@ -514,6 +514,15 @@ print("DOCTOR " + json.dumps([[c.name, c.ok, c.detail] for c in sandbox.requirem
 """
 
 
+def test_doctor_says_when_kernels_start_cold(monkeypatch):
+    """With the template switched off, the doctor's probe runs in a cold kernel and says so
+    (the default, forked, is checked by the test below)."""
+    monkeypatch.setenv(template.SWITCH, "0")
+    results = {c.name: (c.ok, c.detail) for c in sandbox.requirements()}
+    assert results["kernels"] == (True, "started cold in bwrap (DNNCOURSE_TEMPLATE=0)"), results
+    assert all(ok for ok, _ in results.values()), results
+
+
 @MODES
 def test_doctor_shows_each_limit_and_how_it_is_enforced(mode):
     """``dnncourse doctor`` as root and as an ordinary user: every check passes, and each
@@ -553,6 +562,8 @@ def test_doctor_shows_each_limit_and_how_it_is_enforced(mode):
         assert "watchdog" in how["memory total"] and "watchdog" in how["CPU time total"], how
         assert "RLIMIT_NPROC" in how["processes"], how
         assert "user namespace" in results["uid"][1]
+    forked = template.enabled()  # the switch as the doctor saw it (passed to the user's run)
+    assert results["kernels"][1].startswith("forked" if forked else "started cold"), results
     writable = results["writable folders"][1]
     for folder in ("/tmp", "/dev/shm", sandbox.HOME, sandbox.SOCKETS):
         assert f"{folder} (tmpfs " in writable, writable

@@ -639,6 +639,7 @@ def requirements() -> list[Requirement]:
     limits = Limits()
     results += limits_in_force(limits)
     proc = _run_inside(PROBE, processes=32, workdir_mb=limits.workdir_mb)
+    results.append(Requirement("kernels", True, _how_kernels_start(proc)))
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("CHECK ")]
     if not lines:
         results.append(Requirement("probe ran inside", False, proc.stderr.strip()[-300:]))
@@ -708,6 +709,19 @@ def requirements() -> list[Requirement]:
     )
     results.append(Requirement("filesystem", True, "/ holds " + " ".join(seen["visible"])))
     return results
+
+
+def _how_kernels_start(proc) -> str:
+    """How the doctor's probe (as every kernel) was started here: forked from a template, or
+    cold in bwrap (switched off, or the template could not start: said why)."""
+    from . import template
+
+    if proc.args[:1] == ["template"]:  # template.run_code's mark
+        return "forked from a template with the libraries loaded, one per grading process"
+    if not template.enabled():
+        return f"started cold in bwrap ({template.SWITCH}=0)"
+    why = "; ".join(template._FAILED.values()) or "unknown"
+    return f"started cold in bwrap: the template did not start here: {why[-300:]}"
 
 
 def summary_line(sandbox: bool) -> str:
