@@ -445,6 +445,8 @@ def run_cli(*args, cwd, **kw):
 def test_resume_after_an_interrupted_run_regrades_only_what_is_missing_or_changed(
     course, tmp_path
 ):
+    from nbgrader.api import Gradebook
+
     root, _ = course
     students = {s: (answer, None) for s, (answer, _) in ANSWERS.items()}
     subs = make_class(root, tmp_path / "subs", students)
@@ -462,12 +464,23 @@ def test_resume_after_an_interrupted_run_regrades_only_what_is_missing_or_change
     changed, unchanged = sorted(kept)
     wrong = "def double(x):\n    return 0\n"
     nbformat.write(student_notebook(root, wrong), subs / changed / "tiny.ipynb")
+    # the instructor grades a test of the unchanged student by hand between the two runs
+    with Gradebook(f"sqlite:///{out / 'gradebook.db'}", COURSE_ID) as gb:
+        grade = gb.find_grade("test_ints", "tiny", "tiny", unchanged)
+        grade.manual_score = 0.5
+        gb.db.commit()
+        by_hand = float(gb.find_submission("tiny", unchanged).score)
+    expected = {s: score for s, (_, score) in ANSWERS.items()}
+    assert by_hand != expected[unchanged], "the manual grade changed nothing"
 
     proc = run_cli(*args, "--resume", cwd=root)
     assert proc.wait(timeout=600) == 0, proc.stdout.read()
     rows = read_csv(out / "grades.csv")
-    expected = {s: score for s, (_, score) in ANSWERS.items()}
-    assert {s: float(r["score"]) for s, r in rows.items()} == {**expected, changed: 0.0}
+    assert {s: float(r["score"]) for s, r in rows.items()} == {
+        **expected,
+        changed: 0.0,
+        unchanged: by_hand,  # kept, with the manual grade in grades.csv
+    }
     after = {p.stem: p.stat().st_mtime_ns for p in (out / "results").glob("*.json")}
     assert after[unchanged] == kept[unchanged], "an unchanged student was graded again"
     assert after[changed] != kept[changed], "a changed notebook was not graded again"

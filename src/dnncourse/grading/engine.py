@@ -21,7 +21,8 @@ worker`` on lab machines, dask-jobqueue on SLURM or a Dask cluster on Kubernetes
 * Only this process writes: each result, as it arrives, goes into the gradebook
   (:func:`.course.save_result`), ``feedback/`` and ``results/<student>.json`` (with the
   checksum of what was graded), so a class stopped half-way keeps every result received,
-  and ``resume`` regrades only students without a result or with other files.
+  and ``resume`` regrades only students without a result or with other files (the others
+  keep their result, with the gradebook's score as it is now: manual grades count).
 * Faults: the hard timeout per student is the worker's (:func:`.worker.grade_task`); a
   worker that dies is replaced by its nanny and the student is retried once (the
   scheduler's ``allowed-failures``, set to 1 on the embedded cluster); a student whose
@@ -44,7 +45,7 @@ from pathlib import Path
 import psutil
 from tqdm.auto import tqdm
 
-from .course import Course, make_bundle, register, save_result
+from .course import Course, make_bundle, register, save_result, scores_now
 from .feedback import notice_page, write_page
 from .processes import kill_tree
 from .protocol import (
@@ -457,10 +458,17 @@ def grade_class(
     results = {
         s: store(course, bundle, refused(course, bundle, s, why)) for s, why in linked.items()
     }
-    for task in tasks:
-        kept = previous.get(task.student)
-        if kept and kept.checksum == task.checksum and kept.bundle == bundle.hash:
-            results[task.student] = kept
+    same = [
+        t.student
+        for t in tasks
+        if (kept := previous.get(t.student))
+        and kept.checksum == t.checksum
+        and kept.bundle == bundle.hash
+    ]
+    for student, (score, top) in (scores_now(course, same) if same else {}).items():
+        # kept, with the gradebook's score now: manual grades entered since count (a student
+        # the gradebook lost is graded again)
+        results[student] = dataclasses.replace(previous[student], score=score, max_score=top)
     todo = [t for t in tasks if t.student not in results]
     jobs = max(1, min(jobs or os.cpu_count() or 1, len(todo) or 1))
     bar = tqdm(
