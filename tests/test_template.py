@@ -421,3 +421,29 @@ def test_forked_kernels_draw_numbers_of_their_own(monkeypatch, tmp_path):
         assert len(set(values)) == 3, f"forked kernels drew the same {generator}: {values}"
     # what the guide says they share: Python's hash seed (fixed at the template's start)
     assert len({d[2] for d in drawn}) == 1, drawn
+
+
+def test_a_grading_process_keeps_at_most_two_templates(monkeypatch, tmp_path):
+    """What the guide says of a template's cost: one per assignment's data folder, at most
+    two per grading process (the oldest idle one is closed when a third is needed: its
+    process gone), each under 512 MiB resident."""
+    import psutil
+
+    from dnncourse.grading import template
+
+    monkeypatch.setenv("DNNCOURSE_TEMPLATE", "1")
+    template.close_all()
+    made = []
+    for name in ("hw1", "hw2", "hw3"):
+        data = tmp_path / name
+        data.mkdir()
+        (data / "data.txt").write_text(name)
+        made.append(template.template_for(data, {}))
+        resident = psutil.Process(made[-1].host_pid()).memory_info().rss
+        assert resident < 512 * 2**20, f"{resident / 2**20:.0f} MiB"
+    try:
+        assert template.template_for(tmp_path / "hw3", {}) is made[2], "not kept"
+        assert len(template._TEMPLATES) == template.KEEP == 2
+        assert not made[0].alive() and made[1].alive() and made[2].alive()
+    finally:
+        template.close_all()

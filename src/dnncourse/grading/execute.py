@@ -482,20 +482,24 @@ class Kernel:
         )
 
     @property
+    def process(self):
+        """The process launched (a ``Popen`` of bwrap, or a :class:`.template.Spawned`), or
+        None before the launch."""
+        return getattr(self.km.provisioner, "process", None) if self.km.provisioner else None
+
+    @property
     def pid(self) -> int | None:
         """The pid of the process launched (bwrap, in a sandbox), or None."""
-        process = getattr(self.km.provisioner, "process", None) if self.km.provisioner else None
-        return None if process is None else process.pid
+        return None if self.process is None else self.process.pid
 
     def alive(self) -> bool:
         """Is the launched process still running (a kernel made ahead may die waiting)?"""
-        process = getattr(self.km.provisioner, "process", None) if self.km.provisioner else None
-        return process is not None and process.poll() is None
+        return self.process is not None and self.process.poll() is None
 
     def template_died(self) -> bool:
         """Was this kernel forked from a template that has stopped since (its kernels die
         with it: that is the grader's failure, never the student's)?"""
-        process = getattr(self.km.provisioner, "process", None) if self.km.provisioner else None
+        process = self.process
         return isinstance(process, template.Spawned) and not process.template.alive()
 
     def close(self) -> None:

@@ -583,12 +583,12 @@ def template_for(data, env: dict) -> Template:
         if template is None or not template.alive():
             if template is not None:  # it died: what is left of it goes
                 _TEMPLATES.pop(key).close()
+            if key in _FAILED:  # it could not start here once: every kernel starts cold
+                raise Unavailable(_FAILED[key])
             if not _TEMPLATES:
                 atexit.register(close_all)
             for other in [k for k, t in _TEMPLATES.items() if not t.busy()][: -KEEP + 1 or None]:
                 _TEMPLATES.pop(other).close()  # the oldest idle ones (each holds torch)
-            if key in _FAILED:  # it could not start here once: every kernel starts cold
-                raise Unavailable(_FAILED[key])
             try:
                 template = _TEMPLATES[key] = Template(data, env)
             except Exception as error:
