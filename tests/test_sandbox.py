@@ -499,8 +499,21 @@ def test_nothing_of_a_kernel_is_left_after_its_run(tmp_path, boxed):
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("import os; os.getpid()")])
     run = execute(nb, tmp_path, Limits(), sandbox=boxed)
     assert run.status == "ok" and nb.cells[0].outputs, run.details
-    left = [p for p in psutil.Process().children(recursive=True) if p.pid not in before]
+    templates = set()  # a template started by this run lives on for the next kernels
+    for tpl in template._TEMPLATES.values():
+        top = psutil.Process(tpl.proc.pid)
+        templates |= {top.pid} | {p.pid for p in top.children(recursive=True)}
+    assert not boxed or not template.enabled() or templates, "the kernel was not forked"
+    left = [
+        p
+        for p in psutil.Process().children(recursive=True)
+        if p.pid not in before and p.pid not in templates
+    ]
     assert not left, [(p.pid, p.name(), p.status()) for p in left]
+    for tpl in template._TEMPLATES.values():  # and no forked kernel is left below one
+        top = psutil.Process(tpl.proc.pid)
+        below = [p.pid for p in top.children(recursive=True) if p.name() != "bwrap"]
+        assert below == [tpl.host_pid()], "a forked kernel outlived its run"
 
 
 DOCTOR = r"""
